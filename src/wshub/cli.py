@@ -1,0 +1,217 @@
+"""The ``wshub`` command: ``wshub demo`` (a chat page) and ``wshub serve`` (echo/broadcast)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import ssl
+import sys
+from importlib import resources
+from typing import Any
+
+from .http import Request, Response
+from .hub import CloseEvent, WebSocket
+from .transport.server import HttpServer
+
+__all__ = ["main"]
+
+log = logging.getLogger("wshub")
+
+EXIT_UNSUPPORTED = 3  # the benchmark contract: "cannot do the requested mode or option"
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not getattr(args, "tls", False):
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    if args.certfile:
+        ctx.load_cert_chain(args.certfile, args.keyfile)
+        return ctx
+    try:
+        from .tls import self_signed_context
+    except ImportError:
+        print("wshub: --tls without --certfile needs the 'cryptography' package", file=sys.stderr)
+        raise SystemExit(EXIT_UNSUPPORTED) from None
+    return self_signed_context()
+
+
+def _common(p: argparse.ArgumentParser, default_port: int) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=default_port, help=f"port (default {default_port})")
+    p.add_argument(
+        "--tls", action="store_true", help="serve https/wss (self-signed unless --certfile)"
+    )
+    p.add_argument("--certfile", help="PEM certificate chain for --tls")
+    p.add_argument("--keyfile", help="PEM private key for --tls")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wshub", description="wshub WebSocket server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="an echo or broadcast server on path /")
+    _common(serve, 9001)
+    serve.add_argument("--mode", choices=["echo", "broadcast"], default="echo")
+    serve.add_argument("--deflate", choices=["on", "off"], default="on")
+    serve.add_argument(
+        "--max-payload",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="largest message in bytes (default 64 MiB; < 1: no limit)",
+    )
+    serve.add_argument(
+        "--ping-delay",
+        type=float,
+        default=0.0,
+        help="seconds between server pings (default 0: off)",
+    )
+    serve.add_argument(
+        "--limit-by-ip", type=int, default=0, help="connections per IP (default 0: no limit)"
+    )
+    serve.add_argument(
+        "--allow-origin", default="*", help="'*' (default), 'same' or a comma-separated list"
+    )
+
+    demo = sub.add_parser("demo", help="the demo chat page on http://127.0.0.1:8080")
+    _common(demo, 8080)
+    return parser
+
+
+def _origin_option(value: str) -> str | list[str] | None:
+    if value == "*":
+        return "*"
+    if value == "same":
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .protocol.deflate import negotiate_extensions
+
+    if args.deflate == "on" and negotiate_extensions("permessage-deflate", True) is None:
+        print(
+            "wshub serve: --deflate on is not available yet (permessage-deflate)", file=sys.stderr
+        )
+        return EXIT_UNSUPPORTED
+    server = HttpServer()
+    ws = WebSocket(
+        server,
+        allow_origin=_origin_option(args.allow_origin),
+        max_payload=args.max_payload,
+        ping_delay=args.ping_delay,
+        limit_by_ip=args.limit_by_ip,
+        per_message_deflate=args.deflate == "on",
+    )
+    if args.mode == "echo":
+        send = ws.send
+
+        @ws.on("message")
+        def echo(client_id: str, data: str | bytes) -> None:
+            send(client_id, data)
+
+    else:
+        broadcast = ws.broadcast
+
+        @ws.on("message")
+        def fan_out(client_id: str, data: str | bytes) -> None:
+            broadcast(data)
+
+    scheme = "wss" if args.tls else "ws"
+    print(
+        f"wshub serve: {args.mode} on {scheme}://{args.host}:{args.port}/",
+        file=sys.stderr,
+        flush=True,
+    )
+    server.run(args.host, args.port, _tls_context(args))
+    return 0
+
+
+def _demo_page() -> bytes:
+    return resources.files("wshub").joinpath("demo/index.html").read_bytes()
+
+
+def build_demo(server: HttpServer | None = None) -> tuple[HttpServer, WebSocket]:
+    """The demo application: a page on ``/``, a chat on ``/chat``, an echo on ``/echo``."""
+    page = _demo_page()
+
+    def handler(request: Request) -> Response:
+        if request.path in ("/", "/index.html"):
+            return Response(page, content_type="text/html; charset=utf-8")
+        if request.path == "/healthz":
+            return Response("ok\n")
+        return Response.text(404, "Not Found\n")
+
+    if server is None:
+        server = HttpServer(handler)
+    else:
+        server.handler = handler
+    ws = WebSocket(server)
+    names: dict[str, str] = {}
+
+    def notice(kind: str, **fields: Any) -> str:
+        return json.dumps({"type": kind, **fields})
+
+    @ws.on("open")
+    def opened(client_id: str) -> None:
+        url = ws.url(client_id)
+        names[client_id] = client_id[:8]
+        ws.send(client_id, notice("welcome", id=client_id, path=url.path, clients=len(ws.clients)))
+        if url.path == "/chat":
+            ws.broadcast(notice("join", id=client_id), path="/chat", exclude=[client_id])
+        log.info("open %s %s", client_id, url.geturl())
+
+    @ws.on("/chat")
+    def chat(client_id: str, data: str | bytes) -> None:
+        if isinstance(data, str):
+            # Everyone on /chat gets it, the sender too (that is its echo).
+            ws.broadcast(notice("chat", id=client_id, text=data), path="/chat")
+        else:
+            ws.send(client_id, data)  # binary comes back to the sender as it was
+            ws.broadcast(
+                notice("binary", id=client_id, size=len(data)), path="/chat", exclude=[client_id]
+            )
+
+    @ws.on("/echo")
+    def echo(client_id: str, data: str | bytes) -> None:
+        ws.send(client_id, data)
+
+    @ws.on("close")
+    def closed(client_id: str, event: CloseEvent) -> None:
+        names.pop(client_id, None)
+        ws.broadcast(notice("leave", id=client_id, code=event.code), path="/chat")
+        log.info("close %s %s", client_id, event)
+
+    @ws.on("error")
+    def error(client_id: str, exc: Exception) -> None:
+        log.info("error %s %s", client_id, exc)
+
+    return server, ws
+
+
+def _demo(args: argparse.Namespace) -> int:
+    server, _ws = build_demo()
+    scheme = "https" if args.tls else "http"
+    print(
+        f"wshub demo: open {scheme}://{args.host}:{args.port}/ in a browser",
+        file=sys.stderr,
+        flush=True,
+    )
+    server.run(args.host, args.port, _tls_context(args))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "serve":
+        return _serve(args)
+    return _demo(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

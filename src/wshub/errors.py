@@ -1,0 +1,41 @@
+"""Exceptions of the public API."""
+
+from __future__ import annotations
+
+from .protocol.connection import ConnectionClosedError
+from .protocol.handshake import HandshakeError
+
+__all__ = [
+    "ClientNotFound",
+    "ConnectionClosedError",
+    "HandshakeError",
+    "WebSocketProtocolError",
+    "WsHubError",
+]
+
+
+class WsHubError(Exception):
+    """Base class of wshub's own errors."""
+
+
+class ClientNotFound(WsHubError, KeyError):
+    """No client with this ID is connected (the seed's ``ReferenceError('Not Found')``)."""
+
+    def __init__(self, client_id: object) -> None:
+        super().__init__(client_id)
+        self.client_id = client_id
+
+    def __str__(self) -> str:
+        return f"client {self.client_id!r} is not connected"
+
+
+class WebSocketProtocolError(WsHubError):
+    """The client broke the WebSocket protocol (reported through the ``"error"`` event).
+
+    ``code`` is the close code the connection was failed with.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason

@@ -1,0 +1,99 @@
+"""Plain HTTP requests and responses, for the ``HttpServer`` handler.
+
+``HttpServer(handler)`` calls ``handler(request)`` for every request that is
+not a WebSocket upgrade; the handler returns a :class:`Response` (or a
+``str``/``bytes`` body for a 200), directly or from an ``async def``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from urllib.parse import parse_qs
+
+__all__ = ["Handler", "Request", "Response", "reason_phrase"]
+
+
+def reason_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+class Request:
+    """One plain HTTP request."""
+
+    __slots__ = ("body", "client", "headers", "http_version", "method", "path", "query", "scheme")
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        body: bytes,
+        client: tuple[str, int],
+        scheme: str,
+        http_version: str,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers  # lower-case names; repeated fields joined with ", "
+        self.body = body
+        self.client = client
+        self.scheme = scheme  # "http" or "https"
+        self.http_version = http_version  # "1.1", "1.0" or "2"
+
+    @property
+    def query_params(self) -> dict[str, list[str]]:
+        return parse_qs(self.query)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.path}>"
+
+
+class Response:
+    """A plain HTTP response."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(
+        self,
+        body: bytes | str = b"",
+        status: int = 200,
+        headers: list[tuple[str, str]] | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+            if content_type is None:
+                content_type = "text/plain; charset=utf-8"
+        self.status = status
+        self.body = body
+        self.headers = list(headers or [])
+        if content_type is not None:
+            self.headers.append(("Content-Type", content_type))
+
+    @classmethod
+    def text(cls, status: int, text: str, headers: list[tuple[str, str]] | None = None) -> Response:
+        return cls(text, status, headers)
+
+
+HandlerResult = Response | str | bytes | None
+Handler = Callable[[Request], "HandlerResult | Awaitable[HandlerResult]"]
+
+
+def coerce_response(value: object) -> Response:
+    """Turn what a handler returned into a :class:`Response`."""
+    if isinstance(value, Response):
+        return value
+    if value is None:
+        return Response.text(204, "")
+    if isinstance(value, (str, bytes)):
+        return Response(value)
+    raise TypeError(
+        f"a handler must return a Response, str, bytes or None, not {type(value).__name__}"
+    )

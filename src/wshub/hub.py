@@ -1,0 +1,762 @@
+"""``WebSocket``: the seed's API — clients by ID, events, send/broadcast, socket methods.
+
+The hub never touches a socket or an HTTP version: it judges upgrades
+(:meth:`WebSocket.admit`), then talks to each client through a
+:class:`~wshub.transport.link.Link`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+from typing import Any, TypeVar, overload
+from urllib.parse import SplitResult, urlsplit
+
+from .encodings import Encoding, check_encoding, decode_text, encode_str
+from .errors import ClientNotFound, ConnectionClosedError, HandshakeError
+from .policy import (
+    OriginPolicy,
+    PerIpCounter,
+    SessionSigner,
+    TrustedProxies,
+    client_ip,
+    ip_key,
+    parse_cookie,
+)
+from .protocol.connection import MessageCodec
+from .protocol.deflate import DeflateOptions, negotiate_extensions
+from .protocol.frames import CloseCode, is_valid_close_code
+from .transport.link import Link, LinkConfig, UpgradeRequest
+
+__all__ = ["CloseEvent", "WebSocket"]
+
+log = logging.getLogger("wshub")
+
+Callback = Callable[..., Any]
+F = TypeVar("F", bound=Callback)
+
+_RESERVED_EVENTS = ("open", "close", "error", "message")
+
+
+class CloseEvent:
+    """How a client's connection ended (the ``"close"`` event's second argument)."""
+
+    __slots__ = ("code", "reason", "was_clean")
+
+    def __init__(self, code: int, reason: str, was_clean: bool) -> None:
+        self.code = code
+        self.reason = reason
+        self.was_clean = was_clean
+
+    @property
+    def message(self) -> str:
+        """Alias of :attr:`reason`, as the seed named it."""
+        return self.reason
+
+    def __repr__(self) -> str:
+        return f"CloseEvent(code={self.code}, reason={self.reason!r}, was_clean={self.was_clean})"
+
+
+class _Client:
+    """The hub's record of one connected client; the link's listener."""
+
+    __slots__ = (
+        "_ping_handle",
+        "_ping_payload",
+        "encoding",
+        "event",
+        "hub",
+        "id",
+        "ip_key",
+        "link",
+        "opening",
+        "url",
+    )
+
+    def __init__(
+        self, hub: WebSocket, client_id: str, link: Link, url: SplitResult, key: str
+    ) -> None:
+        self.hub = hub
+        self.id = client_id
+        self.link = link
+        self.url = url
+        self.ip_key = key
+        path = url.path
+        self.event = "message" if path in ("", "/") else path
+        self.encoding: str = hub._encoding
+        self.opening = True
+        self._ping_handle: asyncio.TimerHandle | None = None
+        self._ping_payload: bytes | None = None
+
+    # LinkListener
+    def on_message(self, data: str | bytes) -> bool:
+        return self.hub._deliver(self, data)
+
+    def on_pong(self, payload: bytes) -> None:
+        if self._ping_payload is not None and payload == self._ping_payload:
+            self._ping_payload = None
+            if self._ping_handle is not None:
+                self._ping_handle.cancel()
+                self._ping_handle = None
+
+    def on_error(self, exc: Exception) -> None:
+        self.hub._emit_error(self.id, exc)
+
+    def on_close(self, code: int, reason: str, was_clean: bool) -> None:
+        self.hub._client_closed(self, CloseEvent(code, reason, was_clean))
+
+
+class _Admission:
+    """A reserved slot (ID, per-IP count) waiting for its link."""
+
+    __slots__ = (
+        "_done",
+        "client_id",
+        "codec",
+        "config",
+        "hub",
+        "ip_key",
+        "response_headers",
+        "url",
+    )
+
+    def __init__(
+        self,
+        hub: WebSocket,
+        client_id: str,
+        key: str,
+        url: SplitResult,
+        headers: list[tuple[str, str]],
+        codec: MessageCodec | None,
+    ) -> None:
+        self.hub = hub
+        self.client_id = client_id
+        self.ip_key = key
+        self.url = url
+        self.response_headers = headers
+        self.codec = codec
+        self.config = hub._link_config
+        self._done = False
+
+    def open(self, link: Link) -> None:
+        if self._done:
+            raise RuntimeError("admission already used")
+        self._done = True
+        self.hub._open_client(self, link)
+
+    def cancel(self) -> None:
+        if not self._done:
+            self._done = True
+            self.hub._reserved.discard(self.client_id)
+            self.hub._per_ip.release(self.ip_key)
+
+
+def _check_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if value != value:  # NaN
+        raise ValueError(f"{name} must not be NaN")
+    return float(value)
+
+
+def _check_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    return value
+
+
+class WebSocket:
+    """A WebSocket hub attached to an :class:`~wshub.HttpServer`.
+
+    See ``spec/API.md`` (and the README) for every option, event and method.
+    Durations are in seconds.
+    """
+
+    def __init__(
+        self,
+        server: Any = None,
+        *,
+        allow_origin: str | list[str] | None = None,
+        encoding: Encoding = "utf8",
+        limit_by_ip: int = 256,
+        max_payload: int = 131072 * 20,
+        ping_delay: float = 180.0,
+        pong_timeout: float = 5.0,
+        session_expires: float = 43200.0,
+        per_message_deflate: bool | DeflateOptions = True,
+        secret: bytes | str | None = None,
+        trusted_proxies: Iterable[str] = (),
+        cookie_name: str = "wshub",
+        close_timeout: float = 10.0,
+        write_high: int = 64 * 1024,
+        write_low: int = 16 * 1024,
+        write_limit: int = 16 * 1024 * 1024,
+        backplane: Any = None,
+    ) -> None:
+        self._handlers: dict[str, list[Callback]] = {}
+        self._clients: dict[str, _Client] = {}
+        self._reserved: set[str] = set()
+        self._per_ip = PerIpCounter()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._ping_seq = 0
+        self._all_closed: asyncio.Event | None = None
+        self._link_config = LinkConfig()
+        self._signer = SessionSigner(secret)
+        self._origin = OriginPolicy(allow_origin)
+        self._encoding: str = check_encoding(encoding)
+        self._trusted = TrustedProxies(trusted_proxies)
+        if not isinstance(cookie_name, str) or not cookie_name or not cookie_name.isidentifier():
+            raise ValueError("cookie_name must be a simple token")
+        self._cookie_name = cookie_name
+        self.limit_by_ip = limit_by_ip
+        self.max_payload = max_payload
+        self.ping_delay = ping_delay
+        self.pong_timeout = pong_timeout
+        self.session_expires = session_expires
+        self.per_message_deflate = per_message_deflate
+        self.close_timeout = close_timeout
+        self._set_write_limits(write_high, write_low, write_limit)
+        if backplane is not None:
+            raise NotImplementedError(
+                "backplanes other than the in-process one are not available yet"
+            )
+        self._server = server
+        if server is not None:
+            server.attach(self)
+
+    # ================================================================ options
+
+    @property
+    def allow_origin(self) -> str | list[str] | None:
+        return self._origin.value
+
+    @allow_origin.setter
+    def allow_origin(self, value: str | list[str] | None) -> None:
+        self._origin = OriginPolicy(value)
+
+    @property
+    def encoding(self) -> str:
+        return self._encoding
+
+    @encoding.setter
+    def encoding(self, value: Encoding) -> None:
+        self._encoding = check_encoding(value)
+
+    @property
+    def limit_by_ip(self) -> int:
+        return self._limit_by_ip
+
+    @limit_by_ip.setter
+    def limit_by_ip(self, value: int) -> None:
+        self._limit_by_ip = _check_int("limit_by_ip", value)
+
+    @property
+    def max_payload(self) -> int:
+        return self._link_config.max_payload
+
+    @max_payload.setter
+    def max_payload(self, value: int) -> None:
+        self._link_config.max_payload = _check_int("max_payload", value)
+
+    @property
+    def ping_delay(self) -> float:
+        return self._ping_delay
+
+    @ping_delay.setter
+    def ping_delay(self, value: float) -> None:
+        self._ping_delay = _check_number("ping_delay", value)
+        self._restart_ping_timer()
+
+    @property
+    def pong_timeout(self) -> float:
+        return self._pong_timeout
+
+    @pong_timeout.setter
+    def pong_timeout(self, value: float) -> None:
+        self._pong_timeout = _check_number("pong_timeout", value)
+
+    @property
+    def session_expires(self) -> float:
+        return self._session_expires
+
+    @session_expires.setter
+    def session_expires(self, value: float) -> None:
+        self._session_expires = _check_number("session_expires", value)
+
+    @property
+    def per_message_deflate(self) -> bool | DeflateOptions:
+        return self._deflate
+
+    @per_message_deflate.setter
+    def per_message_deflate(self, value: bool | DeflateOptions) -> None:
+        if not isinstance(value, (bool, DeflateOptions)):
+            raise TypeError("per_message_deflate must be a bool or DeflateOptions")
+        self._deflate = value
+
+    @property
+    def secret(self) -> None:
+        """Write-only: the key that signs session cookies."""
+        return None
+
+    @secret.setter
+    def secret(self, value: bytes | str | None) -> None:
+        self._signer = SessionSigner(value)
+
+    @property
+    def trusted_proxies(self) -> list[str]:
+        return list(self._trusted.value)
+
+    @trusted_proxies.setter
+    def trusted_proxies(self, value: Iterable[str]) -> None:
+        self._trusted = TrustedProxies(value)
+
+    @property
+    def close_timeout(self) -> float:
+        return self._link_config.close_timeout
+
+    @close_timeout.setter
+    def close_timeout(self, value: float) -> None:
+        v = _check_number("close_timeout", value)
+        if v <= 0:
+            raise ValueError("close_timeout must be > 0")
+        self._link_config.close_timeout = v
+
+    def _set_write_limits(self, high: int, low: int, limit: int) -> None:
+        for name, v in (("write_high", high), ("write_low", low), ("write_limit", limit)):
+            _check_int(name, v)
+        if not 0 <= low <= high <= limit:
+            raise ValueError("need 0 <= write_low <= write_high <= write_limit")
+        cfg = self._link_config
+        cfg.write_high, cfg.write_low, cfg.write_limit = high, low, limit
+
+    @property
+    def clients(self) -> list[str]:
+        """IDs of the clients connected to this process."""
+        return list(self._clients)
+
+    # ================================================================= events
+
+    @overload
+    def on(self, name: str) -> Callable[[F], F]: ...
+
+    @overload
+    def on(self, name: str, callback: F) -> F: ...
+
+    def on(self, name: str, callback: F | None = None) -> F | Callable[[F], F]:
+        """Register ``callback`` for event ``name`` (or use as ``@ws.on(name)``).
+
+        Names: ``"open"``, ``"message"``, ``"close"``, ``"error"``, or a URL
+        path such as ``"/chat"`` for messages from clients connected there.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError("event name must be a non-empty str")
+        if name not in _RESERVED_EVENTS and not name.startswith("/"):
+            raise ValueError(f"unknown event {name!r}: use open, message, close, error or a /path")
+        if name == "/":
+            name = "message"
+
+        def register(cb: F) -> F:
+            if not callable(cb):
+                raise TypeError("callback must be callable")
+            self._handlers.setdefault(name, []).append(cb)
+            return cb
+
+        if callback is None:
+            return register
+        return register(callback)
+
+    def off(self, name: str, callback: Callback) -> None:
+        """Remove one registration of ``callback`` for ``name``."""
+        if name == "/":
+            name = "message"
+        handlers = self._handlers.get(name)
+        if not handlers or callback not in handlers:
+            raise ValueError(f"{callback!r} is not registered for {name!r}")
+        handlers.remove(callback)
+        if not handlers:
+            del self._handlers[name]
+
+    def _run_handlers(
+        self,
+        client: _Client | None,
+        name: str,
+        handlers: list[Callback],
+        args: tuple[Any, ...],
+        done: Callable[[], None] | None,
+    ) -> bool:
+        """Call ``handlers`` in order; True if all finished synchronously.
+
+        An awaitable result makes the rest run in a task; ``done`` is called
+        when that task ends (that is how a client's next message waits).
+        """
+        for i, cb in enumerate(handlers):
+            try:
+                result = cb(*args)
+            except Exception as exc:
+                self._callback_failed(client, name, exc)
+                continue
+            if result is not None and inspect.isawaitable(result):
+                task = asyncio.ensure_future(
+                    self._finish_handlers(client, name, result, handlers[i + 1 :], args)
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                if done is not None:
+                    task.add_done_callback(lambda _t: done())
+                return False
+        return True
+
+    async def _finish_handlers(
+        self,
+        client: _Client | None,
+        name: str,
+        first: Awaitable[Any],
+        rest: list[Callback],
+        args: tuple[Any, ...],
+    ) -> None:
+        try:
+            await first
+        except Exception as exc:
+            self._callback_failed(client, name, exc)
+        for cb in rest:
+            try:
+                result = cb(*args)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                self._callback_failed(client, name, exc)
+
+    def _callback_failed(self, client: _Client | None, name: str, exc: Exception) -> None:
+        log.error("exception in the %r callback", name, exc_info=exc)
+        if name != "error" and client is not None:
+            self._emit_error(client.id, exc)
+
+    def _emit_error(self, client_id: str, exc: Exception) -> None:
+        handlers = self._handlers.get("error")
+        if handlers:
+            client = self._clients.get(client_id)
+            self._run_handlers(client, "error", list(handlers), (client_id, exc), None)
+
+    # ============================================================== admission
+
+    def admit(self, request: UpgradeRequest) -> _Admission:
+        """Judge a well-formed upgrade (transport → hub); raise HandshakeError to refuse."""
+        headers = request.headers
+        tls = request.scheme == "wss"
+        if not self._origin.allows(request.info.origin, headers.get("host"), tls):
+            raise HandshakeError(403, "origin not allowed")
+        peer_ip = request.peer[0]
+        key = ip_key(client_ip(peer_ip, headers, self._trusted))
+        if not self._per_ip.try_acquire(key, self._limit_by_ip):
+            raise HandshakeError(429, "too many connections from this address")
+        try:
+            host = headers.get("host", "")
+            url = urlsplit(f"{request.scheme}://{host}{request.target}")
+            response_headers: list[tuple[str, str]] = []
+            codec: MessageCodec | None = None
+            if request.info.extensions and self._deflate is not False:
+                accepted = negotiate_extensions(request.info.extensions, self._deflate)
+                if accepted is not None:
+                    response_headers.append(("Sec-WebSocket-Extensions", accepted[0]))
+                    codec = accepted[1]
+            client_id = self._pick_id(headers.get("cookie"))
+            self._reserved.add(client_id)
+            if self._session_expires > 0:
+                expiry = int(time.time() + self._session_expires)
+                cookie = (
+                    f"{self._cookie_name}={self._signer.sign(client_id, expiry)}; "
+                    f"Max-Age={int(self._session_expires)}; Path=/; HttpOnly; SameSite=Lax"
+                )
+                if tls:
+                    cookie += "; Secure"
+                response_headers.append(("Set-Cookie", cookie))
+        except Exception:
+            self._per_ip.release(key)
+            raise
+        return _Admission(self, client_id, key, url, response_headers, codec)
+
+    def _pick_id(self, cookie_header: str | None) -> str:
+        if self._session_expires > 0:
+            value = parse_cookie(cookie_header, self._cookie_name)
+            client_id = self._signer.verify(value, time.time())
+            if (
+                client_id is not None
+                and client_id not in self._clients
+                and client_id not in self._reserved
+            ):
+                return client_id
+        return str(uuid.uuid4())
+
+    def _open_client(self, admission: _Admission, link: Link) -> None:
+        self._reserved.discard(admission.client_id)
+        client = _Client(self, admission.client_id, link, admission.url, admission.ip_key)
+        self._clients[client.id] = client
+        link.listener = client
+        if self._ping_timer is None and self._ping_delay > 0:
+            self._restart_ping_timer()
+        handlers = self._handlers.get("open")
+        if handlers and not self._run_handlers(
+            client, "open", list(handlers), (client.id,), lambda: self._opened(client)
+        ):
+            # Messages wait until the "open" callbacks are done.
+            link.hold()
+            return
+        client.opening = False
+
+    def _opened(self, client: _Client) -> None:
+        client.opening = False
+        if self._clients.get(client.id) is client:
+            client.link.release()
+
+    def _client_closed(self, client: _Client, event: CloseEvent) -> None:
+        if self._clients.get(client.id) is not client:
+            return
+        del self._clients[client.id]
+        self._per_ip.release(client.ip_key)
+        if client._ping_handle is not None:
+            client._ping_handle.cancel()
+            client._ping_handle = None
+        if not self._clients:
+            if self._ping_timer is not None:
+                self._ping_timer.cancel()
+                self._ping_timer = None
+            if self._all_closed is not None:
+                self._all_closed.set()
+        handlers = self._handlers.get("close")
+        if handlers:
+            self._run_handlers(None, "close", list(handlers), (client.id, event), None)
+
+    # ============================================================== delivery
+
+    def _deliver(self, client: _Client, data: str | bytes) -> bool:
+        handlers = self._handlers.get(client.event)
+        if not handlers:
+            return True
+        if type(data) is str and client.encoding != "utf8":
+            try:
+                data = decode_text(data, client.encoding)
+            except ValueError as exc:
+                self._emit_error(client.id, exc)
+                return True
+        if len(handlers) == 1:
+            cb = handlers[0]
+            try:
+                result = cb(client.id, data)
+            except Exception as exc:
+                self._callback_failed(client, client.event, exc)
+                return True
+            if result is None or not inspect.isawaitable(result):
+                return True
+            task = asyncio.ensure_future(
+                self._finish_handlers(client, client.event, result, [], (client.id, data))
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda _t: client.link.release())
+            return False
+        return self._run_handlers(
+            client, client.event, list(handlers), (client.id, data), client.link.release
+        )
+
+    # =============================================================== methods
+
+    def _get(self, client_id: str) -> _Client:
+        try:
+            return self._clients[client_id]
+        except (KeyError, TypeError):
+            raise ClientNotFound(client_id) from None
+
+    @staticmethod
+    def _payload(data: str | bytes | bytearray | memoryview, encoding: str) -> tuple[bytes, bool]:
+        if isinstance(data, str):
+            return encode_str(data, encoding)
+        if isinstance(data, bytes):
+            return data, False
+        if isinstance(data, (bytearray, memoryview)):
+            return bytes(data), False
+        raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
+
+    def send(
+        self,
+        client_id: str,
+        data: str | bytes | bytearray | memoryview,
+        encoding: str | None = None,
+    ) -> bool:
+        """Send one message; False means "slow down" (the buffer is above its high-water mark)."""
+        client = self._get(client_id)
+        if encoding is not None:
+            check_encoding(encoding)
+        payload, text = self._payload(data, encoding or client.encoding)
+        return client.link.send_message(payload, text)
+
+    async def drain(self, client_id: str) -> None:
+        """Wait until the client's write buffer is under its low-water mark."""
+        await self._get(client_id).link.drain()
+
+    def broadcast(
+        self,
+        data: str | bytes | bytearray | memoryview,
+        *,
+        path: str | None = None,
+        exclude: Iterable[str] = (),
+    ) -> int:
+        """Send to every open client (or those of one ``path``); return how many.
+
+        A ``str`` is encoded with the hub's ``encoding``.  The frame is built
+        once per group of connections that can share it.
+        """
+        payload, text = self._payload(data, self._encoding)
+        excluded = set(exclude) if exclude else None
+        event = None
+        if path is not None:
+            event = "message" if path in ("", "/") else path
+        frames: dict[Hashable, bytes] = {}
+        count = 0
+        for client in list(self._clients.values()):
+            if excluded is not None and client.id in excluded:
+                continue
+            if event is not None and client.event != event:
+                continue
+            link = client.link
+            if not link.is_open:
+                continue
+            key = link.broadcast_key
+            try:
+                if key is None:
+                    link.send_message(payload, text)
+                else:
+                    frame = frames.get(key)
+                    if frame is None:
+                        frame = frames[key] = link.prepare(payload, text)
+                    link.send_prepared(frame)
+            except ConnectionClosedError:
+                continue
+            count += 1
+        return count
+
+    def close(self, client_id: str, code: int = 1000, reason: str = "") -> bool:
+        """Start the closing handshake; False if it had already started."""
+        client = self._get(client_id)
+        if not isinstance(code, int) or not is_valid_close_code(code):
+            raise ValueError(f"{code!r} is not a close code that may be sent")
+        if len(reason.encode("utf-8")) > 123:
+            raise ValueError("close reason longer than 123 bytes")
+        return client.link.close(code, reason)
+
+    def ping(self, client_id: str, pong_timeout: float | None = None) -> bool:
+        """Ping now; close with 1011 if the pong does not come within ``pong_timeout``."""
+        client = self._get(client_id)
+        timeout = (
+            self._pong_timeout
+            if pong_timeout is None
+            else _check_number("pong_timeout", pong_timeout)
+        )
+        return self._ping_client(client, timeout)
+
+    def _ping_client(self, client: _Client, timeout: float) -> bool:
+        link = client.link
+        if not link.is_open:
+            return False
+        self._ping_seq += 1
+        payload = self._ping_seq.to_bytes(8, "big")
+        try:
+            ok = link.ping(payload)
+        except ConnectionClosedError:
+            return False
+        client._ping_payload = payload
+        if client._ping_handle is not None:
+            client._ping_handle.cancel()
+            client._ping_handle = None
+        if timeout > 0:
+            client._ping_handle = asyncio.get_running_loop().call_later(
+                timeout, self._pong_missed, client, payload
+            )
+        return ok
+
+    def _pong_missed(self, client: _Client, payload: bytes) -> None:
+        client._ping_handle = None
+        if client._ping_payload == payload and self._clients.get(client.id) is client:
+            log.info("client %s: no pong within the timeout, closing with 1011", client.id)
+            client.link.close(CloseCode.INTERNAL_ERROR, "pong timeout")
+
+    def _restart_ping_timer(self) -> None:
+        timer = getattr(self, "_ping_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._ping_timer = None
+        if self._ping_delay > 0 and getattr(self, "_clients", None):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._ping_timer = loop.call_later(self._ping_delay, self._ping_all)
+
+    def _ping_all(self) -> None:
+        self._ping_timer = None
+        for client in list(self._clients.values()):
+            self._ping_client(client, self._pong_timeout)
+        self._restart_ping_timer()
+
+    def url(self, client_id: str) -> SplitResult:
+        """The URL the client asked for (``ws://host/path?query``, ``wss`` under TLS)."""
+        return self._get(client_id).url
+
+    def bytes_read(self, client_id: str) -> int:
+        return self._get(client_id).link.bytes_read
+
+    def bytes_written(self, client_id: str) -> int:
+        return self._get(client_id).link.bytes_written
+
+    def pause(self, client_id: str) -> bool:
+        """Stop reading from this client; returns the new paused state (True)."""
+        link = self._get(client_id).link
+        link.pause()
+        return link.is_paused
+
+    def resume(self, client_id: str) -> bool:
+        """Read from this client again; returns the new paused state (False)."""
+        link = self._get(client_id).link
+        link.resume()
+        return link.is_paused
+
+    def is_paused(self, client_id: str) -> bool:
+        return self._get(client_id).link.is_paused
+
+    def ready_state(self, client_id: str) -> str:
+        """``"opening"``, ``"open"``, ``"readOnly"`` or ``"writeOnly"`` (Node's socket states)."""
+        client = self._get(client_id)
+        state = client.link.ready_state
+        if state == "open" and client.opening:
+            return "opening"
+        return state
+
+    def set_encoding(self, client_id: str, encoding: Encoding = "utf8") -> bool:
+        self._get(client_id).encoding = check_encoding(encoding)
+        return True
+
+    def set_keep_alive(
+        self, client_id: str, enable: bool = False, initial_delay: float = 0.0
+    ) -> bool:
+        return self._get(client_id).link.set_keep_alive(bool(enable), float(initial_delay))
+
+    def set_no_delay(self, client_id: str, no_delay: bool = True) -> bool:
+        return self._get(client_id).link.set_no_delay(bool(no_delay))
+
+    # ============================================================ lifecycle
+
+    def _server_started(self) -> None:
+        self._restart_ping_timer()
+
+    async def _shutdown(self, code: int, reason: str) -> None:
+        """Close every client with ``code`` and wait until they are gone."""
+        if not self._clients:
+            return
+        self._all_closed = asyncio.Event()
+        for client in list(self._clients.values()):
+            client.link.close(code, reason)
+        await self._all_closed.wait()

@@ -1,0 +1,495 @@
+"""One WebSocket connection's state machine, server side (RFC 6455).
+
+Sans-I/O: :meth:`Connection.receive_data` takes the bytes that arrived and
+returns the events they complete; the ``send_*`` methods return the bytes to
+put on the wire.  Nothing here reads a clock, touches a socket or imports
+asyncio, so the HTTP/1.1 link, the HTTP/2 link and the tests all drive the
+same code.
+
+Events, in the order they happened on the wire:
+
+* a ``str``: a complete text message (already validated and decoded as UTF-8);
+* a ``bytes``: a complete binary message;
+* :class:`Ping`, :class:`Pong`: control frames (the caller answers pings,
+  so that a flood policy can sit in between; RFC 6455 §5.5.2);
+* :class:`CloseReceived`: the peer started or answered the closing handshake;
+* :class:`ProtocolError`: the peer broke the protocol; the connection must be
+  failed with the close code the event carries (RFC 6455 §7.1.7).
+
+After a :class:`CloseReceived` or :class:`ProtocolError` no further event is
+produced and incoming data is ignored.
+
+Payloads are consumed as they arrive, frame by frame and chunk by chunk, so
+the unconsumed input never holds more than one frame header or one control
+frame (≤ 131 bytes), and a message is only ever buffered up to
+``max_payload`` bytes.  Text is validated incrementally and fails fast on the
+first invalid byte, even in the middle of a frame (Autobahn 6.4.x).
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+from typing import Protocol
+
+from .frames import (
+    MAX_CONTROL_PAYLOAD,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    CloseCode,
+    InvalidClosePayload,
+    apply_mask,
+    build_frame,
+    close_payload,
+    parse_close_payload,
+)
+
+__all__ = [
+    "CloseReceived",
+    "Connection",
+    "ConnectionState",
+    "Event",
+    "MessageCodec",
+    "MessageTooBig",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+]
+
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+
+class Ping:
+    """A Ping frame arrived; answer with ``send_pong(payload)``."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"Ping({self.payload!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ping) and other.payload == self.payload
+
+
+class Pong:
+    """A Pong frame arrived."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"Pong({self.payload!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pong) and other.payload == self.payload
+
+
+class CloseReceived:
+    """The peer sent a valid Close frame.
+
+    ``code`` is 1005 when the frame had no payload.  If we had not sent a
+    Close frame yet, the caller should answer with ``send_close(code)``:
+    :attr:`reply_code` says what to put in it (``None`` for an empty one).
+    """
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+    @property
+    def reply_code(self) -> int | None:
+        # RFC 6455 §5.5.1: the answer typically echoes the status code; 1005
+        # is never sent, so a close without a code is answered without one.
+        return None if self.code == CloseCode.NO_STATUS else self.code
+
+    def __repr__(self) -> str:
+        return f"CloseReceived({self.code}, {self.reason!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, CloseReceived)
+            and other.code == self.code
+            and other.reason == self.reason
+        )
+
+
+class ProtocolError:
+    """The peer broke the protocol: fail the connection with ``code``."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"ProtocolError({self.code}, {self.reason!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, ProtocolError)
+            and other.code == self.code
+            and other.reason == self.reason
+        )
+
+
+Event = str | bytes | Ping | Pong | CloseReceived | ProtocolError
+
+
+class MessageTooBig(Exception):
+    """Raised by a :class:`MessageCodec` when a message inflates past the limit."""
+
+
+class MessageCodec(Protocol):
+    """A per-message extension that transforms payloads (RFC 7692 and the like).
+
+    The connection calls :meth:`decode` with each unmasked chunk of a message
+    that had RSV1 set, and :meth:`encode` for each outgoing message.
+    """
+
+    def decode(self, data: bytes, end_of_message: bool, max_size: int) -> bytes:
+        """Return the decoded bytes of this chunk.
+
+        ``max_size`` is how many more decoded bytes the message may have
+        (``-1``: no limit); raise :class:`MessageTooBig` rather than produce
+        more.  Raise ``ValueError`` for a corrupt stream.
+        """
+        ...
+
+    def encode(self, data: bytes) -> bytes | None:
+        """Return the encoded payload, or ``None`` to send ``data`` as it is (no RSV1)."""
+        ...
+
+
+class ConnectionState(enum.IntEnum):
+    OPEN = 1
+    CLOSE_SENT = 2  # we sent Close, waiting for the peer's ("readOnly")
+    CLOSE_RECEIVED = 3  # the peer sent Close, we have not answered ("writeOnly")
+    CLOSED = 4  # both Close frames passed, or the connection failed
+
+
+_HEADER = 0
+_PAYLOAD = 1
+_DISCARD = 2
+
+
+class Connection:
+    """Server side of one WebSocket connection.
+
+    ``max_payload`` bounds one message (all fragments, after decompression);
+    ``< 1`` means no limit.  ``codec`` is the negotiated per-message
+    extension, if any; without one an RSV1 bit is a protocol error.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_frame_fin",
+        "_frame_left",
+        "_frame_mask",
+        "_frame_masked_pos",
+        "_frame_opcode",
+        "_msg_buf",
+        "_msg_compressed",
+        "_msg_opcode",
+        "_msg_size",
+        "_read_state",
+        "_utf8",
+        "codec",
+        "failed",
+        "max_payload",
+        "state",
+    )
+
+    def __init__(self, *, max_payload: int = 0, codec: MessageCodec | None = None) -> None:
+        self.max_payload = max_payload
+        self.codec = codec
+        self.state = ConnectionState.OPEN
+        self.failed = False
+        self._buf = b""
+        self._read_state = _HEADER
+        # The frame being read (payload not yet complete).
+        self._frame_opcode = 0
+        self._frame_fin = False
+        self._frame_left = 0
+        self._frame_mask = b""
+        self._frame_masked_pos = 0
+        # The message being assembled; _msg_opcode 0 means none.
+        self._msg_opcode = 0
+        self._msg_compressed = False
+        self._msg_size = 0
+        self._msg_buf: bytearray | None = None
+        self._utf8: codecs.IncrementalDecoder | None = None
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the peer; return the events they complete."""
+        events: list[Event] = []
+        if self._read_state == _DISCARD:
+            return events
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        pos = 0
+        end = len(data)
+        while pos < end:
+            if self._read_state == _PAYLOAD:
+                pos = self._read_payload(data, pos, end, events)
+                if self._read_state == _DISCARD:
+                    return events
+                continue
+            # _HEADER: RFC 6455 §5.2.
+            if end - pos < 2:
+                break
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            length = b1 & 0x7F
+            hlen = 2
+            if length == 126:
+                hlen = 4
+            elif length == 127:
+                hlen = 10
+            if not b1 & 0x80:
+                # RFC 6455 §5.1: a server MUST close on an unmasked client frame.
+                return self._fail(events, CloseCode.PROTOCOL_ERROR, "client frame not masked")
+            if end - pos < hlen + 4:
+                break
+            if hlen == 4:
+                length = (data[pos + 2] << 8) | data[pos + 3]
+            elif hlen == 10:
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                if length >> 63:
+                    return self._fail(events, CloseCode.PROTOCOL_ERROR, "frame length over 2^63")
+            opcode = b0 & 0x0F
+            fin = b0 & 0x80
+            error = self._check_header(b0, opcode, length)
+            if error is not None:
+                return self._fail(events, error[0], error[1])
+            mask = data[pos + hlen : pos + hlen + 4]
+            pos += hlen + 4
+            if opcode >= 8:
+                # Control frame: ≤ 125 bytes, handled whole.
+                if end - pos < length:
+                    self._buf = data[pos - hlen - 4 :]
+                    return events
+                payload = apply_mask(data[pos : pos + length], mask)
+                pos += length
+                self._control_frame(opcode, payload, events)
+                if self._read_state == _DISCARD:
+                    return events
+                continue
+            if opcode != OP_CONTINUATION:
+                self._msg_opcode = opcode
+                self._msg_compressed = bool(b0 & 0x40)
+                self._msg_size = 0
+            if (
+                fin
+                and opcode != OP_CONTINUATION
+                and not self._msg_compressed
+                and end - pos >= length
+            ):
+                # Fast path: a whole unfragmented message is here.
+                payload = apply_mask(data[pos : pos + length], mask)
+                pos += length
+                self._msg_opcode = 0
+                if opcode == OP_TEXT:
+                    try:
+                        events.append(payload.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        return self._fail(
+                            events, CloseCode.INVALID_PAYLOAD, "invalid UTF-8 in text"
+                        )
+                else:
+                    events.append(payload)
+                continue
+            self._frame_opcode = opcode
+            self._frame_fin = bool(fin)
+            self._frame_left = length
+            self._frame_mask = mask
+            self._frame_masked_pos = 0
+            self._read_state = _PAYLOAD
+            if self._msg_buf is None:
+                self._msg_buf = bytearray()
+                if self._msg_opcode == OP_TEXT:
+                    self._utf8 = _Utf8Decoder()
+            if length == 0:
+                # An empty frame still ends the frame (and maybe the message).
+                self._read_payload(data, pos, pos, events)
+                if self._read_state == _DISCARD:
+                    return events
+        if pos < end:
+            self._buf = data[pos:]
+        return events
+
+    def _check_header(self, b0: int, opcode: int, length: int) -> tuple[int, str] | None:
+        """Return ``(close code, reason)`` if this frame header is not allowed."""
+        if b0 & 0x30:
+            return CloseCode.PROTOCOL_ERROR, "RSV2/RSV3 set without an extension"
+        if opcode >= 8:
+            if opcode > OP_PONG:
+                return CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode}"
+            if not b0 & 0x80:
+                return CloseCode.PROTOCOL_ERROR, "fragmented control frame"
+            if length > MAX_CONTROL_PAYLOAD:
+                return CloseCode.PROTOCOL_ERROR, "control frame over 125 bytes"
+            if b0 & 0x40:
+                return CloseCode.PROTOCOL_ERROR, "RSV1 set on a control frame"
+            return None
+        if opcode > OP_BINARY:
+            return CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode}"
+        if opcode == OP_CONTINUATION:
+            if not self._msg_opcode:
+                return CloseCode.PROTOCOL_ERROR, "continuation frame without a message"
+            if b0 & 0x40:
+                # RFC 7692 §6.1: RSV1 only on a message's first frame.
+                return CloseCode.PROTOCOL_ERROR, "RSV1 set on a continuation frame"
+        else:
+            if self._msg_opcode:
+                return CloseCode.PROTOCOL_ERROR, "new message before the last one ended"
+            if b0 & 0x40 and self.codec is None:
+                return CloseCode.PROTOCOL_ERROR, "RSV1 set without a negotiated extension"
+        limit = self.max_payload
+        if limit > 0 and not (b0 & 0x40 or (opcode == OP_CONTINUATION and self._msg_compressed)):
+            # RFC 6455 §10.4: refuse before buffering anything of it.
+            size = self._msg_size if opcode == OP_CONTINUATION else 0
+            if size + length > limit:
+                return CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes"
+        return None
+
+    def _read_payload(self, data: bytes, pos: int, end: int, events: list[Event]) -> int:
+        """Consume what is here of the current data frame's payload."""
+        take = min(self._frame_left, end - pos)
+        chunk = data[pos : pos + take]
+        if take:
+            mask = self._frame_mask
+            offset = self._frame_masked_pos & 3
+            if offset:
+                mask = mask[offset:] + mask[:offset]
+            chunk = apply_mask(chunk, mask)
+            self._frame_masked_pos += take
+            self._frame_left -= take
+        end_of_message = self._frame_left == 0 and self._frame_fin
+        if self._msg_compressed:
+            limit = self.max_payload
+            room = limit - self._msg_size if limit > 0 else -1
+            assert self.codec is not None
+            try:
+                chunk = self.codec.decode(chunk, self._frame_left == 0 and self._frame_fin, room)
+            except MessageTooBig:
+                self._fail(events, CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes")
+                return end
+            except ValueError as exc:
+                self._fail(events, CloseCode.INVALID_PAYLOAD, f"cannot decompress: {exc}")
+                return end
+        self._msg_size += len(chunk)
+        utf8 = self._utf8
+        if utf8 is not None:
+            try:
+                utf8.decode(chunk, end_of_message)
+            except UnicodeDecodeError:
+                self._fail(events, CloseCode.INVALID_PAYLOAD, "invalid UTF-8 in text")
+                return end
+        buf = self._msg_buf
+        assert buf is not None
+        buf += chunk
+        if self._frame_left == 0:
+            self._read_state = _HEADER
+            if self._frame_fin:
+                payload = bytes(buf)
+                self._msg_buf = None
+                self._utf8 = None
+                if self._msg_opcode == OP_TEXT:
+                    events.append(payload.decode("utf-8"))
+                else:
+                    events.append(payload)
+                self._msg_opcode = 0
+                self._msg_compressed = False
+        return pos + take
+
+    def _control_frame(self, opcode: int, payload: bytes, events: list[Event]) -> None:
+        if opcode == OP_PING:
+            events.append(Ping(payload))
+        elif opcode == OP_PONG:
+            events.append(Pong(payload))
+        else:
+            try:
+                code, reason = parse_close_payload(payload)
+            except InvalidClosePayload as exc:
+                self._fail(events, exc.code, exc.reason)
+                return
+            self._read_state = _DISCARD
+            self._buf = b""
+            self._msg_buf = None
+            self._utf8 = None
+            if self.state == ConnectionState.CLOSE_SENT:
+                self.state = ConnectionState.CLOSED
+            else:
+                self.state = ConnectionState.CLOSE_RECEIVED
+            events.append(CloseReceived(code, reason))
+
+    def _fail(self, events: list[Event], code: int, reason: str) -> list[Event]:
+        self.failed = True
+        self._read_state = _DISCARD
+        self._buf = b""
+        self._msg_buf = None
+        self._utf8 = None
+        events.append(ProtocolError(code, reason))
+        return events
+
+    @property
+    def receiving(self) -> bool:
+        """False once a Close frame arrived or the peer broke the protocol."""
+        return self._read_state != _DISCARD
+
+    # ----------------------------------------------------------------- output
+
+    def send_message(self, data: bytes, text: bool) -> bytes:
+        """Frame one message (compressed if the codec wants it)."""
+        if self.state != ConnectionState.OPEN and self.state != ConnectionState.CLOSE_RECEIVED:
+            raise ConnectionClosedError("the closing handshake has started")
+        opcode = OP_TEXT if text else OP_BINARY
+        codec = self.codec
+        if codec is not None:
+            encoded = codec.encode(data)
+            if encoded is not None:
+                return build_frame(opcode, encoded, rsv1=True)
+        return build_frame(opcode, data)
+
+    def send_ping(self, payload: bytes = b"") -> bytes:
+        if len(payload) > MAX_CONTROL_PAYLOAD:
+            raise ValueError("a ping payload is at most 125 bytes")
+        if self.state == ConnectionState.CLOSE_SENT or self.state == ConnectionState.CLOSED:
+            raise ConnectionClosedError("the closing handshake has started")
+        return build_frame(OP_PING, payload)
+
+    def send_pong(self, payload: bytes) -> bytes:
+        if self.state == ConnectionState.CLOSE_SENT or self.state == ConnectionState.CLOSED:
+            return b""
+        return build_frame(OP_PONG, payload)
+
+    def send_close(self, code: int | None = CloseCode.NORMAL, reason: str = "") -> bytes:
+        """Our Close frame, or ``b""`` if we sent one already (RFC 6455 §5.5.1)."""
+        state = self.state
+        if state == ConnectionState.CLOSE_SENT or state == ConnectionState.CLOSED:
+            return b""
+        self.state = (
+            ConnectionState.CLOSED
+            if state == ConnectionState.CLOSE_RECEIVED or self._read_state == _DISCARD
+            else ConnectionState.CLOSE_SENT
+        )
+        return build_frame(OP_CLOSE, close_payload(code, reason))
+
+
+class ConnectionClosedError(Exception):
+    """A message or ping was sent after the closing handshake started."""

@@ -1,0 +1,175 @@
+"""RFC 6455 §5: frame layout, opcodes, close codes and masking.
+
+Everything here is pure: bytes in, bytes out.  The frame *reader* lives in
+:mod:`wshub.protocol.connection` because it is a state machine; this module
+holds the stateless pieces that the reader, the writer and the tests share.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+import sys
+
+__all__ = [
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONTINUATION",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "CloseCode",
+    "apply_mask",
+    "build_frame",
+    "close_payload",
+    "is_valid_close_code",
+    "parse_close_payload",
+]
+
+# RFC 6455 §5.2 opcodes.
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+DATA_OPCODES = frozenset((OP_CONTINUATION, OP_TEXT, OP_BINARY))
+CONTROL_OPCODES = frozenset((OP_CLOSE, OP_PING, OP_PONG))
+
+# RFC 6455 §5.5: control frames carry at most 125 bytes of payload.
+MAX_CONTROL_PAYLOAD = 125
+
+
+class CloseCode(enum.IntEnum):
+    """RFC 6455 §7.4.1 status codes (and 1012-1014 from the IANA registry)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS = 1005  # never sent on the wire
+    ABNORMAL = 1006  # never sent on the wire
+    INVALID_PAYLOAD = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    BAD_GATEWAY = 1014
+    TLS_HANDSHAKE = 1015  # never sent on the wire
+
+
+# Codes a peer may put in a Close frame (RFC 6455 §7.4.1, §7.4.2; IANA
+# registry).  1004, 1005, 1006 and 1015 are reserved and never sent; 0-999
+# and 5000+ are not used; 3000-4999 are for libraries and applications.
+_SENDABLE_CODES = frozenset(
+    (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
+)
+
+
+def is_valid_close_code(code: int) -> bool:
+    """True if ``code`` may appear in a Close frame on the wire."""
+    return code in _SENDABLE_CODES or 3000 <= code <= 4999
+
+
+def close_payload(code: int | None, reason: str = "") -> bytes:
+    """Build the payload of a Close frame (RFC 6455 §5.5.1).
+
+    ``code=None`` gives an empty payload (the peer then sees 1005).  The
+    reason is truncated on a character boundary so that the payload stays
+    within the 125 bytes a control frame may carry.
+    """
+    if code is None:
+        return b""
+    data = reason.encode("utf-8")
+    if len(data) > MAX_CONTROL_PAYLOAD - 2:
+        data = data[: MAX_CONTROL_PAYLOAD - 2].decode("utf-8", "ignore").encode("utf-8")
+    return struct.pack("!H", code) + data
+
+
+class InvalidClosePayload(ValueError):
+    """A Close frame's payload breaks RFC 6455 §5.5.1 / §7.4."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def parse_close_payload(payload: bytes) -> tuple[int, str]:
+    """Return ``(code, reason)`` of a received Close frame's payload.
+
+    An empty payload means 1005 (no status).  Raises
+    :class:`InvalidClosePayload` with the close code to answer with: 1002 for
+    a one-byte payload or a code that may not be sent, 1007 for a reason that
+    is not UTF-8 (RFC 6455 §5.5.1: "the data ... MUST be UTF-8").
+    """
+    n = len(payload)
+    if n == 0:
+        return CloseCode.NO_STATUS, ""
+    if n == 1:
+        raise InvalidClosePayload(CloseCode.PROTOCOL_ERROR, "close frame payload of 1 byte")
+    code = (payload[0] << 8) | payload[1]
+    if not is_valid_close_code(code):
+        raise InvalidClosePayload(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidClosePayload(
+            CloseCode.INVALID_PAYLOAD, "close reason is not valid UTF-8"
+        ) from None
+    return code, reason
+
+
+def _apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
+    """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 §5.3).
+
+    Pure Python, but fast: the XOR runs on two big integers, so CPython does
+    it in C a machine word at a time instead of one byte per loop turn.
+    """
+    n = len(data)
+    if n == 0:
+        return b""
+    key = mask * ((n >> 2) + 1)
+    return (int.from_bytes(data, sys.byteorder) ^ int.from_bytes(key[:n], sys.byteorder)).to_bytes(
+        n, sys.byteorder
+    )
+
+
+apply_mask = _apply_mask_py
+"""XOR ``data`` with a 4-byte mask; replaced by the C accelerator when built."""
+
+if not os.environ.get("WSHUB_NO_EXTENSIONS"):
+    try:
+        from wshub._speedups import apply_mask as _apply_mask_c  # type: ignore[import-not-found]
+    except ImportError:
+        pass
+    else:
+        apply_mask = _apply_mask_c
+
+_pack_h = struct.Struct("!BBH").pack
+_pack_q = struct.Struct("!BBQ").pack
+
+
+def build_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False) -> bytes:
+    """Serialise one unmasked server frame (RFC 6455 §5.2; servers never mask)."""
+    b0 = opcode | (0x80 if fin else 0) | (0x40 if rsv1 else 0)
+    n = len(payload)
+    if n < 126:
+        return bytes((b0, n)) + payload
+    if n < 65536:
+        return _pack_h(b0, 126, n) + payload
+    return _pack_q(b0, 127, n) + payload
+
+
+def build_frame_header(opcode: int, length: int, *, fin: bool = True, rsv1: bool = False) -> bytes:
+    """Only the header of an unmasked frame, for writers that send the payload apart."""
+    b0 = opcode | (0x80 if fin else 0) | (0x40 if rsv1 else 0)
+    if length < 126:
+        return bytes((b0, length))
+    if length < 65536:
+        return _pack_h(b0, 126, length)
+    return _pack_q(b0, 127, length)

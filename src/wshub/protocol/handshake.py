@@ -1,0 +1,160 @@
+"""The opening handshake, server side: RFC 6455 §4.2 (HTTP/1.1) and RFC 8441 §4-5 (HTTP/2).
+
+Pure functions over already-parsed request headers.  The transports parse
+HTTP (httptools for HTTP/1.1, h2 for HTTP/2); this module only decides
+whether the request is a valid WebSocket upgrade, and builds the answer.
+
+Headers are passed as a ``dict`` of lower-case names to values; repeated
+fields are joined with ``", "`` (RFC 9110 §5.3), except ``cookie``, joined
+with ``"; "`` (RFC 6265 §5.4).  :func:`add_header` does that joining.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+
+__all__ = [
+    "SUPPORTED_VERSIONS",
+    "HandshakeError",
+    "Headers",
+    "UpgradeInfo",
+    "accept_key",
+    "add_header",
+    "check_h2_connect",
+    "check_http1_upgrade",
+    "header_tokens",
+    "is_websocket_upgrade",
+]
+
+Headers = dict[str, str]
+
+# RFC 6455 §4.2.2 and hybi-08 (same framing): the versions we speak.
+SUPPORTED_VERSIONS = (13, 8)
+_VERSION_HEADER = ("Sec-WebSocket-Version", "13, 8")
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class HandshakeError(Exception):
+    """The request cannot be upgraded; answer with ``status``.
+
+    ``reason`` is a short, safe text for the response body and the log line;
+    ``headers`` are extra response headers (426 carries the versions we speak).
+    """
+
+    def __init__(
+        self, status: int, reason: str, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.headers = headers or []
+
+
+class UpgradeInfo:
+    """What a valid upgrade request told us."""
+
+    __slots__ = ("extensions", "key", "origin", "version")
+
+    def __init__(self, version: int, key: str | None, origin: str | None, extensions: str) -> None:
+        self.version = version
+        self.key = key  # None for HTTP/2 (RFC 8441 §5: no key, no accept)
+        self.origin = origin
+        self.extensions = extensions
+
+
+def add_header(headers: Headers, name: str, value: str) -> None:
+    """Add one field to ``headers``, joining repeats the way HTTP does."""
+    name = name.lower()
+    old = headers.get(name)
+    if old is None:
+        headers[name] = value
+    else:
+        headers[name] = old + ("; " if name == "cookie" else ", ") + value
+
+
+def header_tokens(value: str) -> list[str]:
+    """The comma-separated tokens of a header, lower-cased, blanks dropped."""
+    return [t.strip().lower() for t in value.split(",") if t.strip()]
+
+
+def is_websocket_upgrade(headers: Headers) -> bool:
+    """True if the request asks to become a WebSocket (so it is judged as one)."""
+    upgrade = headers.get("upgrade")
+    return upgrade is not None and "websocket" in header_tokens(upgrade)
+
+
+def accept_key(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key`` (RFC 6455 §4.2.2)."""
+    digest = hashlib.sha1(key.encode("ascii") + _GUID).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _origin(headers: Headers) -> str | None:
+    # Version 8 (hybi-08) browsers sent Sec-WebSocket-Origin instead of Origin.
+    origin = headers.get("origin")
+    if origin is None:
+        origin = headers.get("sec-websocket-origin")
+    return origin
+
+
+def _version(headers: Headers) -> int:
+    value = headers.get("sec-websocket-version")
+    if value is None:
+        raise HandshakeError(400, "missing Sec-WebSocket-Version", [_VERSION_HEADER])
+    value = value.strip()
+    if not value.isdigit() or int(value) not in SUPPORTED_VERSIONS:
+        # RFC 6455 §4.2.2 point 4: 426 and the versions we speak.
+        raise HandshakeError(426, "unsupported WebSocket version", [_VERSION_HEADER])
+    return int(value)
+
+
+def check_http1_upgrade(method: str, http_version: str, headers: Headers) -> UpgradeInfo:
+    """Validate an HTTP/1.1 upgrade request (RFC 6455 §4.2.1).
+
+    Raises :class:`HandshakeError` (400, 405 or 426) when it is not valid.
+    """
+    if method != "GET":
+        raise HandshakeError(405, "a WebSocket upgrade must use GET", [("Allow", "GET")])
+    if http_version not in ("1.1",) and not http_version.startswith(("2", "3")):
+        raise HandshakeError(400, "a WebSocket upgrade needs HTTP/1.1")
+    if "host" not in headers:
+        raise HandshakeError(400, "missing Host header")
+    if "upgrade" not in header_tokens(headers.get("connection", "")):
+        raise HandshakeError(400, "Connection header must contain Upgrade")
+    if not is_websocket_upgrade(headers):
+        raise HandshakeError(400, "Upgrade header must contain websocket")
+    key = headers.get("sec-websocket-key")
+    if key is None:
+        raise HandshakeError(400, "missing Sec-WebSocket-Key")
+    key = key.strip()
+    try:
+        raw = base64.b64decode(key.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raw = b""
+    if len(raw) != 16:
+        # Also catches a repeated header, joined to "a, b" above.
+        raise HandshakeError(400, "invalid Sec-WebSocket-Key")
+    version = _version(headers)
+    return UpgradeInfo(version, key, _origin(headers), headers.get("sec-websocket-extensions", ""))
+
+
+def check_h2_connect(method: str, protocol: str | None, headers: Headers) -> UpgradeInfo:
+    """Validate an RFC 8441 extended CONNECT (pseudo-headers already checked by h2).
+
+    ``headers`` are the regular (non-pseudo) fields.  RFC 8441 §5: no key and
+    no accept; version 13 only (version 8 predates HTTP/2).
+    """
+    if method != "CONNECT":
+        raise HandshakeError(405, "a WebSocket over HTTP/2 must use CONNECT")
+    if protocol is None:
+        raise HandshakeError(400, "CONNECT without :protocol")
+    if protocol.lower() != "websocket":
+        raise HandshakeError(501, f"unsupported :protocol {protocol[:40]!r}")
+    value = headers.get("sec-websocket-version")
+    if value is None or value.strip() != "13":
+        raise HandshakeError(
+            426, "unsupported WebSocket version", [("sec-websocket-version", "13")]
+        )
+    return UpgradeInfo(13, None, _origin(headers), headers.get("sec-websocket-extensions", ""))

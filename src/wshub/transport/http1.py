@@ -1,0 +1,505 @@
+"""HTTP/1.1: requests parsed by httptools, WebSocket upgrades, plain requests to the handler.
+
+One :class:`Http1Protocol` per TCP connection.  It reads requests until one
+is a WebSocket upgrade; after the 101 the same object forwards the bytes to
+an :class:`Http1Link` (a :class:`~wshub.transport.link.FramedLink` over the
+transport).  Policy (origin, per-IP, IDs) is the hub's: this module only
+checks that the request is well-formed and writes what the hub decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from ..http import Request, Response, coerce_response, reason_phrase
+from ..protocol.connection import Connection
+from ..protocol.handshake import (
+    HandshakeError,
+    Headers,
+    accept_key,
+    add_header,
+    check_http1_upgrade,
+    is_websocket_upgrade,
+)
+from .link import FramedLink, LinkConfig, UpgradeRequest
+
+if TYPE_CHECKING:
+    from .server import HttpServer
+
+__all__ = ["Http1Link", "Http1Protocol"]
+
+log = logging.getLogger("wshub")
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class Http1Link(FramedLink):
+    """A WebSocket over an HTTP/1.1 connection (after the 101)."""
+
+    __slots__ = ("transport",)
+
+    def __init__(self, transport: asyncio.Transport, conn: Connection, config: LinkConfig) -> None:
+        super().__init__(conn, config)
+        self.transport = transport
+
+    def _write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def _write_many(self, chunks: list[bytes]) -> None:
+        self.transport.write(b"".join(chunks))
+
+    def _end(self) -> None:
+        self.transport.close()
+
+    def _half_close(self) -> None:
+        t = self.transport
+        if t.can_write_eof():
+            try:
+                t.write_eof()
+            except (OSError, RuntimeError):
+                t.close()
+
+    def _kill(self) -> None:
+        self.transport.abort()
+
+    def _pause_reading(self) -> None:
+        if self.transport.is_reading():
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if not self.transport.is_closing() and not self.transport.is_reading():
+            self.transport.resume_reading()
+
+    def _buffered(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    def _socket(self) -> socket.socket | None:
+        sock = self.transport.get_extra_info("socket")
+        return (
+            sock if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) else None
+        )
+
+    def set_no_delay(self, no_delay: bool) -> bool:
+        sock = self._socket()
+        if sock is None:
+            return False
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if no_delay else 0)
+        return True
+
+    def set_keep_alive(self, enable: bool, initial_delay: float) -> bool:
+        sock = self._socket()
+        if sock is None:
+            return False
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if enable else 0)
+        if enable and initial_delay > 0 and hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(initial_delay)))
+        return True
+
+
+class _ParsedRequest:
+    __slots__ = ("body", "headers", "http_version", "keep_alive", "method", "target")
+
+    def __init__(self) -> None:
+        self.method = ""
+        self.target = ""
+        self.http_version = "1.1"
+        self.headers: Headers = {}
+        self.body = bytearray()
+        self.keep_alive = True
+
+
+class Http1Protocol(asyncio.Protocol):
+    """Serves one HTTP/1.1 connection; becomes a WebSocket after an upgrade."""
+
+    __slots__ = (
+        "_body_too_big",
+        "_busy",
+        "_closing",
+        "_head_size",
+        "_header_count",
+        "_header_name",
+        "_headers_done",
+        "_parser",
+        "_queue",
+        "_raw_size",
+        "_req",
+        "_timer",
+        "link",
+        "peer",
+        "server",
+        "tls",
+        "transport",
+    )
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.link: Http1Link | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.tls = False
+        self._parser: Any = None
+        self._req: _ParsedRequest | None = None
+        self._queue: list[_ParsedRequest] = []
+        self._busy = False
+        self._closing = False
+        self._head_size = 0
+        self._raw_size = 0
+        self._header_count = 0
+        self._header_name = b""
+        self._headers_done = False
+        self._body_too_big = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # ----------------------------------------------------------- asyncio hooks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = (str(peer[0]), int(peer[1]))
+        ssl_object = transport.get_extra_info("ssl_object")
+        self.tls = ssl_object is not None
+        self.server._connection_made(self)
+        if (
+            ssl_object is not None
+            and ssl_object.selected_alpn_protocol() == "h2"
+            and self.server._switch_to_h2(self, b"")
+        ):
+            return
+        self._parser = httptools.HttpRequestParser(self)
+        self._start_timer()
+
+    def data_received(self, data: bytes) -> None:
+        link = self.link
+        if link is not None:
+            link.data_received(data)
+            return
+        if self._closing:
+            return
+        if self._parser is None:
+            return
+        if not self._headers_done:
+            first = self._raw_size == 0
+            self._raw_size += len(data)
+            if (
+                first
+                and data.startswith(_H2_PREFACE[:24])
+                and self.server._switch_to_h2(self, data)
+            ):
+                # h2c with prior knowledge (RFC 9113 §3.3).
+                return
+            if self._raw_size > 2 * self.server.max_header_size + 65536:
+                # Bytes that never form a request head (slowloris, garbage).
+                self._refuse(431, "request header too large")
+                return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args else len(data)
+            self._on_upgrade(data[offset:])
+            return
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"malformed HTTP request: {_short(exc)}")
+            return
+        except _RequestRefused:
+            return
+        self._process_queue()
+
+    def eof_received(self) -> bool | None:
+        if self.link is not None:
+            self.link.eof_received()
+            return True
+        return None
+
+    def pause_writing(self) -> None:
+        if self.link is not None:
+            self.link.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.link is not None:
+            self.link.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._closing = True
+        self.server._connection_lost(self)
+        if self.link is not None:
+            self.link.connection_lost(exc)
+
+    # ------------------------------------------------------- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._req = _ParsedRequest()
+        self._header_count = 0
+        self._headers_done = False
+        self._body_too_big = False
+
+    def on_url(self, url: bytes) -> None:
+        assert self._req is not None
+        self._count_head(len(url))
+        self._req.target += url.decode("latin-1")
+
+    def _count_head(self, n: int) -> None:
+        self._head_size += n
+        if self._head_size > self.server.max_header_size:
+            self._refuse(431, "request header too large")
+            raise _RequestRefused
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self._req
+        assert req is not None
+        self._count_head(len(name) + len(value) + 4)
+        self._header_count += 1
+        if self._header_count > self.server.max_headers:
+            self._refuse(431, "too many request headers")
+            raise _RequestRefused
+        add_header(req.headers, name.decode("latin-1"), value.decode("latin-1").strip())
+
+    def on_headers_complete(self) -> None:
+        req = self._req
+        assert req is not None and self._parser is not None
+        self._headers_done = True
+        self._head_size = 0
+        self._raw_size = 0
+        req.method = self._parser.get_method().decode("latin-1")
+        req.http_version = self._parser.get_http_version()
+        req.keep_alive = bool(self._parser.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        req = self._req
+        assert req is not None
+        if len(req.body) + len(body) > self.server.max_body_size:
+            self._body_too_big = True
+            self._refuse(413, "request body too large")
+            raise _RequestRefused
+        req.body += body
+
+    def on_message_complete(self) -> None:
+        req = self._req
+        assert req is not None
+        self._req = None
+        self._queue.append(req)
+        self._head_size = 0
+        self._raw_size = 0
+        self._headers_done = False
+
+    # ------------------------------------------------------------- requests
+
+    def _start_timer(self) -> None:
+        self._cancel_timer()
+        timeout = self.server.handshake_timeout
+        if timeout > 0:
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.link is None and not self._closing and not self._busy:
+            if self._headers_done or self._raw_size:
+                log.info(
+                    "%s: request not complete within %.1fs",
+                    self.peer[0],
+                    self.server.handshake_timeout,
+                )
+                self._refuse(408, "request timeout")
+            else:
+                self._close()
+
+    def _process_queue(self) -> None:
+        while self._queue and not self._busy and not self._closing:
+            req = self._queue.pop(0)
+            if is_websocket_upgrade(req.headers):
+                # An upgrade that httptools did not flag (e.g. no "Connection:
+                # upgrade"): judge it as a handshake all the same, so the
+                # client gets a precise 400 instead of a page.
+                self._handshake(req, b"")
+                return
+            self._plain_request(req)
+
+    def _on_upgrade(self, rest: bytes) -> None:
+        # httptools stops at an Upgrade; the request is in the queue.
+        if not self._queue:
+            self._refuse(400, "malformed upgrade request")
+            return
+        req = self._queue.pop(0)
+        if self._queue:
+            self._refuse(400, "pipelined requests before an upgrade")
+            return
+        if not is_websocket_upgrade(req.headers):
+            # Some other protocol (h2c upgrade ...): answer it as plain HTTP,
+            # then close, since the parser cannot go on after an Upgrade.
+            req.keep_alive = False
+            self._plain_request(req)
+            return
+        self._handshake(req, rest)
+
+    def _handshake(self, req: _ParsedRequest, rest: bytes) -> None:
+        server = self.server
+        hub = server.websocket
+        try:
+            info = check_http1_upgrade(req.method, req.http_version, req.headers)
+            if hub is None:
+                raise HandshakeError(404, "no WebSocket endpoint on this server")
+            request = UpgradeRequest(
+                target=req.target,
+                headers=req.headers,
+                info=info,
+                peer=self.peer,
+                scheme="wss" if self.tls else "ws",
+            )
+            admission = hub.admit(request)
+        except HandshakeError as exc:
+            log.info("%s: refused WebSocket upgrade: %d %s", self.peer[0], exc.status, exc.reason)
+            self._refuse(exc.status, exc.reason, exc.headers)
+            return
+        except Exception:
+            log.exception("%s: internal error in the WebSocket handshake", self.peer[0])
+            self._refuse(500, "internal server error")
+            return
+        transport = self.transport
+        assert transport is not None and info.key is not None
+        if transport.is_closing():
+            admission.cancel()
+            return
+        lines = [
+            "HTTP/1.1 101 Switching Protocols",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Accept: {accept_key(info.key)}",
+        ]
+        lines.extend(f"{k}: {v}" for k, v in admission.response_headers)
+        response = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self._cancel_timer()
+        config = admission.config
+        conn = Connection(max_payload=config.max_payload, codec=admission.codec)
+        link = Http1Link(transport, conn, config)
+        transport.set_write_buffer_limits(high=config.write_high, low=config.write_low)
+        self.link = link
+        self._parser = None
+        transport.write(response)
+        link.bytes_written = len(response)
+        admission.open(link)
+        if rest:
+            link.data_received(rest)
+
+    def _plain_request(self, req: _ParsedRequest) -> None:
+        handler = self.server.handler
+        if handler is None:
+            self._respond(req, Response.text(404, "Not Found\n"))
+            return
+        path, _, query = req.target.partition("?")
+        request = Request(
+            method=req.method,
+            path=path,
+            query=query,
+            headers=req.headers,
+            body=bytes(req.body),
+            client=self.peer,
+            scheme="https" if self.tls else "http",
+            http_version=req.http_version,
+        )
+        try:
+            result = handler(request)
+        except Exception:
+            log.exception("error in the HTTP handler for %s %s", req.method, path)
+            self._respond(req, Response.text(500, "Internal Server Error\n"))
+            return
+        if inspect.isawaitable(result):
+            self._busy = True
+            self._cancel_timer()
+            if self.transport is not None:
+                self.transport.pause_reading()
+            task = asyncio.ensure_future(result)
+            task.add_done_callback(lambda t: self._handler_done(req, t))
+            return
+        self._respond_coerced(req, result)
+
+    def _handler_done(self, req: _ParsedRequest, task: asyncio.Future[Any]) -> None:
+        self._busy = False
+        if self._closing:
+            return
+        if task.cancelled():
+            self._respond(req, Response.text(503, "Service Unavailable\n"))
+        elif task.exception() is not None:
+            log.error("error in the HTTP handler for %s", req.target, exc_info=task.exception())
+            self._respond(req, Response.text(500, "Internal Server Error\n"))
+        else:
+            self._respond_coerced(req, task.result())
+        if self.transport is not None and not self._closing:
+            self.transport.resume_reading()
+            self._process_queue()
+
+    def _respond_coerced(self, req: _ParsedRequest, result: object) -> None:
+        try:
+            response = coerce_response(result)
+        except TypeError:
+            log.exception("bad return value from the HTTP handler")
+            response = Response.text(500, "Internal Server Error\n")
+        self._respond(req, response)
+
+    def _respond(self, req: _ParsedRequest, response: Response) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        keep_alive = req.keep_alive and req.http_version == "1.1"
+        head = [f"HTTP/1.1 {response.status} {reason_phrase(response.status)}"]
+        names = set()
+        for k, v in response.headers:
+            names.add(k.lower())
+            head.append(f"{k}: {v}")
+        body = b"" if req.method == "HEAD" else response.body
+        if "content-length" not in names and response.status not in (204, 304):
+            head.append(f"Content-Length: {len(response.body)}")
+        if not keep_alive:
+            head.append("Connection: close")
+        transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        if keep_alive:
+            self._start_timer()
+        else:
+            self._close()
+
+    def _refuse(
+        self, status: int, reason: str, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        """Answer with an error status and close (the connection is not reusable)."""
+        transport = self.transport
+        if transport is None or self._closing:
+            return
+        self._closing = True
+        self._parser = None
+        body = (reason + "\n").encode("utf-8", "replace")
+        head = [
+            f"HTTP/1.1 {status} {reason_phrase(status)}",
+            "Content-Type: text/plain; charset=utf-8",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
+        head.extend(f"{k}: {v}" for k, v in headers or ())
+        transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _RequestRefused(Exception):
+    """Raised inside a parser callback to stop parsing after a refusal."""
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:80]

@@ -1,0 +1,617 @@
+"""The per-client link between the hub and whatever carries the WebSocket.
+
+The hub (:mod:`wshub.hub`) never sees a socket or an HTTP version.  It talks
+to a :class:`Link`: send a message, ping, close, pause, count bytes.  The
+link talks back to a :class:`LinkListener` (the hub's record of the client)
+with messages, pongs, errors and exactly one close.
+
+:class:`FramedLink` implements :class:`Link` for carriers of raw RFC 6455
+frames (an HTTP/1.1 connection after the 101, an HTTP/2 stream after the
+200) on top of :class:`wshub.protocol.connection.Connection`; subclasses
+supply only the byte pipe.  The ASGI adapter implements :class:`Link`
+directly, since there the ASGI server does the framing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Hashable
+from typing import Protocol
+
+from ..errors import WebSocketProtocolError
+from ..policy import PingFloodGuard
+from ..protocol.connection import (
+    CloseReceived,
+    Connection,
+    ConnectionClosedError,
+    ConnectionState,
+    Event,
+    MessageCodec,
+    Ping,
+    Pong,
+    ProtocolError,
+)
+from ..protocol.frames import CloseCode
+from ..protocol.handshake import Headers, UpgradeInfo
+
+__all__ = [
+    "Admission",
+    "FramedLink",
+    "Link",
+    "LinkConfig",
+    "LinkListener",
+    "ReadyState",
+    "UpgradeHandler",
+    "UpgradeRequest",
+]
+
+log = logging.getLogger("wshub")
+
+ReadyState = str  # "opening" | "open" | "readOnly" | "writeOnly" | "closed"
+
+
+class LinkListener(Protocol):
+    """What a link reports to (the hub's record of one client)."""
+
+    def on_message(self, data: str | bytes) -> bool:
+        """A whole message.  Return False to hold further events until ``link.release()``."""
+        ...
+
+    def on_pong(self, payload: bytes) -> None: ...
+
+    def on_error(self, exc: Exception) -> None: ...
+
+    def on_close(self, code: int, reason: str, was_clean: bool) -> None:
+        """Called exactly once, whatever ended the connection."""
+        ...
+
+
+class Link(Protocol):
+    """What the hub may ask of one client's connection."""
+
+    listener: LinkListener | None
+    bytes_read: int
+    bytes_written: int
+
+    @property
+    def broadcast_key(self) -> Hashable | None:
+        """Links with equal keys accept the same prepared frame; None: never share."""
+        ...
+
+    def prepare(self, payload: bytes, text: bool) -> bytes: ...
+
+    def send_prepared(self, frame: bytes) -> bool: ...
+
+    def send_message(self, payload: bytes, text: bool) -> bool: ...
+
+    def ping(self, payload: bytes) -> bool: ...
+
+    def close(self, code: int = 1000, reason: str = "") -> bool: ...
+
+    def abort(self) -> None: ...
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    @property
+    def is_paused(self) -> bool: ...
+
+    @property
+    def ready_state(self) -> ReadyState: ...
+
+    @property
+    def is_open(self) -> bool: ...
+
+    async def drain(self) -> None: ...
+
+    def set_no_delay(self, no_delay: bool) -> bool: ...
+
+    def set_keep_alive(self, enable: bool, initial_delay: float) -> bool: ...
+
+
+class UpgradeRequest:
+    """A valid WebSocket upgrade, whatever HTTP version carried it, for the hub to judge."""
+
+    __slots__ = ("headers", "info", "peer", "scheme", "target")
+
+    def __init__(
+        self,
+        *,
+        target: str,
+        headers: Headers,
+        info: UpgradeInfo,
+        peer: tuple[str, int],
+        scheme: str,
+    ) -> None:
+        self.target = target  # the request target as sent: "/path?query"
+        self.headers = headers  # lower-case names (":authority" folded into "host")
+        self.info = info
+        self.peer = peer  # (ip, port) of the TCP peer
+        self.scheme = scheme  # "ws" or "wss"
+
+
+class Admission(Protocol):
+    """The hub's yes to an upgrade: headers for the answer, then open or cancel."""
+
+    client_id: str
+    response_headers: list[tuple[str, str]]
+    codec: MessageCodec | None
+    config: LinkConfig
+
+    def open(self, link: Link) -> None:
+        """The answer was sent: the client is connected through ``link``."""
+        ...
+
+    def cancel(self) -> None:
+        """The answer could not be sent: give back what ``admit`` reserved."""
+        ...
+
+
+class UpgradeHandler(Protocol):
+    """What a transport needs from the hub attached to its server."""
+
+    def admit(self, request: UpgradeRequest) -> Admission:
+        """Judge an upgrade; raise ``HandshakeError`` (403, 429 ...) to refuse it."""
+        ...
+
+
+class LinkConfig:
+    """Per-connection limits the hub hands to each link (one object, shared)."""
+
+    __slots__ = (
+        "close_timeout",
+        "max_payload",
+        "ping_burst",
+        "ping_flood_limit",
+        "ping_rate",
+        "write_high",
+        "write_limit",
+        "write_low",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_payload: int = 131072 * 20,
+        close_timeout: float = 10.0,
+        write_high: int = 64 * 1024,
+        write_low: int = 16 * 1024,
+        write_limit: int = 16 * 1024 * 1024,
+        ping_burst: int = 16,
+        ping_rate: float = 8.0,
+        ping_flood_limit: int = 128,
+    ) -> None:
+        self.max_payload = max_payload
+        self.close_timeout = close_timeout
+        self.write_high = write_high
+        self.write_low = write_low
+        self.write_limit = write_limit
+        self.ping_burst = ping_burst
+        self.ping_rate = ping_rate
+        self.ping_flood_limit = ping_flood_limit
+
+
+_PLAIN_KEY = "plain"
+
+
+class FramedLink:
+    """A :class:`Link` that speaks RFC 6455 frames over a byte pipe.
+
+    Subclasses implement the pipe: ``_write``, ``_write_many``, ``_end``
+    (close the pipe after flushing), ``_kill`` (drop it now),
+    ``_pause_reading``, ``_resume_reading``, ``_buffered`` (bytes queued but
+    not yet sent) and the socket options.  They call :meth:`data_received`,
+    :meth:`eof_received` and :meth:`connection_lost`.
+    """
+
+    __slots__ = (
+        "_batch",
+        "_close_code",
+        "_close_reason",
+        "_close_timer",
+        "_closed",
+        "_deferred_pong",
+        "_deferred_timer",
+        "_drain_waiters",
+        "_held",
+        "_loop",
+        "_pending",
+        "_ping_guard",
+        "_user_paused",
+        "_write_paused",
+        "bytes_read",
+        "bytes_written",
+        "config",
+        "conn",
+        "listener",
+    )
+
+    def __init__(self, conn: Connection, config: LinkConfig) -> None:
+        self.conn = conn
+        self.config = config
+        self.listener: LinkListener | None = None
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self._loop = asyncio.get_running_loop()
+        self._batch: list[bytes] | None = None
+        self._pending: list[Event] | None = None
+        self._held = False
+        self._user_paused = False
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._close_code = CloseCode.ABNORMAL.value
+        self._close_reason = ""
+        self._closed = False
+        self._ping_guard: PingFloodGuard | None = None
+        self._deferred_pong: bytes | None = None
+        self._deferred_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------ pipe (abstract)
+
+    def _write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _write_many(self, chunks: list[bytes]) -> None:
+        for c in chunks:
+            self._write(c)
+
+    def _end(self) -> None:
+        """Flush, then close the pipe (our side of the connection ends)."""
+        raise NotImplementedError
+
+    def _half_close(self) -> None:
+        """Flush and stop sending, but keep reading (a lingering close)."""
+        self._end()
+
+    def _kill(self) -> None:
+        raise NotImplementedError
+
+    def _pause_reading(self) -> None:
+        raise NotImplementedError
+
+    def _resume_reading(self) -> None:
+        raise NotImplementedError
+
+    def _buffered(self) -> int:
+        raise NotImplementedError
+
+    def set_no_delay(self, no_delay: bool) -> bool:
+        return False
+
+    def set_keep_alive(self, enable: bool, initial_delay: float) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ output
+
+    def _send(self, data: bytes) -> bool:
+        """Queue frame bytes; return False above the high-water mark."""
+        if self._closed:
+            return False
+        self.bytes_written += len(data)
+        batch = self._batch
+        if batch is not None:
+            batch.append(data)
+            return True
+        buffered = self._buffered()
+        if buffered > self.config.write_limit:
+            self._overflow(buffered)
+            return False
+        self._write(data)
+        return buffered + len(data) <= self.config.write_high
+
+    def _overflow(self, buffered: int) -> None:
+        # The peer does not read and the buffer passed its hard cap: close
+        # with 1008 instead of letting the server's memory grow (the close
+        # frame is tiny; if even that is not read, the close timer aborts).
+        log.warning(
+            "closing a client whose write buffer reached %d bytes (write_limit %d)",
+            buffered,
+            self.config.write_limit,
+        )
+        self._start_close(CloseCode.POLICY_VIOLATION, "write buffer limit exceeded")
+
+    def flush_batch(self) -> None:
+        """Write what was queued during one read, in one call."""
+        batch = self._batch
+        self._batch = None
+        if batch:
+            if self._closed:
+                return
+            if len(batch) == 1:
+                self._write(batch[0])
+            else:
+                self._write_many(batch)
+            buffered = self._buffered()
+            if buffered > self.config.write_limit:
+                self._overflow(buffered)
+
+    @property
+    def broadcast_key(self) -> Hashable | None:
+        codec = self.conn.codec
+        if codec is None:
+            return _PLAIN_KEY
+        key: Hashable | None = getattr(codec, "shared_frame_key", None)
+        return key
+
+    def prepare(self, payload: bytes, text: bool) -> bytes:
+        return self.conn.send_message(payload, text)
+
+    def send_prepared(self, frame: bytes) -> bool:
+        if not self.is_open:
+            raise ConnectionClosedError("the closing handshake has started")
+        return self._send(frame)
+
+    def send_message(self, payload: bytes, text: bool) -> bool:
+        return self._send(self.conn.send_message(payload, text))
+
+    def ping(self, payload: bytes) -> bool:
+        return self._send(self.conn.send_ping(payload))
+
+    def close(self, code: int = 1000, reason: str = "") -> bool:
+        if self._closed or self.conn.state in (ConnectionState.CLOSE_SENT, ConnectionState.CLOSED):
+            return False
+        self._start_close(code, reason)
+        return True
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._kill()
+
+    def _start_close(self, code: int | None, reason: str) -> None:
+        data = self.conn.send_close(code, reason)
+        if data:
+            self._send(data)
+        self.flush_batch()
+        if self.conn.state == ConnectionState.CLOSED:
+            # We answered the peer's Close, or failed the connection: the
+            # server closes the TCP connection first (RFC 6455 §7.1.1).
+            self._finish_after_close()
+        elif self._close_timer is None:
+            self._close_timer = self._loop.call_later(
+                self.config.close_timeout, self._close_timed_out
+            )
+
+    def _finish_after_close(self) -> None:
+        if not self.conn.failed:
+            self._end()
+        else:
+            # A failed connection: unread input may still arrive; closing now
+            # could turn into a reset that destroys our Close frame in
+            # flight, so stop writing and linger until the peer hangs up.
+            self._half_close()
+            if self._close_timer is None:
+                self._close_timer = self._loop.call_later(
+                    self.config.close_timeout, self._close_timed_out
+                )
+
+    def _close_timed_out(self) -> None:
+        self._close_timer = None
+        if not self._closed:
+            log.info("close timeout: dropping the connection")
+            self._kill()
+
+    # ------------------------------------------------------------------- input
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_read += len(data)
+        try:
+            events = self.conn.receive_data(data)
+        except Exception as exc:  # a bug, not the peer's fault: never crash the server
+            log.exception("internal error while reading frames")
+            self._report_error(exc)
+            self._start_close(CloseCode.INTERNAL_ERROR, "internal error")
+            return
+        if not events:
+            return
+        if self._pending is not None:
+            self._pending.extend(events)
+            return
+        self._batch = []
+        try:
+            self._dispatch(events)
+        finally:
+            self.flush_batch()
+
+    def _dispatch(self, events: list[Event]) -> None:
+        listener = self.listener
+        n = len(events)
+        i = 0
+        while i < n:
+            ev = events[i]
+            i += 1
+            if type(ev) is str or type(ev) is bytes:
+                if listener is None or self._closed:
+                    continue
+                if not listener.on_message(ev):
+                    self._hold(events[i:])
+                    return
+                if self._user_paused and i < n:
+                    self._hold(events[i:])
+                    return
+            elif type(ev) is Ping:
+                self._on_ping(ev.payload)
+            elif type(ev) is Pong:
+                if listener is not None:
+                    listener.on_pong(ev.payload)
+            elif type(ev) is CloseReceived:
+                self._close_code = ev.code
+                self._close_reason = ev.reason
+                self._start_close_reply(ev)
+            elif type(ev) is ProtocolError:
+                log.info("protocol error from client: %d %s", ev.code, ev.reason)
+                self._report_error(WebSocketProtocolError(ev.code, ev.reason))
+                self._close_code = ev.code
+                self._close_reason = ev.reason
+                self._start_close(ev.code, ev.reason)
+
+    def _start_close_reply(self, ev: CloseReceived) -> None:
+        if self.conn.state == ConnectionState.CLOSED:
+            # It answers our Close: the handshake is complete.
+            self.flush_batch()
+            self._end()
+        else:
+            self._start_close(ev.reply_code, "")
+
+    def _hold(self, rest: list[Event]) -> None:
+        self._pending = rest
+        self._held = True
+        self._pause_reading()
+
+    def hold(self) -> None:
+        """Deliver nothing more (and read nothing) until :meth:`release`."""
+        if not self._held:
+            if self._pending is None:
+                self._pending = []
+            self._held = True
+            self._pause_reading()
+
+    def release(self) -> None:
+        """The listener finished the message it was busy with: go on."""
+        self._held = False
+        self._continue()
+
+    def _continue(self) -> None:
+        if self._held or self._user_paused:
+            return
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            if pending:
+                self._batch = []
+                try:
+                    self._dispatch(pending)
+                finally:
+                    self.flush_batch()
+            if self._held or self._user_paused:
+                return
+        if not self._closed:
+            self._resume_reading()
+
+    def _on_ping(self, payload: bytes) -> None:
+        guard = self._ping_guard
+        if guard is None:
+            cfg = self.config
+            guard = self._ping_guard = PingFloodGuard(
+                cfg.ping_burst, cfg.ping_rate, cfg.ping_flood_limit
+            )
+        verdict = guard.on_ping(self._loop.time())
+        if verdict == PingFloodGuard.ANSWER:
+            self._send(self.conn.send_pong(payload))
+        elif verdict == PingFloodGuard.DEFER:
+            # Coalesce: only the latest ping of a burst gets its pong (RFC 6455 §5.5.3).
+            self._deferred_pong = payload
+            if self._deferred_timer is None:
+                self._deferred_timer = self._loop.call_later(
+                    guard.seconds_until_token(), self._answer_deferred
+                )
+        else:
+            log.warning("ping flood: closing the client with 1008")
+            self._report_error(WebSocketProtocolError(CloseCode.POLICY_VIOLATION, "ping flood"))
+            self._close_code = CloseCode.POLICY_VIOLATION
+            self._close_reason = "ping flood"
+            self._start_close(CloseCode.POLICY_VIOLATION, "ping flood")
+
+    def _answer_deferred(self) -> None:
+        self._deferred_timer = None
+        payload = self._deferred_pong
+        guard = self._ping_guard
+        if payload is None or guard is None or self._closed:
+            return
+        if guard.take_deferred(self._loop.time()):
+            self._deferred_pong = None
+            self._send(self.conn.send_pong(payload))
+        else:
+            self._deferred_timer = self._loop.call_later(
+                guard.seconds_until_token(), self._answer_deferred
+            )
+
+    def _report_error(self, exc: Exception) -> None:
+        if self.listener is not None:
+            self.listener.on_error(exc)
+
+    def eof_received(self) -> None:
+        """The peer will send no more (TCP FIN / END_STREAM)."""
+        if self.conn.state != ConnectionState.CLOSED:
+            log.debug("peer closed without a closing handshake")
+        self._end()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for handle in (self._close_timer, self._deferred_timer):
+            if handle is not None:
+                handle.cancel()
+        self._close_timer = self._deferred_timer = None
+        self._wake_drain_waiters()
+        was_clean = self.conn.state == ConnectionState.CLOSED and self._close_code != 1006
+        code = self._close_code
+        if not was_clean and self.conn.state != ConnectionState.CLOSED:
+            code = CloseCode.ABNORMAL
+        listener = self.listener
+        if listener is not None:
+            if exc is not None and isinstance(exc, Exception) and not was_clean:
+                listener.on_error(exc)
+            listener.on_close(code, self._close_reason, was_clean)
+
+    # -------------------------------------------------------------- flow control
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain_waiters()
+
+    def _wake_drain_waiters(self) -> None:
+        waiters = self._drain_waiters
+        if waiters:
+            self._drain_waiters = None
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    async def drain(self) -> None:
+        if self._closed or (not self._write_paused and self._buffered() <= self.config.write_low):
+            return
+        fut: asyncio.Future[None] = self._loop.create_future()
+        if self._drain_waiters is None:
+            self._drain_waiters = []
+        self._drain_waiters.append(fut)
+        await fut
+
+    def pause(self) -> None:
+        self._user_paused = True
+        self._pause_reading()
+
+    def resume(self) -> None:
+        self._user_paused = False
+        self._continue()
+
+    @property
+    def is_paused(self) -> bool:
+        return self._user_paused
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closed and self.conn.state == ConnectionState.OPEN
+
+    @property
+    def ready_state(self) -> ReadyState:
+        if self._closed:
+            return "closed"
+        state = self.conn.state
+        if state == ConnectionState.OPEN:
+            return "open"
+        if state == ConnectionState.CLOSE_SENT:
+            return "readOnly"
+        if state == ConnectionState.CLOSE_RECEIVED:
+            return "writeOnly"
+        return "closed"

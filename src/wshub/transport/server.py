@@ -1,0 +1,205 @@
+"""``HttpServer``: listens, speaks HTTP/1.1 (and HTTP/2 when available), hosts one hub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl as ssl_module
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..http import Handler
+from .http1 import Http1Protocol
+
+if TYPE_CHECKING:
+    from .link import UpgradeHandler
+
+__all__ = ["HttpServer"]
+
+log = logging.getLogger("wshub")
+
+
+class HttpServer:
+    """An HTTP server that a :class:`wshub.WebSocket` attaches to.
+
+    The Python stand-in for Node's ``http.createServer``.  ``handler`` answers
+    plain (non-WebSocket) requests; without one they get 404.
+
+    Limits (all per connection): ``handshake_timeout`` seconds to send a
+    complete request head (slowloris), ``max_header_size`` bytes of request
+    line and headers, ``max_headers`` header fields (431 past either),
+    ``max_body_size`` bytes of a plain request's body (413).
+    """
+
+    def __init__(
+        self,
+        handler: Handler | None = None,
+        *,
+        handshake_timeout: float = 10.0,
+        max_header_size: int = 16 * 1024,
+        max_headers: int = 100,
+        max_body_size: int = 1024 * 1024,
+    ) -> None:
+        if handshake_timeout < 0:
+            raise ValueError("handshake_timeout must be >= 0")
+        if max_header_size < 1024 or max_headers < 8 or max_body_size < 0:
+            raise ValueError("header limits too small to serve a browser")
+        self.handler = handler
+        self.handshake_timeout = float(handshake_timeout)
+        self.max_header_size = int(max_header_size)
+        self.max_headers = int(max_headers)
+        self.max_body_size = int(max_body_size)
+        self.websocket: UpgradeHandler | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._connections: set[Http1Protocol] = set()
+        self._closing = False
+        self._closed: asyncio.Event | None = None
+        self._ssl: ssl_module.SSLContext | None = None
+        # Hooks for the HTTP/2 transport (set when h2 is importable).
+        self._h2_factory: Callable[[HttpServer, Http1Protocol, bytes], bool] | None = None
+        self._shutdown_hooks: list[Callable[[int, str], Awaitable[None]]] = []
+
+    # ------------------------------------------------------------- attachment
+
+    def attach(self, websocket: UpgradeHandler) -> None:
+        """Called by ``WebSocket(server)``: one hub per server."""
+        if self.websocket is not None and self.websocket is not websocket:
+            raise RuntimeError("a WebSocket is already attached to this HttpServer")
+        self.websocket = websocket
+
+    def add_shutdown_hook(self, hook: Callable[[int, str], Awaitable[None]]) -> None:
+        """``hook(code, reason)`` runs in :meth:`close`, before connections are dropped."""
+        self._shutdown_hooks.append(hook)
+
+    # --------------------------------------------------------------- serving
+
+    @property
+    def sockets(self) -> list[Any]:
+        return [s for srv in self._servers for s in (getattr(srv, "sockets", None) or ())]
+
+    @property
+    def port(self) -> int:
+        """The port of the first listening socket (handy with ``port=0``)."""
+        socks = self.sockets
+        if not socks:
+            raise RuntimeError("the server is not listening")
+        return int(socks[0].getsockname()[1])
+
+    async def serve(
+        self,
+        host: str | list[str] | None = "127.0.0.1",
+        port: int = 8080,
+        ssl: ssl_module.SSLContext | None = None,
+        *,
+        reuse_port: bool = False,
+        backlog: int = 1024,
+    ) -> None:
+        """Start listening; returns once bound (use :meth:`serve_forever` to block)."""
+        if ssl is not None:
+            self._prepare_ssl(ssl)
+        self._ssl = ssl
+        self._closed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: Http1Protocol(self),
+            host=host,
+            port=port,
+            ssl=ssl,
+            reuse_port=reuse_port or None,
+            backlog=backlog,
+        )
+        self._servers.append(server)
+        start = getattr(self.websocket, "_server_started", None)
+        if start is not None:
+            start()
+
+    def _prepare_ssl(self, context: ssl_module.SSLContext) -> None:
+        # ALPN: h2 first when we can speak it, then HTTP/1.1 (RFC 7301).
+        protocols = ["h2", "http/1.1"] if self._h2_factory is not None else ["http/1.1"]
+        context.set_alpn_protocols(protocols)
+
+    async def serve_forever(self) -> None:
+        """Block until :meth:`close` is called."""
+        if self._closed is None:
+            raise RuntimeError("call serve() first")
+        await self._closed.wait()
+
+    async def close(
+        self, code: int = 1001, reason: str = "server shutting down", timeout: float = 5.0
+    ) -> None:
+        """Stop listening, close every WebSocket with ``code`` and every connection."""
+        if self._closing:
+            if self._closed is not None:
+                await self._closed.wait()
+            return
+        self._closing = True
+        for srv in self._servers:
+            srv.close()
+        for hook in self._shutdown_hooks:
+            try:
+                await hook(code, reason)
+            except Exception:
+                log.exception("error in a shutdown hook")
+        websocket = self.websocket
+        shutdown = getattr(websocket, "_shutdown", None)
+        if shutdown is not None:
+            try:
+                await asyncio.wait_for(shutdown(code, reason), timeout)
+            except asyncio.TimeoutError:
+                log.warning("clients did not finish closing within %.1fs", timeout)
+        for proto in list(self._connections):
+            t = proto.transport
+            if t is not None:
+                t.abort() if proto.link is not None else t.close()
+        for srv in self._servers:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(srv.wait_closed(), 1.0)
+        self._servers.clear()
+        if self._closed is not None:
+            self._closed.set()
+
+    def run(
+        self,
+        host: str | list[str] | None = "127.0.0.1",
+        port: int = 8080,
+        ssl: ssl_module.SSLContext | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Serve until SIGINT/SIGTERM, then close every client with 1001 (blocking)."""
+        asyncio.run(self._run(host, port, ssl, **kwargs))
+
+    async def _run(
+        self,
+        host: str | list[str] | None,
+        port: int,
+        ssl: ssl_module.SSLContext | None,
+        **kwargs: Any,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        await self.serve(host, port, ssl, **kwargs)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        waiter = asyncio.ensure_future(self.serve_forever())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        await self.close()
+        waiter.cancel()
+
+    # ------------------------------------------------------ connection table
+
+    def _connection_made(self, proto: Http1Protocol) -> None:
+        self._connections.add(proto)
+
+    def _connection_lost(self, proto: Http1Protocol) -> None:
+        self._connections.discard(proto)
+
+    def _switch_to_h2(self, proto: Http1Protocol, data: bytes) -> bool:
+        factory = self._h2_factory
+        if factory is None:
+            return False
+        return factory(self, proto, data)
