@@ -1,0 +1,69 @@
+# wshub — two commands for a newcomer:
+#   make demo   set up .venv and serve the demo chat on http://127.0.0.1:8080
+#   make test   install everything the tests need and run the whole suite
+#
+# Other targets: make lint, make fuzz (long fuzzing run), make conformance
+# (full Autobahn report), make docs, make bench.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+SHARED ?= ../shared
+
+.PHONY: demo test lint typecheck pytest system-deps node-deps venv fuzz conformance clean
+
+venv: $(VENV)/.stamp-deps
+
+$(VENV)/.stamp-deps: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev,tls]'
+	@touch $@
+
+demo: venv
+	$(VENV)/bin/wshub demo
+
+# System packages the tests drive: Chromium (browser tests) and redis-server.
+# Installed with apt-get when we are root; otherwise the tests that need them
+# fail with a message saying what is missing.
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "warning: missing$$missing (not root: the tests that need them will fail and say so)"; \
+	  fi; \
+	fi
+
+node-deps: tests/node/node_modules/.stamp
+
+tests/node/node_modules/.stamp: tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --silent
+	@touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check src tests examples
+	$(VENV)/bin/ruff format --check src tests examples
+	$(VENV)/bin/mypy
+
+pytest: venv node-deps
+	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test: system-deps venv node-deps lint pytest
+
+fuzz: venv
+	WSHUB_FUZZ_EXAMPLES=20000 $(VENV)/bin/pytest -q tests -m fuzz -p no:randomly
+
+conformance: venv
+	$(PY) tools/conformance.py --full
+
+clean:
+	rm -rf $(VENV) tests/node/node_modules .mypy_cache .ruff_cache .pytest_cache reports
