@@ -101,7 +101,9 @@ async def run_node(script: str, *args: str, timeout: float = 30.0) -> Any:
     return json.loads(lines[-1])
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+async def wait_for(
+    predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition"
+) -> None:
     """Poll ``predicate`` until true (event-driven code under test has no other hook)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
