@@ -11,7 +11,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 SHARED ?= ../shared
 
-.PHONY: demo test lint typecheck pytest system-deps node-deps venv fuzz conformance clean
+.PHONY: demo test lint pytest conformance-gate conformance-docs system-deps node-deps venv fuzz conformance clean
 
 venv: $(VENV)/.stamp-deps
 
@@ -49,21 +49,31 @@ tests/node/node_modules/.stamp: tests/node/package.json tests/node/package-lock.
 	@touch $@
 
 lint: venv
-	$(VENV)/bin/ruff check src tests examples
-	$(VENV)/bin/ruff format --check src tests examples
+	$(VENV)/bin/ruff check src tests examples tools
+	$(VENV)/bin/ruff format --check src tests examples tools
 	$(VENV)/bin/mypy
 
-pytest: venv node-deps
-	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+# pytest's exit code 5 (no tests collected) is a failure, not a pass.
+PYTEST_RUN = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-test: system-deps venv node-deps lint pytest
+pytest: venv node-deps
+	@$(VENV)/bin/pytest -m "not conformance" $(PYTEST_ARGS); $(PYTEST_RUN)
+
+# The Autobahn gate takes minutes: `make test` runs it beside the other tests.
+conformance-gate: venv
+	@$(VENV)/bin/pytest -m conformance -s -p no:cacheprovider tests/conformance; $(PYTEST_RUN)
+
+conformance-docs: venv
+	$(PY) tools/conformance.py --write-docs docs/conformance.md
+
+test: system-deps venv node-deps lint
+	@$(MAKE) --no-print-directory -j2 --output-sync=target pytest conformance-gate
 
 fuzz: venv
 	WSHUB_FUZZ_EXAMPLES=20000 $(VENV)/bin/pytest -q tests -m fuzz -p no:randomly
 
 conformance: venv
-	$(PY) tools/conformance.py --full
+	$(PY) tools/conformance.py
 
 clean:
 	rm -rf $(VENV) tests/node/node_modules .mypy_cache .ruff_cache .pytest_cache reports
