@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import re
 import uuid
 from collections.abc import Iterable
 from urllib.parse import urlsplit
@@ -28,10 +29,21 @@ __all__ = [
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 
 
-def _norm_host(host: str) -> str:
+_HOST_CHARS = re.compile(r"[a-z0-9._~-]+|[0-9a-f:.]+")
+
+
+def _norm_host(host: str) -> str | None:
+    """Lower-case ``host`` and drop one trailing dot; None if it cannot be a host.
+
+    ``example.com.`` is the same DNS name as ``example.com`` (absolute form),
+    so it is the same host for the origin check; anything with characters a
+    host name or IP literal cannot have (spaces, commas, ``@``) is refused.
+    """
     host = host.strip().lower()
-    if host.endswith(".") and not host.startswith("["):
+    if host.endswith("."):
         host = host[:-1]
+    if not host or not _HOST_CHARS.fullmatch(host):
+        return None
     return host
 
 
@@ -40,7 +52,8 @@ def normalize_origin(origin: str) -> tuple[str, str, int] | None:
 
     Scheme and host are lower-cased, a trailing dot on the host is dropped and
     the default port is filled in, so ``HTTPS://Example.COM.:443`` equals
-    ``https://example.com``.
+    ``https://example.com``.  No path, query, fragment or user info may
+    follow (``https://example.com@evil.net`` is not an origin).
     """
     try:
         parts = urlsplit(origin.strip())
@@ -48,23 +61,32 @@ def normalize_origin(origin: str) -> tuple[str, str, int] | None:
     except ValueError:
         return None
     scheme = parts.scheme.lower()
-    host = parts.hostname
-    if scheme not in _DEFAULT_PORTS or not host:
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
         return None
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+    if parts.path or parts.query or parts.fragment or "@" in parts.netloc:
         return None
-    return scheme, _norm_host(host), port if port is not None else _DEFAULT_PORTS[scheme]
+    host = _norm_host(parts.hostname)
+    if host is None:
+        return None
+    return scheme, host, port if port is not None else _DEFAULT_PORTS[scheme]
 
 
-def _split_host_header(host: str, tls: bool) -> tuple[str, int] | None:
+def _split_host_header(host: str) -> tuple[str, int | None] | None:
+    """``(host, port or None)`` of a ``Host`` header; None if malformed."""
+    host = host.strip()
+    if not host or any(c in host for c in "/?#@\\ ,"):
+        return None
     try:
-        parts = urlsplit("//" + host.strip())
+        parts = urlsplit("//" + host)
         port = parts.port
     except ValueError:
         return None
     if not parts.hostname:
         return None
-    return _norm_host(parts.hostname), port if port is not None else (443 if tls else 80)
+    name = _norm_host(parts.hostname)
+    if name is None:
+        return None
+    return name, port
 
 
 class OriginPolicy:
@@ -89,7 +111,8 @@ class OriginPolicy:
     def _parse(value: object) -> tuple[str, str, int]:
         if not isinstance(value, str):
             raise TypeError("allow_origin entries must be strings")
-        norm = normalize_origin(value)
+        # Be kind to configuration ("https://a.example/"), strict on the wire.
+        norm = normalize_origin(value[:-1] if value.endswith("/") else value)
         if norm is None:
             raise ValueError(f"not an origin (scheme://host[:port]): {value!r}")
         return norm
@@ -106,11 +129,18 @@ class OriginPolicy:
             return False  # "null" and other opaque origins
         if self._allowed is not None:
             return norm in self._allowed
-        # Same origin: the Origin's host:port equals the Host we were asked for.
+        # Same origin: the Origin's host:port equals the Host we were asked
+        # for, scheme aside (a TLS-terminating proxy turns https into ws).
+        # A Host without a port means the default port of the Origin's scheme
+        # or of our own connection; no suffix or prefix matching.
         if host is None:
             return False
-        target = _split_host_header(host, tls)
-        return target is not None and target == norm[1:]
+        target = _split_host_header(host)
+        if target is None or target[0] != norm[1]:
+            return False
+        if target[1] is not None:
+            return target[1] == norm[2]
+        return norm[2] in (_DEFAULT_PORTS[norm[0]], 443 if tls else 80)
 
 
 def ip_key(ip: str) -> str:
@@ -162,48 +192,67 @@ class TrustedProxies:
         return any(addr in net for net in self.networks)
 
 
-def _forwarded_for(headers: dict[str, str]) -> list[str]:
-    """Client addresses from ``Forwarded`` (RFC 7239), else ``X-Forwarded-For``, in order."""
+def _forwarded_hops(value: str) -> list[str]:
+    """The ``for=`` addresses of a ``Forwarded`` header (RFC 7239 §4), in order."""
     hops: list[str] = []
-    fwd = headers.get("forwarded")
-    if fwd:
-        for element in fwd.split(","):
-            for pair in element.split(";"):
-                name, _, value = pair.strip().partition("=")
-                if name.lower() == "for":
-                    value = value.strip().strip('"')
-                    if value.startswith("["):
-                        value = value[1 : value.find("]")] if "]" in value else value[1:]
-                    elif value.count(":") == 1:
-                        value = value.split(":", 1)[0]
-                    hops.append(value)
-        return hops
-    xff = headers.get("x-forwarded-for")
-    if xff:
-        hops = [h.strip() for h in xff.split(",") if h.strip()]
+    for element in value.split(","):
+        for pair in element.split(";"):
+            name, _, item = pair.strip().partition("=")
+            if name.strip().lower() != "for":
+                continue
+            item = item.strip().strip('"')
+            if item.startswith("["):
+                # RFC 7239 §6: "[2001:db8::1]:4711"
+                item = item[1 : item.find("]")] if "]" in item else item[1:]
+            elif item.count(":") == 1:
+                item = item.split(":", 1)[0]
+            hops.append(item)
     return hops
 
 
-def client_ip(peer_ip: str, headers: dict[str, str], proxies: TrustedProxies) -> str:
-    """The client's address: the peer's, or, behind trusted proxies, the first untrusted hop.
-
-    Walks the forwarding chain from the right (the hop nearest to us) and stops
-    at the first address that is not a trusted proxy, so a client cannot
-    choose its own address by sending a forged header through the proxy.
-    """
-    if not proxies.trusts(peer_ip):
-        return peer_ip
+def _walk_chain(peer_ip: str, hops: list[str], proxies: TrustedProxies) -> str:
+    # From the right (the hop nearest to us): the first address that is not
+    # one of our proxies is the client.  Everything left of it was written
+    # by the client itself and is not believed.
     nearest = peer_ip
-    for hop in reversed(_forwarded_for(headers)):
+    for hop in reversed(hops):
         try:
             ipaddress.ip_address(hop)
         except ValueError:
-            # Garbage (or "unknown") in the chain: trust no hop beyond it.
+            # Garbage, "unknown" or an obfuscated name: trust nothing beyond it.
             return nearest
         if not proxies.trusts(hop):
             return hop
         nearest = hop
     return nearest
+
+
+def client_ip(peer_ip: str, headers: dict[str, str], proxies: TrustedProxies) -> str:
+    """The client's address: the peer's, or, behind trusted proxies, the first untrusted hop.
+
+    Forwarding headers are read only when the TCP peer is a trusted proxy.
+    The chain is walked from the right and stops at the first address that is
+    not a trusted proxy, so a client cannot choose its own address by sending
+    a forged header through the proxy.  When both ``Forwarded`` and
+    ``X-Forwarded-For`` are present and name different clients, one of them
+    came from the client untouched (a proxy that sets one header passes the
+    other through), so neither is believed and the proxy's address is used.
+    """
+    if not proxies.trusts(peer_ip):
+        return peer_ip
+    candidates = []
+    fwd = headers.get("forwarded")
+    if fwd:
+        candidates.append(_walk_chain(peer_ip, _forwarded_hops(fwd), proxies))
+    xff = headers.get("x-forwarded-for")
+    if xff:
+        hops = [h.strip() for h in xff.split(",") if h.strip()]
+        candidates.append(_walk_chain(peer_ip, hops, proxies))
+    if not candidates:
+        return peer_ip
+    if len(candidates) == 2 and ip_key(candidates[0]) != ip_key(candidates[1]):
+        return peer_ip
+    return candidates[0]
 
 
 class PerIpCounter:
@@ -265,8 +314,10 @@ class SessionSigner:
             secret = env.encode() if env else os.urandom(32)
         if isinstance(secret, str):
             secret = secret.encode()
-        if not isinstance(secret, bytes) or not secret:
-            raise TypeError("secret must be non-empty bytes or str")
+        if not isinstance(secret, bytes):
+            raise TypeError("secret must be bytes or str")
+        if not secret:
+            raise ValueError("secret must not be empty")
         self._key = secret
 
     def _mac(self, client_id: str, expiry: int) -> str:
@@ -277,8 +328,12 @@ class SessionSigner:
         return f"{client_id}.{expiry}.{self._mac(client_id, expiry)}"
 
     def verify(self, value: str | None, now: float) -> str | None:
-        """The client ID in a valid, unexpired cookie value; None otherwise."""
-        if not value or len(value) > 200:
+        """The client ID in a valid, unexpired cookie value; None otherwise.
+
+        Never raises on bad input: a forged, tampered, expired or malformed
+        cookie only means "no session", and the client gets a new ID.
+        """
+        if not value or len(value) > 200 or not value.isascii():
             return None
         parts = value.split(".")
         if len(parts) != 3:
@@ -287,11 +342,15 @@ class SessionSigner:
         if not expiry_text.isdigit() or len(expiry_text) > 12:
             return None
         try:
-            uuid.UUID(client_id)
+            canonical = str(uuid.UUID(client_id))
         except ValueError:
             return None
+        if canonical != client_id:
+            return None
         expiry = int(expiry_text)
-        if not hmac.compare_digest(mac, self._mac(client_id, expiry)):
+        # Constant time: the comparison must not tell a forger how many
+        # leading characters of the MAC were right.
+        if not hmac.compare_digest(mac.encode("ascii"), self._mac(client_id, expiry).encode()):
             return None
         if expiry <= now:
             return None
