@@ -307,12 +307,11 @@ class Http1Protocol(asyncio.Protocol):
         self._timer = None
         if self.link is None and not self._closing and not self._busy:
             if self._headers_done or self._raw_size:
-                log.info(
-                    "%s: request not complete within %.1fs",
-                    self.peer[0],
-                    self.server.handshake_timeout,
+                self._refuse(
+                    408,
+                    "request timeout",
+                    what=f"request not complete within {self.server.handshake_timeout:.1f}s",
                 )
-                self._refuse(408, "request timeout")
             else:
                 self._close()
 
@@ -360,12 +359,11 @@ class Http1Protocol(asyncio.Protocol):
             )
             admission = hub.admit(request)
         except HandshakeError as exc:
-            log.info("%s: refused WebSocket upgrade: %d %s", self.peer[0], exc.status, exc.reason)
-            self._refuse(exc.status, exc.reason, exc.headers)
+            self._refuse(exc.status, exc.reason, exc.headers, what="refused WebSocket upgrade")
             return
         except Exception:
             log.exception("%s: internal error in the WebSocket handshake", self.peer[0])
-            self._refuse(500, "internal server error")
+            self._refuse(500, "internal server error", logged=True)
             return
         transport = self.transport
         assert transport is not None and info.key is not None
@@ -470,12 +468,24 @@ class Http1Protocol(asyncio.Protocol):
             self._close()
 
     def _refuse(
-        self, status: int, reason: str, headers: list[tuple[str, str]] | None = None
+        self,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]] | None = None,
+        *,
+        what: str = "refused request",
+        logged: bool = False,
     ) -> None:
-        """Answer with an error status and close (the connection is not reusable)."""
+        """Answer with an error status and close (the connection is not reusable).
+
+        Every refusal leaves exactly one log line (here, unless the caller
+        already logged it with ``logged=True``).
+        """
         transport = self.transport
         if transport is None or self._closing:
             return
+        if not logged:
+            log.info("%s: %s: %d %s", self.peer[0], what, status, reason)
         self._closing = True
         self._parser = None
         body = (reason + "\n").encode("utf-8", "replace")
