@@ -15,7 +15,7 @@ SHARED ?= ../shared
 
 venv: $(VENV)/.stamp-deps
 
-$(VENV)/.stamp-deps: pyproject.toml
+$(VENV)/.stamp-deps: pyproject.toml setup.py src/wshub/_speedups.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev,tls]'
@@ -58,6 +58,9 @@ PYTEST_RUN = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: fa
 
 pytest: venv node-deps
 	@$(VENV)/bin/pytest -m "not conformance" $(PYTEST_ARGS); $(PYTEST_RUN)
+	@echo "== the protocol tests again on the pure-Python path (WSHUB_NO_EXTENSIONS=1)"
+	@WSHUB_NO_EXTENSIONS=1 $(VENV)/bin/pytest -q -m "not conformance" tests/protocol \
+	  --ignore=tests/protocol/test_accelerator.py $(PYTEST_ARGS); $(PYTEST_RUN)
 
 # The Autobahn gate takes minutes: `make test` runs it beside the other tests.
 conformance-gate: venv

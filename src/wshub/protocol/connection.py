@@ -47,6 +47,7 @@ from .frames import (
     close_payload,
     parse_close_payload,
 )
+from .frames import scan_frames as _scan_frames
 
 __all__ = [
     "CloseReceived",
@@ -243,6 +244,10 @@ class Connection:
             self._buf = b""
         pos = 0
         end = len(data)
+        if _scan_frames is not None and self._read_state == _HEADER and not self._msg_opcode:
+            # C fast path: every leading complete, unfragmented, valid data
+            # frame at once; whatever it stops at is read below as usual.
+            events, pos = _scan_frames(data, 0, self.max_payload)
         while pos < end:
             if self._read_state == _PAYLOAD:
                 pos = self._read_payload(data, pos, end, events)

@@ -11,6 +11,8 @@ import enum
 import os
 import struct
 import sys
+from collections.abc import Callable
+from typing import Any
 
 __all__ = [
     "OP_BINARY",
@@ -142,13 +144,23 @@ def _apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
 apply_mask = _apply_mask_py
 """XOR ``data`` with a 4-byte mask; replaced by the C accelerator when built."""
 
+scan_frames: Callable[[bytes, int, int], tuple[list[Any], int]] | None = None
+"""The C accelerator's reader of simple frames (see ``_speedups.c``), or None.
+
+Its pure-Python twin is :meth:`wshub.protocol.connection.Connection.receive_data`
+itself, which handles every frame the scanner leaves to it.
+"""
+
+ACCELERATED = False
 if not os.environ.get("WSHUB_NO_EXTENSIONS"):
     try:
-        from wshub._speedups import apply_mask as _apply_mask_c  # type: ignore[import-not-found]
+        from wshub import _speedups  # type: ignore[attr-defined]
     except ImportError:
         pass
     else:
-        apply_mask = _apply_mask_c
+        apply_mask = _speedups.apply_mask
+        scan_frames = _speedups.scan_frames
+        ACCELERATED = True
 
 _pack_h = struct.Struct("!BBH").pack
 _pack_q = struct.Struct("!BBQ").pack

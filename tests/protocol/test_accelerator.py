@@ -1,0 +1,125 @@
+"""The C accelerator and its pure-Python twin must behave identically.
+
+The same byte streams, cut into the same chunks, go through a Connection
+that uses ``wshub._speedups`` and one forced onto the pure-Python path; the
+events must be equal.  ``make test`` also runs the protocol tests and the
+Autobahn gate with ``WSHUB_NO_EXTENSIONS=1``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wshub.protocol import connection as connection_module
+from wshub.protocol import frames
+from wshub.protocol.connection import Connection, Event
+
+
+def _require_accelerator() -> None:
+    if os.environ.get("WSHUB_NO_EXTENSIONS"):
+        pytest.fail(
+            "WSHUB_NO_EXTENSIONS is set: these tests compare both paths, run them without it"
+        )
+    if not frames.ACCELERATED:
+        pytest.fail(
+            "the C accelerator (wshub._speedups) is not built: run 'make venv' with a C compiler"
+        )
+
+
+def _pure_events(
+    chunks: list[bytes], max_payload: int, monkeypatch: pytest.MonkeyPatch
+) -> list[Event]:
+    with monkeypatch.context() as m:
+        m.setattr(connection_module, "_scan_frames", None)
+        m.setattr(connection_module, "apply_mask", frames._apply_mask_py)
+        return _events(chunks, max_payload)
+
+
+def _events(chunks: list[bytes], max_payload: int) -> list[Event]:
+    conn = Connection(max_payload=max_payload)
+    out: list[Event] = []
+    for c in chunks:
+        out.extend(conn.receive_data(c))
+    return out
+
+
+def masked_frame(
+    opcode: int, payload: bytes, fin: bool = True, rsv: int = 0, mask: bytes = b"\x11\x22\x33\x44"
+) -> bytes:
+    n = len(payload)
+    head = bytes([opcode | (0x80 if fin else 0) | (rsv << 4)])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return head + mask + frames._apply_mask_py(payload, mask)
+
+
+def test_apply_mask_matches_pure_python() -> None:
+    _require_accelerator()
+    for n in [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000, 4096, 65537]:
+        data = os.urandom(n)
+        mask = os.urandom(4)
+        assert frames.apply_mask(data, mask) == frames._apply_mask_py(data, mask)
+        assert frames.apply_mask(bytearray(data), mask) == frames._apply_mask_py(data, mask)
+
+
+def test_scanner_decodes_simple_frames_and_stops_at_others() -> None:
+    _require_accelerator()
+    assert frames.scan_frames is not None
+    data = (
+        masked_frame(1, "héllo".encode())
+        + masked_frame(2, b"\x00" * 300)
+        + masked_frame(2, b"x" * 70000)
+        + masked_frame(9, b"ping")
+        + masked_frame(1, b"after")
+    )
+    events, pos = frames.scan_frames(data, 0, 0)
+    assert events == ["héllo", b"\x00" * 300, b"x" * 70000]
+    assert data[pos] == 0x89  # stopped at the ping, left to Python
+    # Invalid UTF-8, a fragment, RSV bits, an oversized frame: left to Python.
+    for stop in (
+        masked_frame(1, b"\xff"),
+        masked_frame(1, b"a", fin=False),
+        masked_frame(1, b"a", rsv=4),
+        masked_frame(2, b"x" * 11),
+    ):
+        events, pos = frames.scan_frames(masked_frame(2, b"ok") + stop, 0, 10)
+        assert events == [b"ok"] and pos == 8
+
+
+frame_strategy = st.one_of(
+    st.builds(lambda p: masked_frame(1, p.encode()), st.text(max_size=300)),
+    st.builds(lambda p: masked_frame(1, p), st.binary(max_size=40)),  # often invalid UTF-8
+    st.builds(lambda p: masked_frame(2, p), st.binary(max_size=300)),
+    st.builds(lambda p: masked_frame(2, p, fin=False) + masked_frame(0, p), st.binary(max_size=50)),
+    st.builds(lambda p: masked_frame(9, p), st.binary(max_size=125)),
+    st.builds(lambda p: masked_frame(10, p), st.binary(max_size=125)),
+    st.builds(lambda p, r: masked_frame(2, p, rsv=r), st.binary(max_size=20), st.integers(1, 7)),
+    st.binary(max_size=20),  # garbage
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    stream=st.lists(frame_strategy, max_size=12).map(b"".join),
+    cuts=st.lists(st.integers(0, 5000), max_size=8),
+    max_payload=st.sampled_from([0, 64, 1000]),
+)
+def test_accelerated_and_pure_paths_agree(
+    stream: bytes, cuts: list[int], max_payload: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _require_accelerator()
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    chunks = [
+        stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True) if b > a
+    ]
+    assert _events(chunks, max_payload) == _pure_events(chunks, max_payload, monkeypatch)
