@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Iterable
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import SplitResult, urlsplit
 
 from .encodings import Encoding, check_encoding, decode_text, encode_str
@@ -31,6 +31,9 @@ from .protocol.connection import MessageCodec
 from .protocol.deflate import DeflateOptions, negotiate_extensions
 from .protocol.frames import CloseCode, is_valid_close_code
 from .transport.link import Link, LinkConfig, UpgradeRequest
+
+if TYPE_CHECKING:
+    from .asgi import ASGIApp, AsgiApp
 
 __all__ = ["CloseEvent", "WebSocket"]
 
@@ -660,8 +663,8 @@ class WebSocket:
 
     def _ping_client(self, client: _Client, timeout: float) -> bool:
         link = client.link
-        if not link.is_open:
-            return False
+        if not link.is_open or not getattr(link, "can_ping", True):
+            return False  # an ASGI link cannot ping: no pong timer (see wshub.asgi)
         self._ping_seq += 1
         payload = self._ping_seq.to_bytes(8, "big")
         try:
@@ -746,6 +749,20 @@ class WebSocket:
 
     def set_no_delay(self, client_id: str, no_delay: bool = True) -> bool:
         return self._get(client_id).link.set_no_delay(bool(no_delay))
+
+    # ================================================================== ASGI
+
+    def asgi(self, app: ASGIApp | None = None) -> AsgiApp:
+        """This hub as an ASGI 3 application (for uvicorn, Hypercorn, Starlette, FastAPI).
+
+        ``"websocket"`` scopes become clients of this hub, with the same
+        admission, events and methods; other scopes go to ``app`` (an ASGI
+        application, e.g. a FastAPI app), or get 404 without one.  What ASGI
+        cannot express is listed in :mod:`wshub.asgi`.
+        """
+        from .asgi import AsgiApp
+
+        return AsgiApp(self, app)
 
     # ============================================================ lifecycle
 
