@@ -197,7 +197,7 @@ class WebSocket:
         close_timeout: float = 10.0,
         write_high: int = 64 * 1024,
         write_low: int = 16 * 1024,
-        write_limit: int = 16 * 1024 * 1024,
+        write_limit: int = 1024 * 1024,
         backplane: Any = None,
     ) -> None:
         self._handlers: dict[str, list[Callback]] = {}

@@ -168,3 +168,63 @@ class Bystander:
         await self.check()
         await self.conn.close()
         assert self.conn.close_code == 1000
+
+
+# A ping flooder for a separate process (so that it does not share the
+# server's event loop): pings as fast as the socket takes them, counts the
+# pongs, stops at the server's Close and prints JSON.
+FLOODER = r"""
+import base64, json, os, select, socket, sys, time
+
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection((host, port))
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall(
+    f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+    "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+)
+buf = b""
+while b"\r\n\r\n" not in buf:
+    buf += s.recv(4096)
+head, _, buf = buf.partition(b"\r\n\r\n")
+if not head.startswith(b"HTTP/1.1 101"):
+    print(json.dumps({"error": head.decode("latin-1")}))
+    sys.exit(0)
+batch = (b"\x89\x80\x00\x00\x00\x00") * 2000  # empty masked pings
+pending = memoryview(batch)
+s.setblocking(False)
+sent_bytes = pongs = 0
+code = None
+t0 = time.perf_counter()
+while code is None and time.perf_counter() - t0 < 30:
+    readable, writable, _ = select.select([s], [s] if code is None else [], [], 1.0)
+    if writable:
+        try:
+            n = s.send(pending)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            break
+        sent_bytes += n
+        pending = pending[n:] if n < len(pending) else memoryview(batch)
+    if readable:
+        try:
+            data = s.recv(65536)
+        except BlockingIOError:
+            continue
+        except OSError:
+            break
+        if not data:
+            break
+        buf += data
+        while len(buf) >= 2 and len(buf) >= 2 + (buf[1] & 0x7F):
+            n = buf[1] & 0x7F
+            opcode, payload, buf = buf[0] & 0x0F, buf[2 : 2 + n], buf[2 + n :]
+            if opcode == 0xA:
+                pongs += 1
+            elif opcode == 0x8:
+                code = int.from_bytes(payload[:2], "big")
+print(json.dumps({"pings": sent_bytes // 6, "pongs": pongs, "code": code,
+                  "seconds": time.perf_counter() - t0}))
+"""

@@ -182,7 +182,7 @@ class LinkConfig:
         close_timeout: float = 10.0,
         write_high: int = 64 * 1024,
         write_low: int = 16 * 1024,
-        write_limit: int = 16 * 1024 * 1024,
+        write_limit: int = 1024 * 1024,
         ping_burst: int = 16,
         ping_rate: float = 8.0,
         ping_flood_limit: int = 128,
@@ -300,7 +300,8 @@ class FramedLink:
             batch.append(data)
             return True
         buffered = self._buffered()
-        if buffered > self.config.write_limit:
+        if buffered > self.config.write_limit and self.conn.state == ConnectionState.OPEN:
+            # (Once closing, only our Close frame comes here: let it through.)
             self._overflow(buffered)
             return False
         self._write(data)
@@ -310,11 +311,15 @@ class FramedLink:
         # The peer does not read and the buffer passed its hard cap: close
         # with 1008 instead of letting the server's memory grow (the close
         # frame is tiny; if even that is not read, the close timer aborts).
+        if self.conn.state != ConnectionState.OPEN:
+            return  # already closing: one log line, one Close frame
         log.warning(
             "closing a client whose write buffer reached %d bytes (write_limit %d)",
             buffered,
             self.config.write_limit,
         )
+        self._close_code = CloseCode.POLICY_VIOLATION
+        self._close_reason = "write buffer limit exceeded"
         self._start_close(CloseCode.POLICY_VIOLATION, "write buffer limit exceeded")
 
     def flush_batch(self) -> None:
@@ -495,6 +500,10 @@ class FramedLink:
             self._resume_reading()
 
     def _on_ping(self, payload: bytes) -> None:
+        if self.conn.state != ConnectionState.OPEN:
+            # Closing (e.g. for this very flood): no pong is due, and the rest
+            # of a flood already read must not log and report it again.
+            return
         guard = self._ping_guard
         if guard is None:
             cfg = self.config
@@ -517,6 +526,10 @@ class FramedLink:
             self._close_code = CloseCode.POLICY_VIOLATION
             self._close_reason = "ping flood"
             self._start_close(CloseCode.POLICY_VIOLATION, "ping flood")
+            # Read no more of the flood: parsing it until the peer hangs up
+            # would still cost CPU that other clients need; the close timer
+            # ends the connection if the peer does not.
+            self._pause_reading()
 
     def _answer_deferred(self) -> None:
         self._deferred_timer = None
