@@ -21,6 +21,14 @@ __all__ = ["HttpServer"]
 log = logging.getLogger("wshub")
 
 
+def _default_h2_factory() -> Callable[[HttpServer, Http1Protocol, bytes], bool] | None:
+    try:
+        from .http2 import switch_to_h2
+    except ImportError:  # h2 missing: HTTP/1.1 only (ALPN then offers http/1.1 alone)
+        return None
+    return switch_to_h2
+
+
 class HttpServer:
     """An HTTP server that a :class:`wshub.WebSocket` attaches to.
 
@@ -58,7 +66,9 @@ class HttpServer:
         self._closed: asyncio.Event | None = None
         self._ssl: ssl_module.SSLContext | None = None
         # Hooks for the HTTP/2 transport (set when h2 is importable).
-        self._h2_factory: Callable[[HttpServer, Http1Protocol, bytes], bool] | None = None
+        self._h2_factory: Callable[[HttpServer, Http1Protocol, bytes], bool] | None = (
+            _default_h2_factory()
+        )
         self._shutdown_hooks: list[Callable[[int, str], Awaitable[None]]] = []
 
     # ------------------------------------------------------------- attachment
