@@ -1,31 +1,360 @@
 """RFC 7692 permessage-deflate: negotiation and the per-connection codec.
 
-Not implemented yet: :func:`negotiate_extensions` declines every offer, so
-connections open without compression (RFC 7692 §5: a server may decline).
+Sans-I/O like the rest of :mod:`wshub.protocol`: :func:`negotiate_extensions`
+turns a client's ``Sec-WebSocket-Extensions`` offer into the server's answer
+and a :class:`PerMessageDeflate` codec, which the
+:class:`~wshub.protocol.connection.Connection` calls for every message.
+
+Memory is the point of most choices here (see ``docs/compression.md``):
+
+* zlib objects are created lazily, on the first message that needs them, so
+  an idle connection costs a few hundred bytes, not a zlib window;
+* without context takeover the compressor / decompressor is dropped after
+  every message, so only a connection that is busy right now holds one;
+* inflating never produces more than the message's remaining ``max_payload``
+  (``decompress(..., max_length)``), so a compression bomb is refused having
+  allocated about ``max_payload`` at most.
 """
 
 from __future__ import annotations
 
+import re
+import zlib
 from dataclasses import dataclass
 
-from .connection import MessageCodec
+from .connection import MessageCodec, MessageTooBig
 
-__all__ = ["DeflateOptions", "negotiate_extensions"]
+__all__ = ["DeflateOptions", "PerMessageDeflate", "negotiate_extensions", "parse_extensions"]
+
+EXTENSION_NAME = "permessage-deflate"
+
+# RFC 7692 §7.2.1: a sync flush ends with an empty stored block, whose last
+# four octets are stripped by the sender and put back by the receiver.
+_TAIL = b"\x00\x00\xff\xff"
+
+# RFC 7230 §3.2.6 token; RFC 7692 §7.1.2: window bits are 8..15, no leading zero.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_WINDOW_BITS = re.compile(r"(?:8|9|1[0-5])\Z")
+
+_NO_VALUE_PARAMS = frozenset(("server_no_context_takeover", "client_no_context_takeover"))
 
 
 @dataclass(frozen=True)
 class DeflateOptions:
-    """Tuning of permessage-deflate (RFC 7692)."""
+    """Tuning of permessage-deflate (RFC 7692) on the server side.
+
+    ``level``
+        zlib compression level, 0 (store) .. 9 (smallest), or -1 for zlib's
+        default (6).
+    ``mem_level``
+        zlib memory level 1..9: memory for the compressor's hash table
+        (``2 ** (mem_level + 9)`` bytes); lower costs a little ratio.
+    ``max_window_bits``
+        8..15: the largest LZ77 window (``2 ** bits`` bytes) the server
+        compresses with, and asks the client to compress with when the
+        client allows it (``client_max_window_bits`` in its offer).  The
+        compressor costs about ``2 ** (bits + 2)`` bytes, the decompressor
+        ``2 ** bits``.  8 is run as 9, as zlib requires (a 9-bit zlib
+        window never emits a distance over 250, so the stream is valid for
+        an 8-bit one).
+    ``no_context_takeover``
+        True: every message is compressed on its own (answer with
+        ``server_no_context_takeover`` and ``client_no_context_takeover``):
+        worse ratio on streams of small similar messages, but no zlib memory
+        is kept between messages and :meth:`WebSocket.broadcast` compresses
+        a message once for all such connections.
+    ``min_size``
+        messages shorter than this many bytes are sent uncompressed.
+
+    The defaults were chosen by measurement (``docs/compression.md``).
+    """
 
     level: int = 6
-    mem_level: int = 8
-    max_window_bits: int = 15
+    mem_level: int = 5
+    max_window_bits: int = 12
     no_context_takeover: bool = False
     min_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check_int("level", self.level, -1, 9)
+        _check_int("mem_level", self.mem_level, 1, 9)
+        _check_int("max_window_bits", self.max_window_bits, 8, 15)
+        _check_int("min_size", self.min_size, 0, None)
+        if not isinstance(self.no_context_takeover, bool):
+            raise TypeError("no_context_takeover must be a bool")
+
+
+def _check_int(name: str, value: object, low: int, high: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"DeflateOptions.{name} must be an int, not {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"DeflateOptions.{name} must be {bound}, not {value}")
+
+
+class PerMessageDeflate:
+    """The negotiated permessage-deflate codec of one connection (server side).
+
+    Implements :class:`~wshub.protocol.connection.MessageCodec`.
+    ``server_*`` parameters govern what we send, ``client_*`` what we receive.
+    """
+
+    __slots__ = (
+        "_deflater",
+        "_inflater",
+        "client_no_context_takeover",
+        "client_window_bits",
+        "level",
+        "mem_level",
+        "min_size",
+        "server_no_context_takeover",
+        "server_window_bits",
+        "shared_frame_key",
+    )
+
+    def __init__(
+        self,
+        *,
+        server_no_context_takeover: bool,
+        client_no_context_takeover: bool,
+        server_window_bits: int,
+        client_window_bits: int,
+        level: int,
+        mem_level: int,
+        min_size: int,
+    ) -> None:
+        self.server_no_context_takeover = server_no_context_takeover
+        self.client_no_context_takeover = client_no_context_takeover
+        self.server_window_bits = server_window_bits
+        self.client_window_bits = client_window_bits
+        self.level = level
+        self.mem_level = mem_level
+        self.min_size = min_size
+        # Created on first use, dropped when no history is to be kept.
+        self._deflater: zlib._Compress | None = None
+        self._inflater: zlib._Decompress | None = None
+        # Without server context takeover a compressed message depends on
+        # nothing but these settings, so one frame serves every connection
+        # with the same ones (WebSocket.broadcast); otherwise each
+        # connection's compressor has its own history and must not share.
+        self.shared_frame_key: tuple[object, ...] | None = (
+            ("permessage-deflate", server_window_bits, level, mem_level, min_size)
+            if server_no_context_takeover
+            else None
+        )
+
+    # --------------------------------------------------------------- receiving
+
+    def decode(self, data: bytes, end_of_message: bool, max_size: int) -> bytes:
+        """Inflate one chunk of a compressed message (see ``MessageCodec``)."""
+        inflater = self._inflater
+        if inflater is None:
+            # zlib accepts 8 for inflate, but a larger window is always safe.
+            inflater = self._inflater = zlib.decompressobj(-max(9, self.client_window_bits))
+        if end_of_message:
+            # RFC 7692 §7.2.2: put back the tail the sender stripped.
+            data = data + _TAIL if data else _TAIL
+        if inflater.eof:
+            # The message had a final (BFINAL) block already: nothing but our
+            # tail may follow it.
+            if data and data != _TAIL:
+                raise ValueError("data after the final deflate block")
+            out = b""
+        else:
+            try:
+                # max_length bounds what zlib may allocate: one byte past the
+                # limit is enough to know the message is too big.
+                out = inflater.decompress(data, max_size + 1 if max_size >= 0 else 0)
+            except zlib.error as exc:
+                self._inflater = None
+                raise ValueError(str(exc)) from None
+            if max_size >= 0 and len(out) > max_size:
+                self._inflater = None
+                raise MessageTooBig(f"message inflates past {max_size} more bytes")
+            if inflater.eof:
+                rest = inflater.unused_data
+                if rest and not (end_of_message and rest == _TAIL):
+                    self._inflater = None
+                    raise ValueError("data after the final deflate block")
+        if end_of_message and (self.client_no_context_takeover or inflater.eof):
+            # No history to keep (or the stream ended): free the window now.
+            self._inflater = None
+        return out
+
+    # ----------------------------------------------------------------- sending
+
+    def encode(self, data: bytes) -> bytes | None:
+        """Compress one whole message, or None to send it as it is."""
+        if len(data) < self.min_size:
+            # Never fed to the compressor, so the peer's history and ours agree.
+            return None
+        deflater = self._deflater
+        if deflater is None:
+            deflater = self._deflater = zlib.compressobj(
+                self.level, zlib.DEFLATED, -max(9, self.server_window_bits), self.mem_level
+            )
+        out = deflater.compress(data) + deflater.flush(zlib.Z_SYNC_FLUSH)
+        # RFC 7692 §7.2.1: remove the 00 00 ff ff the sync flush ends with.
+        out = out[:-4] if out.endswith(_TAIL) else out
+        if self.server_no_context_takeover:
+            self._deflater = None
+            if len(out) >= len(data):
+                # Nothing to gain; allowed since no history is shared (§6).
+                return None
+        return out
+
+    def reset(self) -> None:
+        """Free both zlib objects (e.g. when the connection closes)."""
+        self._deflater = None
+        self._inflater = None
+
+    @property
+    def response(self) -> str:
+        """The ``Sec-WebSocket-Extensions`` value that agreed to these parameters."""
+        return _format_response(self, None, None)
+
+    def __repr__(self) -> str:
+        return f"PerMessageDeflate({self.response!r})"
+
+
+def _format_response(
+    codec: PerMessageDeflate, server_bits: int | None, client_bits: int | None
+) -> str:
+    parts = [EXTENSION_NAME]
+    if codec.server_no_context_takeover:
+        parts.append("server_no_context_takeover")
+    if codec.client_no_context_takeover:
+        parts.append("client_no_context_takeover")
+    if server_bits is not None:
+        parts.append(f"server_max_window_bits={server_bits}")
+    if client_bits is not None:
+        parts.append(f"client_max_window_bits={client_bits}")
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------ negotiation
+
+
+def parse_extensions(header: str) -> list[tuple[str, list[tuple[str, str | None]]] | None]:
+    """Split a ``Sec-WebSocket-Extensions`` value into offers (RFC 6455 §9.1).
+
+    Each offer is ``(name, [(param, value or None), ...])``, or None where
+    the element is malformed (so that one bad element never hides the good
+    ones next to it).  Quoted values are unquoted; a value must be a token.
+    """
+    offers: list[tuple[str, list[tuple[str, str | None]]] | None] = []
+    for element in header.split(","):
+        element = element.strip()
+        if not element:
+            continue  # RFC 7230 §7: empty list elements are allowed
+        pieces = [p.strip() for p in element.split(";")]
+        name = pieces[0]
+        if not _TOKEN.match(name):
+            offers.append(None)
+            continue
+        params: list[tuple[str, str | None]] = []
+        ok = True
+        for piece in pieces[1:]:
+            key, eq, value = piece.partition("=")
+            key = key.strip()
+            if not _TOKEN.match(key):
+                ok = False
+                break
+            if not eq:
+                params.append((key, None))
+                continue
+            value = value.strip()
+            if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+                value = value[1:-1]
+            if not _TOKEN.match(value):
+                ok = False
+                break
+            params.append((key, value))
+        offers.append((name.lower(), params) if ok else None)
+    return offers
+
+
+def _accept_offer(
+    params: list[tuple[str, str | None]], options: DeflateOptions
+) -> tuple[str, PerMessageDeflate] | None:
+    """Our answer to one permessage-deflate offer, or None to decline it."""
+    seen: dict[str, str | None] = {}
+    for key, value in params:
+        key = key.lower()
+        if key in seen:
+            return None  # RFC 7692 §7: a duplicate parameter makes the offer invalid
+        if key in _NO_VALUE_PARAMS:
+            if value is not None:
+                return None
+        elif key == "server_max_window_bits":
+            if value is None or not _WINDOW_BITS.match(value):
+                return None
+        elif key == "client_max_window_bits":
+            if value is not None and not _WINDOW_BITS.match(value):
+                return None
+        else:
+            return None  # RFC 7692 §7: unknown parameter → decline this offer
+        seen[key] = value
+
+    limit = options.max_window_bits
+    # §7.1.1.1: we may always choose not to keep our context.
+    server_nct = options.no_context_takeover or "server_no_context_takeover" in seen
+    # §7.1.1.2: the client's hint is acknowledged; we may also demand it.
+    client_nct = options.no_context_takeover or "client_no_context_takeover" in seen
+
+    # §7.1.2.1: at most what the client offered; we may add the parameter
+    # even when it was not offered.
+    server_bits: int | None = None
+    offered_server = seen.get("server_max_window_bits")
+    server_window = limit
+    if offered_server is not None:
+        server_window = min(int(offered_server), limit)
+        server_bits = server_window
+    elif limit < 15:
+        server_bits = limit
+
+    # §7.1.2.2: only when offered; without it the client may use 15 bits.
+    client_bits: int | None = None
+    client_window = 15
+    if "client_max_window_bits" in seen:
+        offered_client = seen["client_max_window_bits"]
+        client_window = min(int(offered_client), limit) if offered_client else limit
+        if client_window < 15 or offered_client is not None:
+            client_bits = client_window
+
+    codec = PerMessageDeflate(
+        server_no_context_takeover=server_nct,
+        client_no_context_takeover=client_nct,
+        server_window_bits=server_window,
+        client_window_bits=client_window,
+        level=options.level,
+        mem_level=options.mem_level,
+        min_size=options.min_size,
+    )
+    return _format_response(codec, server_bits, client_bits), codec
 
 
 def negotiate_extensions(
     offer: str, options: bool | DeflateOptions
 ) -> tuple[str, MessageCodec] | None:
-    """The ``Sec-WebSocket-Extensions`` answer and codec, or None to decline."""
+    """The ``Sec-WebSocket-Extensions`` answer and codec, or None to decline.
+
+    ``offer`` is the client's header value; several offers are tried in the
+    client's order of preference and the first one we can honour wins
+    (RFC 7692 §5).  Offers of other extensions, and permessage-deflate offers
+    with unknown, duplicate or invalid parameters, are skipped: the
+    connection then opens without compression rather than failing.
+    """
+    if options is False:
+        return None
+    opts = options if isinstance(options, DeflateOptions) else _DEFAULT_OPTIONS
+    for parsed in parse_extensions(offer):
+        if parsed is None or parsed[0] != EXTENSION_NAME:
+            continue
+        accepted = _accept_offer(parsed[1], opts)
+        if accepted is not None:
+            return accepted
     return None
+
+
+_DEFAULT_OPTIONS = DeflateOptions()
