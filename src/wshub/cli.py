@@ -88,13 +88,6 @@ def _origin_option(value: str) -> str | list[str] | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .protocol.deflate import negotiate_extensions
-
-    if args.deflate == "on" and negotiate_extensions("permessage-deflate", True) is None:
-        print(
-            "wshub serve: --deflate on is not available yet (permessage-deflate)", file=sys.stderr
-        )
-        return EXIT_UNSUPPORTED
     server = HttpServer()
     ws = WebSocket(
         server,
