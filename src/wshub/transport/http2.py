@@ -70,6 +70,8 @@ TRANSPORT_HIGH = 256 * 1024
 TRANSPORT_LOW = 64 * 1024
 # Past this, the peer is not reading even our control frames: drop it.
 TRANSPORT_HARD_LIMIT = 4 * 1024 * 1024
+# After a connection error's GOAWAY, input is drained this long before closing.
+ERROR_LINGER = 1.0
 # A connection without streams for this long is closed (GOAWAY).
 IDLE_TIMEOUT = 120.0
 # Token buckets (burst, per second) for frames that cost us work but carry
@@ -366,7 +368,22 @@ class Http2Protocol(asyncio.Protocol):
         log.warning("%s: HTTP/2 connection error (%s): %s", self.peer[0], error.name, why)
         with contextlib.suppress(h2.exceptions.ProtocolError):  # h2 queued its own GOAWAY
             self.conn.close_connection(error_code=error, additional_data=why.encode()[:64])
-        self._close_transport()
+        self._close_after_error()
+
+    def _close_after_error(self) -> None:
+        """Send the GOAWAY h2 queued, then close without losing it to a TCP reset."""
+        if self._lost:
+            return
+        self._dead = True
+        self._transmit()
+        transport = self.transport
+        if transport.can_write_eof():
+            with contextlib.suppress(OSError, RuntimeError):
+                transport.write_eof()
+        # Closing with unread input makes the kernel answer with a RST, which
+        # can destroy the GOAWAY in flight: read (and drop) for a moment first.
+        self._cancel_timer()
+        self._timer = self._loop.call_later(ERROR_LINGER, self._close_transport)
 
     def _close_transport(self) -> None:
         if not self._lost:
@@ -434,9 +451,8 @@ class Http2Protocol(asyncio.Protocol):
                 events = self.conn.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
                 # h2 queued a GOAWAY with the right error code.
-                self._dead = True
                 log.warning("%s: HTTP/2 protocol error: %s", self.peer[0], exc)
-                self._close_transport()
+                self._close_after_error()
                 return
             for event in events:
                 if self._dead or self._lost:
@@ -772,7 +788,7 @@ class Http2Protocol(asyncio.Protocol):
     # ----------------------------------------------------------------- output
 
     def _queue(self, stream: _Stream, data: bytes) -> None:
-        if stream.local_ended or stream.end_pending or self._lost:
+        if stream.local_ended or stream.end_pending or self._lost or self._dead:
             return
         if data:
             stream.out.append(memoryview(data))
