@@ -484,3 +484,51 @@ def test_h2_is_a_runtime_dependency() -> None:
     deps = text.split("dependencies = [", 1)[1].split("]", 1)[0]
     assert '"h2' in deps, "h2 must be installed with a plain `pip install wshub`"
     assert HttpServer()._h2_factory is not None
+
+
+async def test_cli_serve_tls_speaks_h2_and_http11_on_one_port() -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    exe = shutil.which("wshub", path=str(Path(sys.executable).parent))
+    cmd = [exe] if exe else [sys.executable, "-m", "wshub"]
+    proc = subprocess.Popen(
+        [*cmd, "serve", "--tls", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        c = None
+        for _ in range(300):
+            if proc.poll() is not None:
+                pytest.fail(f"wshub serve --tls exited early with {proc.returncode}")
+            try:
+                c = await H2Client.connect("127.0.0.1", port, tls=True)
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        if c is None:
+            pytest.fail("wshub serve --tls did not start listening")
+        assert c.alpn == "h2"
+        sid = await c.open_ws("/", authority=f"127.0.0.1:{port}")
+        assert (await c.response(sid)).status == 200
+        c.ws_send(sid, OP_TEXT, b"over h2")
+        assert (await c.ws_recv(sid)).payload == b"over h2"
+        await c.close()
+        client_ctx = ssl.create_default_context()
+        client_ctx.check_hostname = False
+        client_ctx.verify_mode = ssl.CERT_NONE
+        async with websockets.connect(f"wss://127.0.0.1:{port}/", ssl=client_ctx) as ws1:
+            await ws1.send("over http/1.1")
+            assert await ws1.recv() == "over http/1.1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
