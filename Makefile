@@ -11,7 +11,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 SHARED ?= ../shared
 
-.PHONY: demo test lint pytest conformance-gate conformance-docs system-deps node-deps venv fuzz conformance clean
+.PHONY: demo test lint docs pytest conformance-gate conformance-docs system-deps node-deps venv fuzz conformance clean
 
 venv: $(VENV)/.stamp-deps
 
@@ -53,6 +53,11 @@ lint: venv
 	$(VENV)/bin/ruff format --check src tests examples tools
 	$(VENV)/bin/mypy
 
+# The documentation, built as strictly as MkDocs can: a broken link, a nav
+# entry to a missing page or an API reference that does not resolve fails.
+docs: venv
+	$(VENV)/bin/mkdocs build --strict --quiet
+
 # pytest's exit code 5 (no tests collected) is a failure, not a pass.
 PYTEST_RUN = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
@@ -69,7 +74,7 @@ conformance-gate: venv
 conformance-docs: venv
 	$(PY) tools/conformance.py --write-docs docs/conformance.md
 
-test: system-deps venv node-deps lint
+test: system-deps venv node-deps lint docs
 	@$(MAKE) --no-print-directory -j2 --output-sync=target pytest conformance-gate
 
 fuzz: venv
