@@ -29,9 +29,11 @@ ENV = {
 }
 
 
-@pytest.fixture(scope="module", params=["uvicorn", "hypercorn"])
+@pytest.fixture(scope="module", params=["uvicorn", "uvicorn-wsproto", "hypercorn"])
 def server(request: pytest.FixtureRequest) -> Iterator[AsgiServer]:
-    srv = start(request.param, APP, env=ENV)
+    # uvicorn's default WebSocket engine is the websockets package; wsproto is its other one.
+    name, _, engine = str(request.param).partition("-")
+    srv = start(name, APP, *(["--ws", engine] if engine else []), env=ENV)
     yield srv
     srv.stop()
 
