@@ -10,6 +10,7 @@ import sys
 from importlib import resources
 from typing import Any
 
+from .backplane import Backplane, make_backplane
 from .http import Request, Response
 from .hub import CloseEvent, WebSocket
 from .transport.server import HttpServer
@@ -73,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--allow-origin", default="*", help="'*' (default), 'same' or a comma-separated list"
     )
+    serve.add_argument(
+        "--backplane",
+        default=None,
+        metavar="URL",
+        help="join a cluster through Redis, e.g. redis://127.0.0.1:6379/0 (needs wshub[redis])",
+    )
 
     demo = sub.add_parser("demo", help="the demo chat page on http://127.0.0.1:8080")
     _common(demo, 8080)
@@ -87,6 +94,19 @@ def _origin_option(value: str) -> str | list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _backplane_option(url: str | None) -> Backplane | None:
+    if not url:
+        return None
+    try:
+        return make_backplane(url)
+    except ImportError as exc:
+        print(f"wshub serve: --backplane: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_UNSUPPORTED) from None
+    except ValueError as exc:
+        print(f"wshub serve: --backplane: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     server = HttpServer()
     ws = WebSocket(
@@ -96,6 +116,7 @@ def _serve(args: argparse.Namespace) -> int:
         ping_delay=args.ping_delay,
         limit_by_ip=args.limit_by_ip,
         per_message_deflate=args.deflate == "on",
+        backplane=_backplane_option(args.backplane),
     )
     if args.mode == "echo":
         send = ws.send

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import SplitResult, urlsplit
 
+from .backplane import Backplane, make_backplane
 from .encodings import Encoding, check_encoding, decode_text, encode_str
 from .errors import ClientNotFound, ConnectionClosedError, HandshakeError
 from .policy import (
@@ -198,7 +199,8 @@ class WebSocket:
         write_high: int = 64 * 1024,
         write_low: int = 16 * 1024,
         write_limit: int = 1024 * 1024,
-        backplane: Any = None,
+        backplane: str | Backplane | None = None,
+        cluster_limit_by_ip: bool = False,
     ) -> None:
         self._handlers: dict[str, list[Callback]] = {}
         self._clients: dict[str, _Client] = {}
@@ -224,13 +226,14 @@ class WebSocket:
         self.per_message_deflate = per_message_deflate
         self.close_timeout = close_timeout
         self._set_write_limits(write_high, write_low, write_limit)
-        if backplane is not None:
-            raise NotImplementedError(
-                "backplanes other than the in-process one are not available yet"
-            )
+        self._backplane: Backplane = make_backplane(backplane)
+        self._backplane.bind(self)
+        self._cluster_limit_by_ip = bool(cluster_limit_by_ip)
         self._server = server
         if server is not None:
             server.attach(self)
+            if not self._backplane.is_local:
+                server.add_shutdown_hook(self._backplane_stop)
 
     # ================================================================ options
 
@@ -455,7 +458,7 @@ class WebSocket:
             raise HandshakeError(403, "origin not allowed")
         peer_ip = request.peer[0]
         key = ip_key(client_ip(peer_ip, headers, self._trusted))
-        if not self._per_ip.try_acquire(key, self._limit_by_ip):
+        if self._cluster_ip_full(key) or not self._per_ip.try_acquire(key, self._limit_by_ip):
             raise HandshakeError(429, "too many connections from this address")
         try:
             host = headers.get("host", "")
@@ -491,6 +494,7 @@ class WebSocket:
                 client_id is not None
                 and client_id not in self._clients
                 and client_id not in self._reserved
+                and self._backplane.owner(client_id) is None
             ):
                 return client_id
         return str(uuid.uuid4())
@@ -499,6 +503,7 @@ class WebSocket:
         self._reserved.discard(admission.client_id)
         client = _Client(self, admission.client_id, link, admission.url, admission.ip_key)
         self._clients[client.id] = client
+        self._backplane.client_added(client.id, client.ip_key, client.event)
         link.listener = client
         if self._ping_timer is None and self._ping_delay > 0:
             self._restart_ping_timer()
@@ -520,6 +525,7 @@ class WebSocket:
         if self._clients.get(client.id) is not client:
             return
         del self._clients[client.id]
+        self._backplane.client_removed(client.id, client.ip_key, client.event)
         self._per_ip.release(client.ip_key)
         if client._ping_handle is not None:
             client._ping_handle.cancel()
@@ -590,8 +596,15 @@ class WebSocket:
         data: str | bytes | bytearray | memoryview,
         encoding: str | None = None,
     ) -> bool:
-        """Send one message; False means "slow down" (the buffer is above its high-water mark)."""
-        client = self._get(client_id)
+        """Send one message; False means "slow down" (the buffer is above its high-water mark).
+
+        With a backplane, an ID connected to another node is routed there (see
+        :meth:`_send_remote`).
+        """
+        try:
+            client = self._clients[client_id]
+        except (KeyError, TypeError):
+            return self._send_remote(client_id, data, encoding)
         if encoding is not None:
             check_encoding(encoding)
         payload, text = self._payload(data, encoding or client.encoding)
@@ -618,6 +631,18 @@ class WebSocket:
         event = None
         if path is not None:
             event = "message" if path in ("", "/") else path
+        count = self._broadcast_local(payload, text, event, excluded)
+        if not self._backplane.is_local:
+            self._broadcast_remote(payload, text, event, excluded)
+        return count
+
+    def _broadcast_local(
+        self,
+        payload: bytes,
+        text: bool,
+        event: str | None,
+        excluded: set[str] | frozenset[str] | None,
+    ) -> int:
         frames: dict[Hashable, bytes] = {}
         count = 0
         for client in list(self._clients.values()):
@@ -763,6 +788,113 @@ class WebSocket:
         from .asgi import AsgiApp
 
         return AsgiApp(self, app)
+
+    # ============================================ cluster (see wshub.backplane)
+
+    @property
+    def backplane(self) -> Backplane:
+        """The backplane that joins this hub to its cluster (read-only)."""
+        return self._backplane
+
+    @property
+    def cluster_limit_by_ip(self) -> bool:
+        """Count ``limit_by_ip`` over every live node of the cluster, not just this one."""
+        return self._cluster_limit_by_ip
+
+    @cluster_limit_by_ip.setter
+    def cluster_limit_by_ip(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError("cluster_limit_by_ip must be a bool")
+        self._cluster_limit_by_ip = value
+
+    async def cluster_clients(self) -> list[str]:
+        """IDs of the clients connected to every live node (just :attr:`clients` without one)."""
+        if self._backplane.is_local:
+            return list(self._clients)
+        return await self._backplane.cluster_clients()
+
+    def _cluster_ip_full(self, key: str) -> bool:
+        limit = self._limit_by_ip
+        if not self._cluster_limit_by_ip or limit < 1 or self._backplane.is_local:
+            return False
+        return self._per_ip.count(key) + self._backplane.ip_count(key) >= limit
+
+    def _send_remote(
+        self, client_id: str, data: str | bytes | bytearray | memoryview, encoding: str | None
+    ) -> bool:
+        """``send`` to an ID that is not local: route it through the backplane.
+
+        Whether the ID exists is decided at once from the backplane's cached
+        cluster registry (ClientNotFound when no live node has it), so
+        ``send`` stays synchronous.  If the client left meanwhile, its node
+        answers and the ``"error"`` event reports ClientNotFound for that ID.
+        """
+        if self._backplane.is_local or not isinstance(client_id, str):
+            raise ClientNotFound(client_id)
+        if isinstance(data, str) and encoding is None:
+            # The client's own encoding lives on its node: encode there.
+            return self._backplane.send(client_id, data, True)
+        if encoding is not None:
+            check_encoding(encoding)
+        payload, text = self._payload(data, encoding or self._encoding)
+        return self._backplane.send(client_id, payload, text)
+
+    def _broadcast_remote(
+        self, payload: bytes, text: bool, event: str | None, excluded: set[str] | None
+    ) -> None:
+        # Local delivery is done; the other nodes need only the excluded IDs
+        # that are not here.
+        remote_excluded = (
+            frozenset(c for c in excluded if c not in self._clients) if excluded else frozenset()
+        )
+        self._backplane.broadcast(payload, text, event, remote_excluded)
+
+    # BackplaneHub: what the backplane calls.
+
+    def _backplane_send(self, client_id: str, data: str | bytes, text: bool) -> bool:
+        client = self._clients.get(client_id)
+        if client is None:
+            return False
+        try:
+            if isinstance(data, str):
+                payload, text = encode_str(data, client.encoding)
+            else:
+                payload = data
+            client.link.send_message(payload, text)
+        except ValueError as exc:
+            log.warning("routed send to %s: cannot encode: %s", client_id, exc)
+            self._emit_error(client_id, exc)
+        except ConnectionClosedError:
+            pass
+        return True
+
+    def _backplane_broadcast(
+        self, payload: bytes, text: bool, event: str | None, exclude: frozenset[str]
+    ) -> int:
+        return self._broadcast_local(payload, text, event, exclude or None)
+
+    def _backplane_local_clients(self) -> list[tuple[str, str, str]]:
+        return [(c.id, c.ip_key, c.event) for c in self._clients.values()]
+
+    def _backplane_missing(self, client_id: str) -> None:
+        self._emit_error(client_id, ClientNotFound(client_id))
+
+    def _backplane_duplicate(self, client_id: str) -> bool:
+        client = self._clients.get(client_id)
+        if client is None:
+            return False
+        client.link.close(CloseCode.TRY_AGAIN_LATER, "session ID opened on another node")
+        return True
+
+    async def _backplane_start(self) -> None:
+        """Awaited by ``HttpServer.serve`` before it listens (the ASGI adapter: at startup)."""
+        if not self._backplane.is_local:
+            await self._backplane.start()
+
+    async def _backplane_stop(self, code: int = 1001, reason: str = "") -> None:
+        """A shutdown hook: leave the cluster before the clients are closed."""
+        if not self._backplane.is_local:
+            await self._backplane.stop()
 
     # ============================================================ lifecycle
 

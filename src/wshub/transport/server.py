@@ -111,6 +111,10 @@ class HttpServer:
             self._prepare_ssl(ssl)
         self._ssl = ssl
         self._closed = asyncio.Event()
+        # A hub with a cluster backplane joins the cluster before it listens.
+        start_backplane = getattr(self.websocket, "_backplane_start", None)
+        if start_backplane is not None:
+            await start_backplane()
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: Http1Protocol(self),

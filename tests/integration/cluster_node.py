@@ -1,0 +1,121 @@
+"""One wshub node of a test cluster: ``python cluster_node.py --redis URL [options]``.
+
+Prints ``READY <port>`` on stdout once it serves.  Clients talk to it with
+JSON commands (text messages on ``/`` or ``/chat``):
+
+- ``{"op": "send", "to": ID, "data": S}`` → ``ws.send(ID, S)``; answers
+  ``{"op": "sent", "ok": bool}`` or ``{"op": "error", "error": "ClientNotFound"}``
+- ``{"op": "broadcast", "data": S, "path": P?, "exclude": [IDs]?}``
+- ``{"op": "clients"}`` → ``{"op": "clients", "ids": await ws.cluster_clients()}``
+
+Every client gets ``{"op": "welcome", "id": ID, "node": NODE}`` on open.
+Payloads routed by send/broadcast arrive as the plain strings the sender gave.
+``GET /state?ip=K&id=X`` answers the node's view of the cluster as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from wshub import ClientNotFound, HttpServer, Request, Response, WebSocket
+from wshub.backplane import RedisBackplane
+
+
+def build(args: argparse.Namespace) -> tuple[HttpServer, WebSocket]:
+    backplane = RedisBackplane(
+        args.redis, heartbeat=args.heartbeat, ttl=args.ttl, resync_every=2, backoff_max=1.0
+    )
+    ws_box: list[WebSocket] = []
+
+    async def handler(request: Request) -> Response:
+        ws = ws_box[0]
+        if request.path != "/state":
+            return Response.text(404, "Not Found\n")
+        params = request.query_params
+        ip = params.get("ip", ["127.0.0.1"])[0]
+        cid = params.get("id", [""])[0]
+        state = {
+            "node": backplane.node_id,
+            "connected": backplane.connected,
+            "local": ws.clients,
+            "cluster": await ws.cluster_clients(),
+            "ip_remote": backplane.ip_count(ip),
+            "owner": backplane.owner(cid) if cid else None,
+        }
+        return Response(json.dumps(state), content_type="application/json")
+
+    server = HttpServer(handler)
+    ws = WebSocket(
+        server,
+        allow_origin="*",
+        backplane=backplane,
+        limit_by_ip=args.limit_by_ip,
+        cluster_limit_by_ip=args.cluster_limit_by_ip,
+        secret=args.secret,
+        per_message_deflate=False,
+    )
+    ws_box.append(ws)
+
+    @ws.on("open")
+    def opened(client_id: str) -> None:
+        ws.send(
+            client_id, json.dumps({"op": "welcome", "id": client_id, "node": backplane.node_id})
+        )
+
+    async def command(client_id: str, data: str | bytes) -> None:
+        if not isinstance(data, str):
+            return
+        try:
+            cmd = json.loads(data)
+        except ValueError:
+            return
+        op = cmd.get("op")
+        if op == "send":
+            try:
+                ok = ws.send(cmd["to"], cmd["data"])
+            except ClientNotFound:
+                ws.send(client_id, json.dumps({"op": "error", "error": "ClientNotFound"}))
+                return
+            ws.send(client_id, json.dumps({"op": "sent", "ok": ok}))
+        elif op == "broadcast":
+            ws.broadcast(cmd["data"], path=cmd.get("path"), exclude=cmd.get("exclude") or ())
+        elif op == "clients":
+            ids = await ws.cluster_clients()
+            ws.send(client_id, json.dumps({"op": "clients", "ids": ids}))
+
+    ws.on("message", command)
+    ws.on("/chat", command)
+    return server, ws
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--redis", required=True)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--ttl", type=float, default=3.0)
+    p.add_argument("--heartbeat", type=float, default=0.5)
+    p.add_argument("--limit-by-ip", type=int, default=0)
+    p.add_argument("--cluster-limit-by-ip", action="store_true")
+    p.add_argument("--secret", default="cluster-test-secret")
+    args = p.parse_args()
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+    )
+    server, _ws = build(args)
+    await server.serve("127.0.0.1", args.port)
+    print(f"READY {server.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.close(timeout=2.0)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
