@@ -120,6 +120,7 @@ class Http1Protocol(asyncio.Protocol):
     __slots__ = (
         "_body_too_big",
         "_busy",
+        "_bytes_in",
         "_closing",
         "_head_size",
         "_header_count",
@@ -147,6 +148,7 @@ class Http1Protocol(asyncio.Protocol):
         self._req: _ParsedRequest | None = None
         self._queue: list[_ParsedRequest] = []
         self._busy = False
+        self._bytes_in = 0  # bytes read before the upgrade (bytes_read counts them)
         self._closing = False
         self._head_size = 0
         self._raw_size = 0
@@ -181,6 +183,7 @@ class Http1Protocol(asyncio.Protocol):
         if link is not None:
             link.data_received(data)
             return
+        self._bytes_in += len(data)
         if self._closing:
             return
         if self._parser is None:
@@ -387,6 +390,9 @@ class Http1Protocol(asyncio.Protocol):
         self._parser = None
         transport.write(response)
         link.bytes_written = len(response)
+        # Like bytes_written (which counts the 101), bytes_read counts the
+        # request; ``rest`` is counted when the link reads it below.
+        link.bytes_read = self._bytes_in - len(rest)
         admission.open(link)
         if rest:
             link.data_received(rest)
