@@ -438,7 +438,9 @@ class FramedLink:
                     self._hold(events[i:])
                     return
                 if self._user_paused and i < n:
-                    self._hold(events[i:])
+                    # The callback paused this client: keep the rest for
+                    # resume() (not _hold(), which waits for release()).
+                    self._pending = events[i:]
                     return
             elif type(ev) is Ping:
                 self._on_ping(ev.payload)
