@@ -380,6 +380,13 @@ class RedisBackplane(Backplane):
             self._report_recovery()
             if not first.done():
                 first.set_result(None)
+                log.info(
+                    "redis backplane: node %s joined %s (%d clients on %d other nodes)",
+                    self.node_id,
+                    self._safe_url(),
+                    len(self._owner),
+                    len(self._remote),
+                )
             try:
                 await self._run_session()
             except asyncio.CancelledError:

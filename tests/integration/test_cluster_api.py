@@ -1,0 +1,127 @@
+"""The backplane option in-process: validation, the default, Redis down at startup, two hubs."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+import pytest
+import websockets
+
+from tests.conftest import StartServer, wait_for
+from tests.integration.cluster_support import RedisServer
+from wshub import ClientNotFound, HttpServer, WebSocket
+from wshub.backplane import Backplane, LocalBackplane, RedisBackplane, _pack, _unpack
+
+
+def test_backplane_option_validation() -> None:
+    assert isinstance(WebSocket().backplane, LocalBackplane)
+    assert isinstance(WebSocket(backplane="redis://127.0.0.1:1/0").backplane, RedisBackplane)
+    with pytest.raises(ValueError, match="redis://"):
+        WebSocket(backplane="amqp://127.0.0.1/")
+    with pytest.raises(TypeError):
+        WebSocket(backplane=42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        RedisBackplane("redis://127.0.0.1:1/0", heartbeat=5.0, ttl=2.0)
+    shared = RedisBackplane("redis://127.0.0.1:1/0")
+    WebSocket(backplane=shared)
+    with pytest.raises(RuntimeError):
+        WebSocket(backplane=shared)  # one hub per backplane
+    ws = WebSocket(cluster_limit_by_ip=True)
+    assert ws.cluster_limit_by_ip is True
+    with pytest.raises(TypeError):
+        ws.cluster_limit_by_ip = "yes"  # type: ignore[assignment]
+
+
+def test_wire_format_round_trip() -> None:
+    msg = _pack(b"t", b"node1", "client-é".encode(), b"\x00payload")
+    assert _unpack(msg) == (b"t", "node1", "client-é".encode(), b"\x00payload")
+    with pytest.raises(ValueError):
+        _unpack(msg[:9])
+
+
+async def test_default_backplane_is_this_process(start_server: StartServer) -> None:
+    running = await start_server()
+    async with websockets.connect(running.url) as conn:
+        await wait_for(lambda: len(running.ws.clients) == 1)
+        (client_id,) = running.ws.clients
+        assert await running.ws.cluster_clients() == [client_id]
+        with pytest.raises(ClientNotFound):
+            running.ws.send(str(uuid.uuid4()), "nobody")
+        assert running.ws.broadcast("all") == 1
+        assert await conn.recv() == "all"
+
+
+async def test_serves_local_clients_while_redis_is_down_then_joins(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis = RedisServer(tmp_path)  # not started yet: nothing listens on its port
+    backplane = RedisBackplane(redis.url, heartbeat=0.2, ttl=1.0, backoff_max=0.3)
+    server = HttpServer()
+    ws = WebSocket(server, backplane=backplane)
+    ws.on("message", lambda cid, data: ws.send(cid, data))
+    caplog.set_level(logging.INFO, logger="wshub.backplane")
+    await server.serve("127.0.0.1", 0)
+    try:
+        assert not backplane.connected
+        assert "cannot reach" in caplog.text
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/") as conn:
+            await conn.send("echo while Redis is down")
+            assert await conn.recv() == "echo while Redis is down"
+            await redis.start()
+            await wait_for(lambda: backplane.connected, 10.0, "the backplane to connect")
+            # The client that opened before Redis came is registered now.
+            (client_id,) = ws.clients
+            assert await ws.cluster_clients() == [client_id]
+    finally:
+        await server.close(timeout=2.0)
+        redis.stop()
+
+
+async def test_two_hubs_in_one_process(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    servers = [HttpServer(), HttpServer()]
+    hubs = [WebSocket(s, backplane=redis.url, session_expires=0) for s in servers]
+    try:
+        for s in servers:
+            await s.serve("127.0.0.1", 0)
+        bp0 = hubs[0].backplane
+        assert isinstance(bp0, Backplane)
+        async with (
+            websockets.connect(f"ws://127.0.0.1:{servers[0].port}/") as c0,
+            websockets.connect(f"ws://127.0.0.1:{servers[1].port}/") as c1,
+        ):
+            await wait_for(lambda: len(hubs[0].clients) == 1 and len(hubs[1].clients) == 1)
+            (id1,) = hubs[1].clients
+            await wait_for(lambda: bp0.owner(id1) is not None, 10.0, "hub 0 to learn of id1")
+            # A str is encoded on the client's node with the client's encoding.
+            hubs[1].set_encoding(id1, "base64")
+            hubs[0].send(id1, "aGk=")
+            assert await c1.recv() == b"hi"
+            hubs[0].send(id1, b"\x01\x02")
+            assert await c1.recv() == b"\x01\x02"
+            hubs[0].send(id1, "\u00e9t\u00e9", "utf8")
+            assert await c1.recv() == "\u00e9t\u00e9"
+            with pytest.raises(ValueError):
+                hubs[0].send(id1, "x", "klingon")
+            # broadcast() counts this node's deliveries; the other node's come once.
+            assert hubs[0].broadcast("both") == 1
+            assert await c0.recv() == "both"
+            assert await c1.recv() == "both"
+            assert sorted(await hubs[1].cluster_clients()) == sorted(
+                hubs[0].clients + hubs[1].clients
+            )
+        # A send racing a close: the client's node answers, the "error" event reports it.
+        errors: list[tuple[str, Exception]] = []
+        hubs[0].on("error", lambda cid, exc: errors.append((cid, exc)))
+        await wait_for(lambda: not hubs[1].clients)
+        bp0._owner[id1] = hubs[1].backplane.node_id  # type: ignore[attr-defined]
+        hubs[0].send(id1, "too late")
+        await wait_for(lambda: bool(errors), 10.0, "the not-found report")
+        assert errors[0][0] == id1 and isinstance(errors[0][1], ClientNotFound)
+    finally:
+        for s in servers:
+            await s.close(timeout=2.0)
+        redis.stop()
