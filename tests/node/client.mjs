@@ -5,7 +5,8 @@
 // plan: {
 //   protocolVersion?: 13 | 8,         // ws supports hybi-08 too
 //   headers?: {name: value},          // extra request headers (e.g. Cookie)
-//   send?: [{text: "..."} | {hex: "..."}],   // sent in order once open
+//   send?: [{text: "...", repeat?: n} | {hex: "..."}],   // sent in order once open
+//   sendAfter?: n,                    // ... or once n messages have arrived
 //   expect?: n,                       // wait for n messages before closing
 //   stayMs?: n,                       // then stay open this long (counting pings)
 //   close?: [code, reason]            // then close (else wait for the server to)
@@ -47,18 +48,23 @@ ws.on("unexpected-response", (_req, res) => {
   result.status = res.statusCode;
   done.finish();
 });
-ws.on("open", () => {
-  result.opened = true;
+function sendAll() {
   for (const item of plan.send || []) {
-    if (item.text !== undefined) ws.send(item.text);
+    if (item.text !== undefined) ws.send(item.text.repeat(item.repeat || 1));
     else ws.send(Buffer.from(item.hex, "hex"));
   }
+}
+
+ws.on("open", () => {
+  result.opened = true;
+  if (!plan.sendAfter) sendAll();
   maybeClose();
 });
 ws.on("ping", () => { result.pings += 1; });
 ws.on("message", (data, isBinary) => {
   if (isBinary) result.messages.push({ type: "binary", hex: Buffer.from(data).toString("hex") });
   else result.messages.push({ type: "text", data: data.toString("utf8") });
+  if (plan.sendAfter && result.messages.length === plan.sendAfter) sendAll();
   maybeClose();
 });
 ws.on("error", (err) => { result.error = String(err && err.message); });
