@@ -510,7 +510,10 @@ class RedisBackplane(Backplane):
 
     def client_added(self, client_id: str, ip_key: str, event: str) -> None:
         if not self._up:
-            return  # written by _register_all when Redis is back
+            # Rewritten whole once Redis is back (a client that opens while
+            # a session is being set up is caught by the next heartbeat).
+            self._registry_dirty = True
+            return
         ttl_ms = int(self.ttl * 1000)
         self._enqueue("hset", (self._my_key, client_id, self._entry(ip_key, event)), False, 0)
         self._enqueue("pexpire", (self._my_key, ttl_ms), False, 0)
@@ -519,6 +522,7 @@ class RedisBackplane(Backplane):
 
     def client_removed(self, client_id: str, ip_key: str, event: str) -> None:
         if not self._up:
+            self._registry_dirty = True
             return
         self._enqueue("hdel", (self._my_key, client_id), False, 0)
         msg = self._ctl("leave", c=client_id, ip=ip_key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from pathlib import Path
@@ -124,4 +125,41 @@ async def test_two_hubs_in_one_process(tmp_path: Path) -> None:
     finally:
         for s in servers:
             await s.close(timeout=2.0)
+        redis.stop()
+
+
+async def test_same_session_id_admitted_on_two_nodes_at_once_keeps_one(tmp_path: Path) -> None:
+    """Both nodes see the other's join; the node with the greater node ID closes its copy."""
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    server = HttpServer()
+    ws = WebSocket(server, backplane=redis.url)
+    backplane = ws.backplane
+    assert isinstance(backplane, RedisBackplane)
+    await server.serve("127.0.0.1", 0)
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/") as conn:
+            await wait_for(lambda: len(ws.clients) == 1)
+            (client_id,) = ws.clients
+            # A join from a node whose ID sorts lower, for the same client ID:
+            # what the other node publishes when it admitted the same cookie.
+            backplane._apply_ctl(
+                {"t": "join", "n": "0" * 16, "c": client_id, "ip": "127.0.0.1", "e": "message"},
+                live=True,
+            )
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(conn.recv(), 10.0)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        # A join from a node that sorts higher leaves our copy alone.
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/"):
+            await wait_for(lambda: len(ws.clients) == 1)
+            (other,) = ws.clients
+            backplane._apply_ctl(
+                {"t": "join", "n": "g" * 16, "c": other, "ip": "127.0.0.1", "e": "message"},
+                live=True,
+            )
+            # Closing would have sent our close frame at once (state readOnly).
+            assert ws.ready_state(other) == "open"
+    finally:
+        await server.close(timeout=2.0)
         redis.stop()
