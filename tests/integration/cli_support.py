@@ -37,11 +37,17 @@ class Program:
         self.port = port
         self.startup = startup
         self.stdout = ""
+        self.signalled = False
+
+    def send_signal(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` once (a second SIGTERM during shutdown would kill the process)."""
+        if self.proc.returncode is None and not self.signalled:
+            self.signalled = True
+            self.proc.send_signal(sig)
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> tuple[int, str]:
         """Send ``sig``; return (exit status, stderr); keep stdout in ``self.stdout``."""
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
+        self.send_signal(sig)
         try:
             out, err = await asyncio.wait_for(self.proc.communicate(), timeout)
         except asyncio.TimeoutError:

@@ -1,0 +1,105 @@
+"""``wshub serve`` and ``python -m wshub serve`` as real processes, with real clients.
+
+Startup time is measured and printed (``-s`` shows it), never asserted: the
+benchmark owns timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
+import pytest
+import websockets
+
+from tests.conftest import run_node
+from tests.integration.cli_support import free_port, start_program, wshub_command
+
+
+def serve_argv(how: str, port: int, *extra: str) -> list[str]:
+    base = wshub_command() if how == "script" else [sys.executable, "-m", "wshub"]
+    return [*base, "serve", "--port", str(port), "--deflate", "off", *extra]
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+async def test_serve_echo_and_sigterm(how: str) -> None:
+    port = free_port()
+    program = await start_program(serve_argv(how, port, "--mode", "echo"), port)
+    print(f"\nwshub serve ({how}) accepted connections {program.startup:.3f}s after exec")
+    closed_with: list[int] = []
+    try:
+        async with (
+            websockets.connect(f"ws://127.0.0.1:{port}/", compression=None) as a,
+            websockets.connect(f"ws://127.0.0.1:{port}/", compression=None) as b,
+        ):
+            await a.send("echo é")
+            assert await a.recv() == "echo é"
+            await a.send(b"\x00\xff")
+            assert await a.recv() == b"\x00\xff"
+            await b.send("only b")
+            assert await b.recv() == "only b"
+            program.send_signal(signal.SIGTERM)
+            for client in (a, b):
+                with pytest.raises(websockets.ConnectionClosed):
+                    await asyncio.wait_for(client.recv(), 10)
+                assert client.close_code is not None
+                closed_with.append(client.close_code)
+    finally:
+        status, err = await program.stop(signal.SIGTERM)
+    assert closed_with == [1001, 1001]
+    assert status == 0, err
+    assert "Traceback" not in err
+
+
+async def test_serve_broadcast_includes_the_sender() -> None:
+    port = free_port()
+    program = await start_program(serve_argv("script", port, "--mode", "broadcast"), port)
+    try:
+        url = f"ws://127.0.0.1:{port}/"
+        async with (
+            websockets.connect(url, compression=None) as a,
+            websockets.connect(url, compression=None) as b,
+        ):
+            # b is connected once its handshake returned; a message from a now reaches both.
+            await a.send("to all")
+            assert await a.recv() == "to all"
+            assert await b.recv() == "to all"
+            await b.send(b"\x01bin")
+            assert await a.recv() == b"\x01bin"
+            assert await b.recv() == b"\x01bin"
+            # A Node ws client joins: its message reaches everyone, itself included.
+            plan: dict[str, Any] = {"send": [{"text": "node"}], "expect": 1, "close": [1000, ""]}
+            result = await run_node("client.mjs", url, json.dumps(plan))
+            assert result["messages"] == [{"type": "text", "data": "node"}]
+            assert await a.recv() == "node"
+            assert await b.recv() == "node"
+    finally:
+        status, err = await program.stop()
+    assert status == 0, err
+
+
+async def test_serve_defaults_to_loopback_and_rejects_bad_arguments() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *wshub_command(),
+        "serve",
+        "--mode",
+        "shout",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2  # argparse usage error
+    assert b"--mode" in err
+    help_proc = await asyncio.create_subprocess_exec(
+        *wshub_command(),
+        "serve",
+        "--help",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, _err = await asyncio.wait_for(help_proc.communicate(), 30)
+    assert help_proc.returncode == 0
+    assert b"127.0.0.1" in out and b"--deflate" in out
