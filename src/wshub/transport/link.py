@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Hashable
 from typing import Protocol
 
@@ -200,6 +201,45 @@ class LinkConfig:
 _PLAIN_KEY = "plain"
 
 
+class _WriteFlusher:
+    """Flushes every link with queued frames once, at the end of a loop iteration."""
+
+    __slots__ = ("_links", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._links: list[FramedLink] = []
+        self._scheduled = False
+
+    def add(self, link: FramedLink) -> None:
+        self._links.append(link)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        links = self._links
+        self._links = []
+        for link in links:
+            try:
+                link.flush_batch()
+            except Exception:  # one broken connection must not starve the others
+                log.exception("error while writing to a client")
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WriteFlusher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _flusher_for(loop: asyncio.AbstractEventLoop) -> _WriteFlusher:
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        flusher = _flushers[loop] = _WriteFlusher(loop)
+    return flusher
+
+
 class FramedLink:
     """A :class:`Link` that speaks RFC 6455 frames over a byte pipe.
 
@@ -212,6 +252,7 @@ class FramedLink:
 
     __slots__ = (
         "_batch",
+        "_batched",
         "_close_code",
         "_close_reason",
         "_close_timer",
@@ -219,10 +260,12 @@ class FramedLink:
         "_deferred_pong",
         "_deferred_timer",
         "_drain_waiters",
+        "_flusher",
         "_held",
         "_loop",
         "_pending",
         "_ping_guard",
+        "_shut",
         "_user_paused",
         "_write_paused",
         "bytes_read",
@@ -240,6 +283,9 @@ class FramedLink:
         self.bytes_written = 0
         self._loop = asyncio.get_running_loop()
         self._batch: list[bytes] | None = None
+        self._batched = 0
+        self._shut = False
+        self._flusher = _flusher_for(self._loop)
         self._pending: list[Event] | None = None
         self._held = False
         self._user_paused = False
@@ -291,21 +337,31 @@ class FramedLink:
     # ------------------------------------------------------------------ output
 
     def _send(self, data: bytes) -> bool:
-        """Queue frame bytes; return False above the high-water mark."""
-        if self._closed:
+        """Queue frame bytes; return False above the high-water mark.
+
+        Frames are written at the end of the current read (or loop
+        iteration), all of a connection's frames in one call: a broadcast
+        of eight messages costs each receiver one write, not eight.
+        """
+        if self._closed or self._shut:
             return False
-        self.bytes_written += len(data)
-        batch = self._batch
-        if batch is not None:
-            batch.append(data)
+        n = len(data)
+        if not n:
             return True
-        buffered = self._buffered()
-        if buffered > self.config.write_limit and self.conn.state == ConnectionState.OPEN:
-            # (Once closing, only our Close frame comes here: let it through.)
-            self._overflow(buffered)
-            return False
-        self._write(data)
-        return buffered + len(data) <= self.config.write_high
+        self.bytes_written += n
+        batch = self._batch
+        if batch is None:
+            self._batch = batch = []
+            self._flusher.add(self)
+        batch.append(data)
+        self._batched += n
+        high = self.config.write_high
+        if self._batched > high:
+            self.flush_batch()
+        # Node's socket.write contract: False only if bytes are left queued in
+        # our memory above the high-water mark, not for a big message the
+        # kernel took at once (so drain() after False really has to wait).
+        return self._buffered() + self._batched <= high
 
     def _overflow(self, buffered: int) -> None:
         # The peer does not read and the buffer passed its hard cap: close
@@ -323,19 +379,25 @@ class FramedLink:
         self._start_close(CloseCode.POLICY_VIOLATION, "write buffer limit exceeded")
 
     def flush_batch(self) -> None:
-        """Write what was queued during one read, in one call."""
+        """Write what was queued since the last flush, in one call."""
         batch = self._batch
+        if batch is None:
+            return
         self._batch = None
-        if batch:
-            if self._closed:
-                return
-            if len(batch) == 1:
-                self._write(batch[0])
-            else:
-                self._write_many(batch)
+        self._batched = 0
+        if self._closed or self._shut or not batch:
+            return
+        if self.conn.state == ConnectionState.OPEN:
             buffered = self._buffered()
             if buffered > self.config.write_limit:
+                # Queue nothing more for a peer that does not read; once
+                # closing, only our Close frame comes here: let it through.
                 self._overflow(buffered)
+                return
+        if len(batch) == 1:
+            self._write(batch[0])
+        else:
+            self._write_many(batch)
 
     @property
     def broadcast_key(self) -> Hashable | None:
@@ -391,6 +453,7 @@ class FramedLink:
             # could turn into a reset that destroys our Close frame in
             # flight, so stop writing and linger until the peer hangs up.
             self._half_close()
+            self._shut = True
             if self._close_timer is None:
                 self._close_timer = self._loop.call_later(
                     self.config.close_timeout, self._close_timed_out
@@ -418,7 +481,8 @@ class FramedLink:
         if self._pending is not None:
             self._pending.extend(events)
             return
-        self._batch = []
+        if self._batch is None:
+            self._batch = []
         try:
             self._dispatch(events)
         finally:
@@ -491,7 +555,8 @@ class FramedLink:
         if pending is not None:
             self._pending = None
             if pending:
-                self._batch = []
+                if self._batch is None:
+                    self._batch = []
                 try:
                     self._dispatch(pending)
                 finally:
