@@ -1,0 +1,115 @@
+"""``wshub demo`` in headless Chromium (Playwright): text, Blob, ArrayBuffer, broadcast, reload.
+
+The page exposes ``window.wshubDemo.received`` (every message it saw) and
+``window.wshubDemo.id`` (the client ID it shows).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.integration.cli_support import free_port, start_program, wshub_command
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: run 'make test' as root (it apt-installs chromium)")
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.fail("the playwright package is missing: run 'make venv'")
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def received(page: Any) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = await page.evaluate("window.wshubDemo.received")
+    return result
+
+
+async def wait_received(page: Any, js_predicate: str) -> None:
+    """Wait until some message ``m`` the page received satisfies ``js_predicate``."""
+    await page.wait_for_function(
+        f"window.wshubDemo.received.some(m => {js_predicate})", timeout=10_000
+    )
+
+
+async def open_page(context: Any, url: str) -> tuple[Any, str]:
+    page = await context.new_page()
+    await page.goto(url)
+    await page.wait_for_function("window.wshubDemo.id !== null", timeout=10_000)
+    shown = await page.text_content("#me")
+    client_id: str = await page.evaluate("window.wshubDemo.id")
+    assert shown == client_id
+    return page, client_id
+
+
+async def test_demo_in_chromium(browser: Any) -> None:
+    port = free_port()
+    program = await start_program([*wshub_command(), "demo", "--port", str(port)], port)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        ctx1 = await browser.new_context()
+        ctx2 = await browser.new_context()
+        page1, id1 = await open_page(ctx1, url)
+
+        # Text: every /chat client gets it, the sender too (its echo).
+        await page1.fill("#text", "hello from page 1")
+        await page1.click("#send")
+        await wait_received(page1, f"m.type === 'chat' && m.id === '{id1}'")
+        chats = [m for m in await received(page1) if m.get("type") == "chat"]
+        assert chats == [{"type": "chat", "id": id1, "text": "hello from page 1"}]
+
+        # A Blob and an ArrayBuffer come back as the same bytes.
+        await page1.click("#blob")
+        await wait_received(page1, "m.kind === 'binary' && m.size === 8")
+        await page1.click("#buffer")
+        await wait_received(page1, "m.kind === 'binary' && m.size === 16")
+        binaries = [m for m in await received(page1) if m.get("kind") == "binary"]
+        assert binaries == [
+            {"kind": "binary", "size": 8, "bytes": [1, 2, 3, 4, 5, 250, 251, 252]},
+            {"kind": "binary", "size": 16, "bytes": [i * 16 for i in range(16)]},
+        ]
+
+        # A second browser (its own cookies): broadcasts reach the first page.
+        page2, id2 = await open_page(ctx2, url)
+        assert id2 != id1
+        await wait_received(page1, f"m.type === 'join' && m.id === '{id2}'")
+        await page2.fill("#text", "hello from page 2")
+        await page2.click("#send")
+        await wait_received(page1, "m.type === 'chat' && m.text === 'hello from page 2'")
+        await wait_received(page2, f"m.type === 'chat' && m.id === '{id2}'")
+        await page1.click("#blob")
+        await wait_received(page2, f"m.type === 'binary' && m.id === '{id1}' && m.size === 8")
+
+        # Reload: the signed cookie brings the same ID back.
+        await page1.reload()
+        await page1.wait_for_function("window.wshubDemo.id !== null", timeout=10_000)
+        assert await page1.evaluate("window.wshubDemo.id") == id1
+        assert await page1.text_content("#me") == id1
+        await ctx1.close()
+        await ctx2.close()
+    finally:
+        status, err = await program.stop(signal.SIGTERM)
+    assert status == 0, err
+    assert "Traceback" not in err
