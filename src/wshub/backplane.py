@@ -190,9 +190,9 @@ def _unpack(data: bytes) -> tuple[bytes, str, bytes, bytes]:
     return kind, origin, meta, data[pos + mlen :]
 
 
-def _log_failure(task: asyncio.Task[None]) -> None:
+def _log_failure(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.info("redis backplane: registry reload failed: %s", task.exception())
+        log.warning("redis backplane: background task failed: %s", task.exception())
 
 
 class _SessionLost(Exception):
@@ -280,6 +280,7 @@ class RedisBackplane(Backplane):
         self._up = False
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._autostart_task: asyncio.Future[None] | None = None
         self._own_hb_seen = 0.0
         # What was lost while Redis was unreachable (reported when it is back).
         self._down_since: float | None = None
@@ -321,6 +322,22 @@ class RedisBackplane(Backplane):
                 self._safe_url(),
                 self.connect_timeout,
             )
+
+    def _autostart(self) -> None:
+        """Start on the first client when nobody called :meth:`start`.
+
+        ``HttpServer`` starts the backplane before it listens; a host that does
+        not (an ASGI server whose lifespan does not start it) gets it started
+        here, in the background, when the first client opens.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        log.info("redis backplane: started by the first client (no server start hook ran)")
+        task = asyncio.ensure_future(self.start())
+        task.add_done_callback(_log_failure)
+        self._autostart_task = task
 
     async def stop(self) -> None:
         self._stopping = True
@@ -509,6 +526,8 @@ class RedisBackplane(Backplane):
         return json.dumps({"t": kind, "n": self.node_id, **fields}).encode()
 
     def client_added(self, client_id: str, ip_key: str, event: str) -> None:
+        if self._supervisor is None and self._autostart_task is None and not self._stopping:
+            self._autostart()
         if not self._up:
             # Rewritten whole once Redis is back (a client that opens while
             # a session is being set up is caught by the next heartbeat).

@@ -11,7 +11,7 @@ import pytest
 import websockets
 
 from tests.conftest import StartServer, wait_for
-from tests.integration.cluster_support import RedisServer
+from tests.integration.cluster_support import RedisServer, free_port
 from wshub import ClientNotFound, HttpServer, WebSocket
 from wshub.backplane import Backplane, LocalBackplane, RedisBackplane, _pack, _unpack
 
@@ -161,5 +161,43 @@ async def test_same_session_id_admitted_on_two_nodes_at_once_keeps_one(tmp_path:
             # Closing would have sent our close frame at once (state readOnly).
             assert ws.ready_state(other) == "open"
     finally:
+        await server.close(timeout=2.0)
+        redis.stop()
+
+
+async def test_hub_served_by_uvicorn_joins_the_cluster(tmp_path: Path) -> None:
+    """Under ASGI no server hook starts the backplane: the first client does."""
+    import uvicorn
+
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    asgi_hub = WebSocket(backplane=redis.url, allow_origin="*")
+    server = HttpServer()
+    hub = WebSocket(server, backplane=redis.url)
+    config = uvicorn.Config(
+        asgi_hub.asgi(), host="127.0.0.1", port=free_port(), log_level="warning", lifespan="on"
+    )
+    uv = uvicorn.Server(config)
+    uv_task = asyncio.ensure_future(uv.serve())
+    try:
+        await server.serve("127.0.0.1", 0)
+        await wait_for(lambda: uv.started, 10.0, "uvicorn to start")
+        async with (
+            websockets.connect(f"ws://127.0.0.1:{config.port}/") as under_asgi,
+            websockets.connect(f"ws://127.0.0.1:{server.port}/") as native,
+        ):
+            await wait_for(lambda: len(asgi_hub.clients) == 1 and len(hub.clients) == 1)
+            (asgi_id,) = asgi_hub.clients
+            (native_id,) = hub.clients
+            await wait_for(lambda: hub.backplane.owner(asgi_id) is not None, 10.0, "registry")
+            await wait_for(lambda: asgi_hub.backplane.owner(native_id) is not None, 10.0)
+            hub.send(asgi_id, "to the uvicorn node")
+            assert await under_asgi.recv() == "to the uvicorn node"
+            asgi_hub.send(native_id, "from the uvicorn node")
+            assert await native.recv() == "from the uvicorn node"
+    finally:
+        uv.should_exit = True
+        await asyncio.wait_for(uv_task, 10.0)
+        await asgi_hub._backplane_stop()
         await server.close(timeout=2.0)
         redis.stop()
