@@ -34,8 +34,13 @@ from wshub.protocol.deflate import PerMessageDeflate, negotiate_extensions
 OFFER = "permessage-deflate; client_max_window_bits"
 
 SETTINGS: dict[str, dict[str, object]] = {
-    "default": {},
-    "zlib defaults (15 bits, mem 8)": {"max_window_bits": 15, "mem_level": 8},
+    "default (level 1, mem 5, 12 bits, takeover)": {},
+    "default but level 6": {"level": 6},
+    "15 bits, mem 8, level 6 (zlib's and Node ws' defaults)": {
+        "max_window_bits": 15,
+        "mem_level": 8,
+        "level": 6,
+    },
     "15 bits, mem 8, no takeover": {
         "max_window_bits": 15,
         "mem_level": 8,
@@ -43,7 +48,7 @@ SETTINGS: dict[str, dict[str, object]] = {
     },
     "default + no takeover": {"no_context_takeover": True},
     "10 bits, mem 4": {"max_window_bits": 10, "mem_level": 4},
-    "9 bits, mem 1, level 1": {"max_window_bits": 9, "mem_level": 1, "level": 1},
+    "9 bits, mem 1": {"max_window_bits": 9, "mem_level": 1},
 }
 
 
@@ -88,6 +93,7 @@ def codec_part() -> None:
     for name, kwargs in SETTINGS.items():
         opts = DeflateOptions(**kwargs)  # type: ignore[arg-type]
         n = 200
+        best_of = 5  # timings: the best of 5 runs (the machine is shared)
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         conns = []
@@ -112,16 +118,19 @@ def codec_part() -> None:
             [json_doc(i, 4096) for i in range(300)],
             [json_doc(i, 65536) for i in range(20)],
         ):
-            accepted = negotiate_extensions(OFFER, opts)
-            assert accepted is not None
-            codec = accepted[1]
-            raw = out = 0
-            t = time.perf_counter()
-            for m in workload:
-                enc = codec.encode(m)
-                raw += len(m)
-                out += len(enc) if enc is not None else len(m)
-            times.append((time.perf_counter() - t) / len(workload) * 1e6)
+            best = float("inf")
+            for _ in range(best_of):
+                accepted = negotiate_extensions(OFFER, opts)
+                assert accepted is not None
+                codec = accepted[1]
+                raw = out = 0
+                t = time.perf_counter()
+                for m in workload:
+                    enc = codec.encode(m)
+                    raw += len(m)
+                    out += len(enc) if enc is not None else len(m)
+                best = min(best, (time.perf_counter() - t) / len(workload) * 1e6)
+            times.append(best)
             ratios.append(out / raw)
         print(
             f"| {name} | {idle:.0f} | {busy:.0f} | "

@@ -69,7 +69,7 @@ class DeflateOptions:
     The defaults were chosen by measurement (``docs/compression.md``).
     """
 
-    level: int = 6
+    level: int = 1
     mem_level: int = 5
     max_window_bits: int = 12
     no_context_takeover: bool = False
