@@ -237,3 +237,57 @@ async def test_unknown_ids_raise_client_not_found(start_server: StartServer) -> 
             assert isinstance(info.value, KeyError)
     with pytest.raises(ClientNotFound):
         await ws.drain("nobody")
+
+
+async def test_close_timeout_drops_a_peer_that_never_answers(start_server: StartServer) -> None:
+    srv = await start_server(close_timeout=0.2)
+    ws = srv.ws
+    closed: list[CloseEvent] = []
+    ws.on("close", lambda cid, ev: closed.append(ev))
+    raw = await RawClient.connect("127.0.0.1", srv.port)
+    try:
+        await wait_for(lambda: len(ws.clients) == 1)
+        ws.close(ws.clients[0], 4000, "leave")
+        assert await raw.recv_close() == (4000, "leave")
+        # We never answer: after close_timeout the server drops the TCP connection.
+        assert await asyncio.wait_for(raw.at_eof(), 10)
+        await wait_for(lambda: len(closed) == 1)
+    finally:
+        raw.close()
+    assert closed[0].was_clean is False
+    assert closed[0].code == 1006
+
+
+async def test_exceptions_in_open_close_and_error_callbacks_are_contained(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = await start_server()
+    ws = srv.ws
+    errors: list[Exception] = []
+
+    def bad_open(cid: str) -> None:
+        raise RuntimeError("open failed")
+
+    def bad_close(cid: str, ev: CloseEvent) -> None:
+        raise RuntimeError("close failed")
+
+    def bad_error(cid: str, exc: Exception) -> None:
+        errors.append(exc)
+        raise RuntimeError("error handler failed too")
+
+    ws.on("open", bad_open)
+    ws.on("close", bad_close)
+    ws.on("error", bad_error)
+    ws.on("message", lambda cid, data: ws.send(cid, data))
+    with caplog.at_level("ERROR", logger="wshub"):
+        async with connect(srv.url) as client:
+            await client.send("served anyway")
+            assert await client.recv() == "served anyway"
+            [cid] = ws.clients
+            assert ws.set_encoding(cid, "utf8") is True
+        await wait_for(lambda: "close failed" in caplog.text, what="the close callback's log")
+    assert [str(e) for e in errors] == ["open failed"]  # no loop through "error"
+    assert "error handler failed too" in caplog.text
+    async with connect(srv.url) as again:
+        await again.send("still up")
+        assert await again.recv() == "still up"
