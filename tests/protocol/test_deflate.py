@@ -556,3 +556,44 @@ def test_roundtrip_property(messages: list[bytes], step: int, takeover: bool) ->
     assert feed(conn, wire, step) == messages
     for m in messages:
         assert peer_decode(decoder, conn.send_message(m, False))[1] == m
+
+
+_OFFER_PIECES = st.sampled_from(
+    [
+        "permessage-deflate",
+        "x-webkit-deflate-frame",
+        "server_no_context_takeover",
+        "client_no_context_takeover",
+        "server_max_window_bits",
+        "client_max_window_bits",
+        "=",
+        "8",
+        "15",
+        "16",
+        '"',
+        ";",
+        ",",
+        " ",
+        "\t",
+        "é",
+        "\x00",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=80), st.lists(_OFFER_PIECES, max_size=12).map("".join)))
+def test_any_offer_is_answered_or_declined_never_raises(offer: str) -> None:
+    result = negotiate_extensions(offer, True)
+    if result is None:
+        return
+    header, codec = result
+    # What we answer is itself a well-formed, acceptable permessage-deflate
+    # element, and the codec it made works.
+    parsed = parse_extensions(header)
+    assert len(parsed) == 1 and parsed[0] is not None and parsed[0][0] == "permessage-deflate"
+    assert negotiate_extensions(header, WIDE) is not None  # only valid parameters in it
+    assert isinstance(codec, PerMessageDeflate)
+    assert 8 <= codec.server_window_bits <= 15 and 8 <= codec.client_window_bits <= 15
+    conn = Connection(codec=codec)
+    assert peer_decode(peer(codec), conn.send_message(SAMPLE, False))[1] == SAMPLE
