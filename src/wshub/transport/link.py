@@ -425,6 +425,10 @@ class FramedLink:
         if self._closed or self.conn.state in (ConnectionState.CLOSE_SENT, ConnectionState.CLOSED):
             return False
         self._start_close(code, reason)
+        if self._user_paused:
+            # The peer's Close can only arrive if we read: closing a paused
+            # client would otherwise always end in the close timeout (1006).
+            self.resume()
         return True
 
     def abort(self) -> None:
