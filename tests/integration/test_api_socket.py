@@ -124,3 +124,24 @@ async def test_set_no_delay_and_keep_alive(start_server: StartServer) -> None:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
         ws.send(cid, "still works")
         assert await client.recv() == "still works"
+
+
+async def test_closing_a_paused_client_completes_the_handshake(start_server: StartServer) -> None:
+    # close_timeout is long: a clean CloseEvent proves the peer's Close was read.
+    srv = await start_server(close_timeout=30.0)
+    ws = srv.ws
+    closed: list[Any] = []
+    ws.on("close", lambda cid, ev: closed.append(ev))
+    async with websockets.connect(srv.url, compression=None) as client:
+        await wait_for(lambda: len(ws.clients) == 1)
+        [cid] = ws.clients
+        ws.pause(cid)
+        ws.close(cid, 4000, "paused but closing")
+        await client.wait_closed()
+        assert client.close_code == 4000
+    await wait_for(lambda: len(closed) == 1, timeout=10)
+    assert (closed[0].code, closed[0].reason, closed[0].was_clean) == (
+        4000,
+        "paused but closing",
+        True,
+    )
