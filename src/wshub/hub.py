@@ -727,7 +727,11 @@ class WebSocket:
     def _ping_all(self) -> None:
         self._ping_timer = None
         for client in list(self._clients.values()):
-            self._ping_client(client, self._pong_timeout)
+            if client._ping_handle is None:
+                # A ping still waiting for its pong keeps its deadline: a new
+                # ping would restart the timer, and with ping_delay <
+                # pong_timeout a dead client would never be closed.
+                self._ping_client(client, self._pong_timeout)
         self._restart_ping_timer()
 
     def url(self, client_id: str) -> SplitResult:
