@@ -116,3 +116,15 @@ async def test_ping_after_close_started_returns_false(start_server: StartServer)
         assert ws.ping(cid) is False
     finally:
         raw.close()
+
+
+async def test_silent_client_is_closed_even_when_ping_delay_is_shorter_than_pong_timeout(
+    start_server: StartServer,
+) -> None:
+    # Each server ping must not restart the previous ping's pong timer.
+    srv = await start_server(ping_delay=0.05, pong_timeout=0.3)
+    raw = await RawClient.connect("127.0.0.1", srv.port)  # never answers
+    try:
+        assert await asyncio.wait_for(raw.recv_close(), 10) == (1011, "pong timeout")
+    finally:
+        raw.close()
