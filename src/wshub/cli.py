@@ -46,6 +46,12 @@ def _common(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--certfile", help="PEM certificate chain for --tls")
     p.add_argument("--keyfile", help="PEM private key for --tls")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--loop",
+        default="auto",
+        choices=["auto", "asyncio", "uvloop"],
+        help="event loop (default auto: uvloop when installed)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,7 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    server.run(args.host, args.port, _tls_context(args))
+    server.run(args.host, args.port, _tls_context(args), loop=args.loop)
     return 0
 
 
@@ -212,7 +218,7 @@ def _demo(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    server.run(args.host, args.port, _tls_context(args))
+    server.run(args.host, args.port, _tls_context(args), loop=args.loop)
     return 0
 
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import ssl as ssl_module
+import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,24 @@ def _default_h2_factory() -> Callable[[HttpServer, Http1Protocol, bytes], bool] 
     except ImportError:  # h2 missing: HTTP/1.1 only (ALPN then offers http/1.1 alone)
         return None
     return switch_to_h2
+
+
+def event_loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory for ``run(loop=kind)``; None means asyncio's default."""
+    if kind not in ("auto", "asyncio", "uvloop"):
+        raise ValueError("loop must be 'auto', 'asyncio' or 'uvloop'")
+    if kind == "asyncio" or sys.version_info < (3, 11):
+        if kind == "uvloop":
+            raise RuntimeError("loop='uvloop' needs Python 3.11+ (asyncio.Runner)")
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if kind == "uvloop":
+            raise RuntimeError("loop='uvloop': uvloop is not installed (wshub[speed])") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 class HttpServer:
@@ -179,10 +198,23 @@ class HttpServer:
         host: str | list[str] | None = "127.0.0.1",
         port: int = 8080,
         ssl: ssl_module.SSLContext | None = None,
+        *,
+        loop: str = "auto",
         **kwargs: Any,
     ) -> None:
-        """Serve until SIGINT/SIGTERM, then close every client with 1001 (blocking)."""
-        asyncio.run(self._run(host, port, ssl, **kwargs))
+        """Serve until SIGINT/SIGTERM, then close every client with 1001 (blocking).
+
+        ``loop``: ``"auto"`` runs on uvloop when it is installed (``pip install
+        wshub[speed]``), else on asyncio's own loop; ``"asyncio"`` or
+        ``"uvloop"`` choose one (the latter fails if uvloop is missing).
+        """
+        factory = event_loop_factory(loop)
+        main = self._run(host, port, ssl, **kwargs)
+        if sys.version_info >= (3, 11) and factory is not None:
+            with asyncio.Runner(loop_factory=factory) as runner:
+                runner.run(main)
+        else:
+            asyncio.run(main)
 
     async def _run(
         self,
