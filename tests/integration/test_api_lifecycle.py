@@ -12,7 +12,7 @@ import websockets
 
 from tests.conftest import StartServer, wait_for
 from tests.rawws import RawClient, client_frame, close_body
-from wshub import ClientNotFound, CloseEvent, WebSocketProtocolError
+from wshub import ClientNotFound, CloseEvent, ConnectionClosedError, WebSocketProtocolError
 
 
 def connect(url: str, **kwargs: Any) -> Any:
@@ -291,3 +291,21 @@ async def test_exceptions_in_open_close_and_error_callbacks_are_contained(
     async with connect(srv.url) as again:
         await again.send("still up")
         assert await again.recv() == "still up"
+
+
+async def test_send_to_a_closing_client_raises_instead_of_dropping(
+    start_server: StartServer,
+) -> None:
+    srv = await start_server()
+    ws = srv.ws
+    raw = await RawClient.connect("127.0.0.1", srv.port)
+    try:
+        await wait_for(lambda: len(ws.clients) == 1)
+        [cid] = ws.clients
+        assert ws.close(cid) is True
+        with pytest.raises(ConnectionClosedError):
+            ws.send(cid, "too late")  # "nothing is ever silently dropped"
+        assert ws.ping(cid) is False
+        assert await raw.recv_close() == (1000, "")
+    finally:
+        raw.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +26,8 @@ from wshub.protocol.connection import (
     Pong,
     ProtocolError,
 )
+
+pytestmark = pytest.mark.fuzz
 
 EXAMPLES = int(os.environ.get("WSHUB_FUZZ_EXAMPLES", "300"))
 SETTINGS = settings(
