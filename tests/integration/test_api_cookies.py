@@ -155,3 +155,30 @@ async def test_cookie_round_trip_with_node_ws(start_server: StartServer) -> None
     assert first["messages"][0]["data"] == opened[0]
     assert second["messages"][0]["data"] == opened[0]
     assert opened == [opened[0], opened[0]]
+
+
+async def test_tls_gives_wss_urls_and_secure_cookies(start_server: StartServer) -> None:
+    import ssl
+
+    from wshub import HttpServer, WebSocket
+    from wshub.tls import self_signed_context
+
+    server = HttpServer()
+    ws = WebSocket(server, secret=SECRET)
+    opened: list[str] = []
+    ws.on("open", opened.append)
+    await server.serve("127.0.0.1", 0, ssl=self_signed_context())
+    client_ctx = ssl.create_default_context()
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE  # the server's certificate is self-signed
+    try:
+        url = f"wss://127.0.0.1:{server.port}/secure?q=1"
+        async with websockets.connect(url, ssl=client_ctx, compression=None) as client:
+            await wait_for(lambda: len(opened) == 1)
+            assert ws.url(opened[0]).geturl() == url
+            cookie = set_cookie(client) or ""
+            assert "Secure" in [a.strip() for a in cookie.split(";")]
+            ws.send(opened[0], "over tls")
+            assert await client.recv() == "over tls"
+    finally:
+        await server.close()
