@@ -485,6 +485,8 @@ class AsgiApp:
         kind = scope.get("type")
         if kind == "websocket":
             await self._websocket(scope, receive, send)
+        elif kind == "lifespan" and self.app is not None:
+            await self.app(scope, receive, self._lifespan_send(send))
         elif self.app is not None:
             await self.app(scope, receive, send)
         elif kind == "http":
@@ -506,11 +508,34 @@ class AsgiApp:
             message = await receive()
             kind = message.get("type")
             if kind == "lifespan.startup":
+                await self.hub._backplane_start()
                 await send({"type": "lifespan.startup.complete"})
             elif kind == "lifespan.shutdown":
-                await self._close_all(CloseCode.GOING_AWAY, "server shutting down")
+                await self._shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def _lifespan_send(self, send: Send) -> Send:
+        """The wrapped app's lifespan ``send``: the hub starts and stops with it.
+
+        The backplane joins the cluster before the app reports its startup
+        complete (so the first handshake already sees the cluster registry),
+        and leaves it, closing our clients, before the app reports shutdown.
+        """
+
+        async def wrapped(message: Message) -> None:
+            kind = message.get("type")
+            if kind == "lifespan.startup.complete":
+                await self.hub._backplane_start()
+            elif kind == "lifespan.shutdown.complete":
+                await self._shutdown()
+            await send(message)
+
+        return wrapped
+
+    async def _shutdown(self) -> None:
+        await self.hub._backplane_stop()
+        await self._close_all(CloseCode.GOING_AWAY, "server shutting down")
 
     async def _close_all(self, code: int, reason: str) -> None:
         links = list(self._links)
