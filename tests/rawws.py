@@ -63,7 +63,10 @@ def parse_close(payload: bytes) -> tuple[int, str]:
 
 
 class HttpReply:
-    def __init__(self, status: int, headers: dict[str, list[str]], body: bytes) -> None:
+    def __init__(
+        self, status: int, headers: dict[str, list[str]], body: bytes, head_size: int = 0
+    ) -> None:
+        self.head_size = head_size  # bytes of the status line and headers, blank line included
         self.status = status
         self.headers = headers
         self.body = body
@@ -82,7 +85,7 @@ async def read_http_head(reader: asyncio.StreamReader) -> HttpReply:
         if line:
             name, _, value = line.partition(":")
             headers.setdefault(name.strip().lower(), []).append(value.strip())
-    return HttpReply(status, headers, b"")
+    return HttpReply(status, headers, b"", len(head))
 
 
 async def http_exchange(host: str, port: int, request: bytes) -> HttpReply:
