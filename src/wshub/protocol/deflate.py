@@ -208,13 +208,14 @@ class PerMessageDeflate:
         self._deflater = None
         self._inflater = None
 
-    @property
-    def response(self) -> str:
-        """The ``Sec-WebSocket-Extensions`` value that agreed to these parameters."""
-        return _format_response(self, None, None)
-
     def __repr__(self) -> str:
-        return f"PerMessageDeflate({self.response!r})"
+        return (
+            f"PerMessageDeflate(server: {self.server_window_bits} bits"
+            f"{', no takeover' if self.server_no_context_takeover else ''}; "
+            f"client: {self.client_window_bits} bits"
+            f"{', no takeover' if self.client_no_context_takeover else ''}; "
+            f"level {self.level}, mem_level {self.mem_level}, min_size {self.min_size})"
+        )
 
 
 def _format_response(
