@@ -207,7 +207,7 @@ def test_max_payload_checked_from_the_header_before_the_payload() -> None:
     assert error_code(conn.receive_data(head)) == 1009
     # And whatever follows is ignored, not buffered.
     assert conn.receive_data(b"\x00" * 100_000) == []
-    assert conn._buf == b"" and conn._msg_buf is None
+    assert conn._buf == b"" and conn._msg_parts is None
 
 
 def test_max_payload_counts_all_fragments() -> None:

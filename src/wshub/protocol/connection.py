@@ -44,6 +44,7 @@ from .frames import (
     InvalidClosePayload,
     apply_mask,
     build_frame,
+    build_frame_header,
     close_payload,
     parse_close_payload,
 )
@@ -200,9 +201,9 @@ class Connection:
         "_frame_mask",
         "_frame_masked_pos",
         "_frame_opcode",
-        "_msg_buf",
         "_msg_compressed",
         "_msg_opcode",
+        "_msg_parts",
         "_msg_size",
         "_read_state",
         "_utf8",
@@ -229,7 +230,9 @@ class Connection:
         self._msg_opcode = 0
         self._msg_compressed = False
         self._msg_size = 0
-        self._msg_buf: bytearray | None = None
+        # Pieces of the message: big chunks as they came (joined once at the
+        # end), small ones gathered into a bytearray (no object per fragment).
+        self._msg_parts: list[bytes | bytearray] | None = None
         self._utf8: codecs.IncrementalDecoder | None = None
 
     # ------------------------------------------------------------------ input
@@ -324,8 +327,8 @@ class Connection:
             self._frame_mask = mask
             self._frame_masked_pos = 0
             self._read_state = _PAYLOAD
-            if self._msg_buf is None:
-                self._msg_buf = bytearray()
+            if self._msg_parts is None:
+                self._msg_parts = []
                 if self._msg_opcode == OP_TEXT:
                     self._utf8 = _Utf8Decoder()
             if length == 0:
@@ -375,13 +378,15 @@ class Connection:
     def _read_payload(self, data: bytes, pos: int, end: int, events: list[Event]) -> int:
         """Consume what is here of the current data frame's payload."""
         take = min(self._frame_left, end - pos)
-        chunk = data[pos : pos + take]
+        chunk = b""
         if take:
+            # A view, not a copy: the unmasking below makes the one copy.
+            view = memoryview(data)[pos : pos + take] if take >= 4096 else data[pos : pos + take]
             mask = self._frame_mask
             offset = self._frame_masked_pos & 3
             if offset:
                 mask = mask[offset:] + mask[:offset]
-            chunk = apply_mask(chunk, mask)
+            chunk = apply_mask(view, mask)
             self._frame_masked_pos += take
             self._frame_left -= take
         end_of_message = self._frame_left == 0 and self._frame_fin
@@ -405,14 +410,25 @@ class Connection:
             except UnicodeDecodeError:
                 self._fail(events, CloseCode.INVALID_PAYLOAD, "invalid UTF-8 in text")
                 return end
-        buf = self._msg_buf
-        assert buf is not None
-        buf += chunk
+        parts = self._msg_parts
+        assert parts is not None
+        if chunk:
+            if len(chunk) >= 8192 or not parts:
+                parts.append(chunk)
+            else:
+                last = parts[-1]
+                if type(last) is bytearray:
+                    last += chunk
+                else:
+                    parts.append(bytearray(chunk))
         if self._frame_left == 0:
             self._read_state = _HEADER
             if self._frame_fin:
-                payload = bytes(buf)
-                self._msg_buf = None
+                if len(parts) == 1 and type(parts[0]) is bytes:
+                    payload = parts[0]
+                else:
+                    payload = b"".join(parts)
+                self._msg_parts = None
                 self._utf8 = None
                 if self._msg_opcode == OP_TEXT:
                     events.append(payload.decode("utf-8"))
@@ -435,7 +451,7 @@ class Connection:
                 return
             self._read_state = _DISCARD
             self._buf = b""
-            self._msg_buf = None
+            self._msg_parts = None
             self._utf8 = None
             if self.state == ConnectionState.CLOSE_SENT:
                 self.state = ConnectionState.CLOSED
@@ -447,7 +463,7 @@ class Connection:
         self.failed = True
         self._read_state = _DISCARD
         self._buf = b""
-        self._msg_buf = None
+        self._msg_parts = None
         self._utf8 = None
         events.append(ProtocolError(code, reason))
         return events
@@ -470,6 +486,13 @@ class Connection:
             if encoded is not None:
                 return build_frame(opcode, encoded, rsv1=True)
         return build_frame(opcode, data)
+
+    def message_header(self, length: int, text: bool) -> bytes:
+        """Only the header of an uncompressed message, for writers that send a
+        large payload without copying it behind the header."""
+        if self.state != ConnectionState.OPEN and self.state != ConnectionState.CLOSE_RECEIVED:
+            raise ConnectionClosedError("the closing handshake has started")
+        return build_frame_header(OP_TEXT if text else OP_BINARY, length)
 
     def send_ping(self, payload: bytes = b"") -> bytes:
         if len(payload) > MAX_CONTROL_PAYLOAD:

@@ -52,7 +52,20 @@ class Http1Link(FramedLink):
         self.transport.write(data)
 
     def _write_many(self, chunks: list[bytes]) -> None:
-        self.transport.write(b"".join(chunks))
+        write = self.transport.write
+        small: list[bytes] = []
+        for chunk in chunks:
+            if len(chunk) < 65536:
+                small.append(chunk)
+                continue
+            # Small frames are joined into one write; a large payload is
+            # handed over as it is (the kernel copies it; we need not).
+            if small:
+                write(b"".join(small))
+                small = []
+            write(chunk)
+        if small:
+            write(b"".join(small) if len(small) > 1 else small[0])
 
     def _end(self) -> None:
         self.transport.close()

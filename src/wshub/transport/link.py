@@ -199,6 +199,7 @@ class LinkConfig:
 
 
 _PLAIN_KEY = "plain"
+_LARGE = 64 * 1024  # payloads from this size on are written without being copied
 
 
 class _WriteFlusher:
@@ -416,7 +417,13 @@ class FramedLink:
         return self._send(frame)
 
     def send_message(self, payload: bytes, text: bool) -> bool:
-        return self._send(self.conn.send_message(payload, text))
+        conn = self.conn
+        if len(payload) >= _LARGE and conn.codec is None:
+            # Header and payload go out as two pieces: no copy of a large
+            # payload just to put a few header bytes in front of it.
+            self._send(conn.message_header(len(payload), text))
+            return self._send(payload)
+        return self._send(conn.send_message(payload, text))
 
     def ping(self, payload: bytes) -> bool:
         return self._send(self.conn.send_ping(payload))
