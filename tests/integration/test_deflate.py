@@ -372,6 +372,14 @@ class RawDeflateClient:
         self.writer.close()
 
 
+def peak_rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    pytest.fail("no VmHWM in /proc/self/status: this test needs Linux")
+
+
 def gigabyte_bomb() -> bytes:
     c = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
     first = c.compress(bytes(1 << 20)) + c.flush(zlib.Z_SYNC_FLUSH)
@@ -384,8 +392,14 @@ async def test_bomb_over_the_wire_is_1009_and_server_lives(start_server: StartSe
     echo(srv)
     raw = await RawDeflateClient.connect(srv, "permessage-deflate")
     assert raw.extensions is not None and raw.extensions.startswith("permessage-deflate")
-    raw.send(0x2, gigabyte_bomb(), rsv1=True)
+    bomb = gigabyte_bomb()
+    peak_before = peak_rss_kib()
+    raw.send(0x2, bomb, rsv1=True)
     assert await raw.expect_close() == 1009
+    # The server (this process) never came near inflating the GiB: its peak
+    # RSS grew by far less (the exact bound is in the protocol test).
+    growth = peak_rss_kib() - peak_before
+    assert growth < 200 * 1024, f"peak RSS grew by {growth} KiB"
     # The server is fine and still compresses for others.
     async with deflate_client(srv) as client:
         await client.send(BIG_BINARY[:100000])
