@@ -137,12 +137,12 @@ class Http1Protocol(asyncio.Protocol):
         "_closing",
         "_head_size",
         "_header_count",
-        "_header_name",
         "_headers_done",
         "_parser",
         "_queue",
         "_raw_size",
         "_req",
+        "_sniff",
         "_timer",
         "link",
         "peer",
@@ -165,8 +165,8 @@ class Http1Protocol(asyncio.Protocol):
         self._closing = False
         self._head_size = 0
         self._raw_size = 0
+        self._sniff: bytes | None = None
         self._header_count = 0
-        self._header_name = b""
         self._headers_done = False
         self._body_too_big = False
         self._timer: asyncio.TimerHandle | None = None
@@ -189,6 +189,7 @@ class Http1Protocol(asyncio.Protocol):
         ):
             return
         self._parser = httptools.HttpRequestParser(self)
+        self._sniff = b""
         self._start_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -202,15 +203,18 @@ class Http1Protocol(asyncio.Protocol):
         if self._parser is None:
             return
         if not self._headers_done:
-            first = self._raw_size == 0
             self._raw_size += len(data)
-            if (
-                first
-                and data.startswith(_H2_PREFACE[:24])
-                and self.server._switch_to_h2(self, data)
-            ):
-                # h2c with prior knowledge (RFC 9113 §3.3).
-                return
+            sniff = self._sniff
+            if sniff is not None:
+                # h2c with prior knowledge (RFC 9113 §3.3): the connection may
+                # open with the HTTP/2 preface, possibly split across reads.
+                data = sniff + data
+                if len(data) < len(_H2_PREFACE) and _H2_PREFACE.startswith(data):
+                    self._sniff = data
+                    return
+                self._sniff = None
+                if data.startswith(_H2_PREFACE) and self.server._switch_to_h2(self, data):
+                    return
             if self._raw_size > 2 * self.server.max_header_size + 65536:
                 # Bytes that never form a request head (slowloris, garbage).
                 self._refuse(431, "request header too large")
