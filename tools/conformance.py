@@ -269,6 +269,11 @@ def main() -> int:
     )
     p.add_argument("--out", default=str(ROOT / "reports" / "autobahn"), help="report folder")
     p.add_argument("--write-docs", metavar="FILE", help="write the summary page (Markdown)")
+    p.add_argument(
+        "--from-reports",
+        action="store_true",
+        help="judge the reports already in --out (from an earlier run) instead of running",
+    )
     args = p.parse_args()
 
     if not (AUTOBAHN / "run").exists():
@@ -283,11 +288,20 @@ def main() -> int:
         "both": [("default", False), ("pure", True)],
     }[paths]
     out_root = Path(args.out)
-    # The harness installs wstest on first use; do it once before running in parallel.
-    subprocess.run([str(AUTOBAHN / "setup")], check=True, capture_output=True)
-    with concurrent.futures.ThreadPoolExecutor(len(variants)) as pool:
-        futures = [pool.submit(run_variant, n, pure, args, out_root) for n, pure in variants]
-        results = [f.result() for f in futures]
+    if args.from_reports:
+        results = []
+        for name, pure in variants:
+            res = judge(out_root / name)
+            info_path = out_root / name / "run-info.json"
+            info = json.loads(info_path.read_text()) if info_path.exists() else {}
+            res.update(name=name, pure=pure, wall_s=info.get("duration_s"), server_alive=True)
+            results.append(res)
+    else:
+        # The harness installs wstest on first use; do it once before running in parallel.
+        subprocess.run([str(AUTOBAHN / "setup")], check=True, capture_output=True)
+        with concurrent.futures.ThreadPoolExecutor(len(variants)) as pool:
+            futures = [pool.submit(run_variant, n, pure, args, out_root) for n, pure in variants]
+            results = [f.result() for f in futures]
     ok = True
     for res in results:
         print(
