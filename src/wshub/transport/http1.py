@@ -316,7 +316,14 @@ class Http1Protocol(asyncio.Protocol):
         self._cancel_timer()
         timeout = self.server.handshake_timeout
         if timeout > 0:
-            self._timer = asyncio.get_running_loop().call_later(timeout, self._timed_out)
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        # On a busy loop the request may have arrived in this very iteration,
+        # after the poll: look again once pending reads have been handled
+        # (a timer due now runs after the I/O callbacks of the next
+        # iteration), so a client that was on time is not cut off.
+        self._timer = asyncio.get_running_loop().call_later(0, self._timed_out)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
