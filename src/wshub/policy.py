@@ -142,8 +142,24 @@ class OriginPolicy:
         return norm[2] in (_DEFAULT_PORTS[norm[0]], 443 if tls else 80)
 
 
+_ip_keys: dict[str, str] = {}
+
+
 def ip_key(ip: str) -> str:
     """The key per-IP limits count under: the address, or its /64 for IPv6."""
+    # Parsing an address costs more than the rest of the admission policy;
+    # the same few addresses come back again and again, so remember them
+    # (a bounded table: it is emptied when full).
+    key = _ip_keys.get(ip)
+    if key is None:
+        key = _ip_key(ip)
+        if len(_ip_keys) >= 4096:
+            _ip_keys.clear()
+        _ip_keys[ip] = key
+    return key
+
+
+def _ip_key(ip: str) -> str:
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:

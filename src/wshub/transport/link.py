@@ -234,10 +234,20 @@ _flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WriteFlusher] =
 )
 
 
+_last_flusher: _WriteFlusher | None = None
+
+
 def _flusher_for(loop: asyncio.AbstractEventLoop) -> _WriteFlusher:
+    # Every link asks; nearly always for the same loop as the last one, so
+    # that answer is kept (a WeakKeyDictionary lookup builds a weakref each time).
+    global _last_flusher
+    last = _last_flusher
+    if last is not None and last._loop is loop:
+        return last
     flusher = _flushers.get(loop)
     if flusher is None:
         flusher = _flushers[loop] = _WriteFlusher(loop)
+    _last_flusher = flusher
     return flusher
 
 
