@@ -49,8 +49,8 @@ tests/node/node_modules/.stamp: tests/node/package.json tests/node/package-lock.
 	@touch $@
 
 lint: venv
-	$(VENV)/bin/ruff check src tests examples tools
-	$(VENV)/bin/ruff format --check src tests examples tools
+	$(VENV)/bin/ruff check src tests examples tools bench
+	$(VENV)/bin/ruff format --check src tests examples tools bench
 	$(VENV)/bin/mypy
 
 # The documentation, built as strictly as MkDocs can: a broken link, a nav

@@ -651,8 +651,6 @@ class WebSocket:
             if event is not None and client.event != event:
                 continue
             link = client.link
-            if not link.is_open:
-                continue
             key = link.broadcast_key
             try:
                 if key is None:
@@ -660,8 +658,10 @@ class WebSocket:
                 else:
                     frame = frames.get(key)
                     if frame is None:
+                        if not link.is_open:
+                            continue
                         frame = frames[key] = link.prepare(payload, text)
-                    link.send_prepared(frame)
+                    link.send_prepared(frame)  # raises if the client is closing
             except ConnectionClosedError:
                 continue
             count += 1

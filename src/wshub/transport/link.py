@@ -199,6 +199,7 @@ class LinkConfig:
 
 
 _PLAIN_KEY = "plain"
+_OPEN = ConnectionState.OPEN
 _LARGE = 64 * 1024  # payloads from this size on are written without being copied
 
 
@@ -279,6 +280,7 @@ class FramedLink:
         "_shut",
         "_user_paused",
         "_write_paused",
+        "broadcast_key",
         "bytes_read",
         "bytes_written",
         "config",
@@ -297,6 +299,9 @@ class FramedLink:
         self._batched = 0
         self._shut = False
         self._flusher = _flusher_for(self._loop)
+        # Fixed once the extension is negotiated: a plain attribute, read
+        # once per receiver of every broadcast.
+        self.broadcast_key: Hashable | None = self._broadcast_key()
         self._pending: list[Event] | None = None
         self._held = False
         self._user_paused = False
@@ -410,8 +415,7 @@ class FramedLink:
         else:
             self._write_many(batch)
 
-    @property
-    def broadcast_key(self) -> Hashable | None:
+    def _broadcast_key(self) -> Hashable | None:
         codec = self.conn.codec
         if codec is None:
             return _PLAIN_KEY
@@ -422,7 +426,7 @@ class FramedLink:
         return self.conn.send_message(payload, text)
 
     def send_prepared(self, frame: bytes) -> bool:
-        if not self.is_open:
+        if self._closed or self.conn.state != _OPEN:
             raise ConnectionClosedError("the closing handshake has started")
         return self._send(frame)
 

@@ -1,0 +1,77 @@
+"""Per-delivery cost of WebSocket.broadcast(), in-process (no sockets).
+
+500 open links over a transport that only counts bytes; each round
+broadcasts 8 messages and then flushes (one write per link, as the event
+loop would at the end of the iteration). Prints the best of several runs
+in microseconds per delivery.  A CPU-time yardstick for the hub's fan-out
+path, independent of the kernel; the real figure is the shared benchmark's S7.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from wshub import WebSocket
+from wshub.hub import _Client
+from wshub.protocol.connection import Connection
+from wshub.transport.link import FramedLink
+
+
+class CountingTransport:
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.bytes += len(data)
+        self.writes += 1
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class MemoryLink(FramedLink):
+    def __init__(self, conn: Connection, config: object, transport: CountingTransport) -> None:
+        super().__init__(conn, config)  # type: ignore[arg-type]
+        self.transport = transport
+
+    def _write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def _write_many(self, chunks: list[bytes]) -> None:
+        self.transport.write(b"".join(chunks))
+
+    def _buffered(self) -> int:
+        return 0
+
+
+async def main(receivers: int = 500, rounds: int = 200, window: int = 8) -> None:
+    ws = WebSocket(ping_delay=0)
+    links = [
+        MemoryLink(Connection(), ws._link_config, CountingTransport()) for _ in range(receivers)
+    ]
+    for i, link in enumerate(links):
+        client = _Client.__new__(_Client)
+        client.hub = ws
+        client.id = f"c{i}"
+        client.link = link
+        client.event = "message"
+        ws._clients[client.id] = client
+    message = "x" * 64
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(rounds):
+            for _ in range(window):
+                ws.broadcast(message)
+            for link in links:
+                link.flush_batch()
+        elapsed = time.perf_counter() - start
+        best = min(best, elapsed)
+    deliveries = receivers * rounds * window
+    print(f"{best / deliveries * 1e6:.3f} us per delivery ({receivers} receivers, window {window})")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
