@@ -72,7 +72,7 @@ conformance-gate: venv
 	@$(VENV)/bin/pytest -m conformance -s -p no:cacheprovider tests/conformance; $(PYTEST_RUN)
 
 conformance-docs: venv
-	$(PY) tools/conformance.py --write-docs docs/conformance.md
+	$(PY) tools/conformance.py --pure-selection full --write-docs docs/conformance.md
 
 test: system-deps venv node-deps lint docs
 	@$(MAKE) --no-print-directory -j2 --output-sync=target pytest conformance-gate
