@@ -26,7 +26,7 @@ from wshub import ClientNotFound, HttpServer, WebSocket
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--port", type=int, default=8081)
+    ap.add_argument("--port", type=int, default=8081, help="0: any free port (printed)")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
