@@ -7,11 +7,24 @@ not a WebSocket upgrade; the handler returns a :class:`Response` (or a
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import parse_qs
 
-__all__ = ["Handler", "Request", "Response", "reason_phrase"]
+__all__ = [
+    "Handler",
+    "Request",
+    "Response",
+    "call_handler",
+    "finished_response",
+    "reason_phrase",
+]
+
+log = logging.getLogger("wshub")
 
 
 def reason_phrase(status: int) -> str:
@@ -97,3 +110,44 @@ def coerce_response(value: object) -> Response:
     raise TypeError(
         f"a handler must return a Response, str, bytes or None, not {type(value).__name__}"
     )
+
+
+def _response_or_500(value: object) -> Response:
+    try:
+        return coerce_response(value)
+    except TypeError:
+        log.exception("bad return value from the HTTP handler")
+        return Response.text(500, "Internal Server Error\n")
+
+
+def call_handler(handler: Handler, request: Request) -> Response | asyncio.Future[Response]:
+    """Run ``handler(request)`` for a transport (HTTP/1.1 or HTTP/2).
+
+    Returns the :class:`Response`, or, for an ``async`` handler, a future of
+    it.  A handler that raises, or returns something that is not a response,
+    answers 500 (logged); the client never sees a traceback.
+    """
+    try:
+        result: Any = handler(request)
+    except Exception:
+        log.exception("error in the HTTP handler for %s %s", request.method, request.path)
+        return Response.text(500, "Internal Server Error\n")
+    if inspect.isawaitable(result):
+        return asyncio.ensure_future(_await_response(result, request))
+    return _response_or_500(result)
+
+
+async def _await_response(result: Awaitable[object], request: Request) -> Response:
+    try:
+        value = await result
+    except Exception:
+        log.exception("error in the HTTP handler for %s %s", request.method, request.path)
+        return Response.text(500, "Internal Server Error\n")
+    return _response_or_500(value)
+
+
+def finished_response(task: asyncio.Future[Response]) -> Response:
+    """The answer of a finished :func:`call_handler` future (503 if it was cancelled)."""
+    if task.cancelled():
+        return Response.text(503, "Service Unavailable\n")
+    return task.result()

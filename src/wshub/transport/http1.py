@@ -10,14 +10,13 @@ checks that the request is well-formed and writes what the hub decided.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import socket
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from ..http import Request, Response, coerce_response, reason_phrase
+from ..http import Request, Response, call_handler, finished_response, reason_phrase
 from ..protocol.connection import Connection
 from ..protocol.handshake import (
     HandshakeError,
@@ -437,44 +436,25 @@ class Http1Protocol(asyncio.Protocol):
             scheme="https" if self.tls else "http",
             http_version=req.http_version,
         )
-        try:
-            result = handler(request)
-        except Exception:
-            log.exception("error in the HTTP handler for %s %s", req.method, path)
-            self._respond(req, Response.text(500, "Internal Server Error\n"))
+        answer = call_handler(handler, request)
+        if isinstance(answer, Response):
+            self._respond(req, answer)
             return
-        if inspect.isawaitable(result):
-            self._busy = True
-            self._cancel_timer()
-            if self.transport is not None:
-                self.transport.pause_reading()
-            task = asyncio.ensure_future(result)
-            task.add_done_callback(lambda t: self._handler_done(req, t))
-            return
-        self._respond_coerced(req, result)
+        # An async handler: read nothing more until it has answered.
+        self._busy = True
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.pause_reading()
+        answer.add_done_callback(lambda task: self._handler_done(req, task))
 
-    def _handler_done(self, req: _ParsedRequest, task: asyncio.Future[Any]) -> None:
+    def _handler_done(self, req: _ParsedRequest, task: asyncio.Future[Response]) -> None:
         self._busy = False
         if self._closing:
             return
-        if task.cancelled():
-            self._respond(req, Response.text(503, "Service Unavailable\n"))
-        elif task.exception() is not None:
-            log.error("error in the HTTP handler for %s", req.target, exc_info=task.exception())
-            self._respond(req, Response.text(500, "Internal Server Error\n"))
-        else:
-            self._respond_coerced(req, task.result())
+        self._respond(req, finished_response(task))
         if self.transport is not None and not self._closing:
             self.transport.resume_reading()
             self._process_queue()
-
-    def _respond_coerced(self, req: _ParsedRequest, result: object) -> None:
-        try:
-            response = coerce_response(result)
-        except TypeError:
-            log.exception("bad return value from the HTTP handler")
-            response = Response.text(500, "Internal Server Error\n")
-        self._respond(req, response)
 
     def _respond(self, req: _ParsedRequest, response: Response) -> None:
         transport = self.transport

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import socket
 import weakref
@@ -44,7 +43,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
-from ..http import Request, Response, coerce_response
+from ..http import Request, Response, call_handler, finished_response
 from ..protocol.connection import Connection
 from ..protocol.handshake import HandshakeError, Headers, add_header, check_h2_connect
 from .link import FramedLink, LinkConfig, UpgradeRequest
@@ -607,43 +606,19 @@ class Http2Protocol(asyncio.Protocol):
         )
         stream.body = bytearray()
         stream.responded = True  # from here the handler answers
-        try:
-            result = handler(request)
-        except Exception:
-            log.exception("error in the HTTP handler for %s %s", stream.method, path)
-            self._respond(stream, Response.text(500, "Internal Server Error\n"))
+        answer = call_handler(handler, request)
+        if isinstance(answer, Response):
+            self._respond(stream, answer)
             return
-        if inspect.isawaitable(result):
-            task = asyncio.ensure_future(result)
-            stream.task = task
-            task.add_done_callback(lambda t: self._handler_done(stream, t))
-            return
-        self._respond_coerced(stream, result)
+        stream.task = answer
+        answer.add_done_callback(lambda task: self._handler_done(stream, task))
 
-    def _handler_done(self, stream: _Stream, task: asyncio.Future[Any]) -> None:
+    def _handler_done(self, stream: _Stream, task: asyncio.Future[Response]) -> None:
         stream.task = None
         if self._lost or self.streams.get(stream.id) is not stream:
             return  # reset by the peer or the connection is gone
-        if task.cancelled():
-            self._respond(stream, Response.text(503, "Service Unavailable\n"))
-        elif task.exception() is not None:
-            log.error(
-                "error in the HTTP handler for %s",
-                stream.pseudo.get(":path"),
-                exc_info=task.exception(),
-            )
-            self._respond(stream, Response.text(500, "Internal Server Error\n"))
-        else:
-            self._respond_coerced(stream, task.result())
+        self._respond(stream, finished_response(task))
         self._transmit()
-
-    def _respond_coerced(self, stream: _Stream, result: object) -> None:
-        try:
-            response = coerce_response(result)
-        except TypeError:
-            log.exception("bad return value from the HTTP handler")
-            response = Response.text(500, "Internal Server Error\n")
-        self._respond(stream, response)
 
     def _respond(self, stream: _Stream, response: Response) -> None:
         status = response.status

@@ -1,0 +1,99 @@
+"""HttpServer's plain-HTTP handler, over HTTP/1.1 and HTTP/2 (h2c), with httpx as the client.
+
+Sync and async handlers, every kind of return value, and a handler that
+raises or returns garbage: the client gets a clean 500, the server goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from tests.conftest import StartServer
+from wshub import Request, Response
+
+
+async def handler(request: Request) -> object:
+    path = request.path
+    if path == "/sync-text":
+        return "plain text"
+    if path == "/bytes":
+        return b"\x00\x01\x02"
+    if path == "/none":
+        return None
+    if path == "/response":
+        return Response(b'{"ok": true}', 201, [("X-Test", "yes")], content_type="application/json")
+    if path == "/echo":
+        return Response(f"{request.method} {request.query} {request.body.decode()}")
+    if path == "/raise":
+        raise RuntimeError("handler bug")
+    if path == "/garbage":
+        return 42
+    if path == "/async":
+        await asyncio.sleep(0.01)
+        return Response("async answer")
+    if path == "/async-raise":
+        await asyncio.sleep(0)
+        raise RuntimeError("async handler bug")
+    return Response.text(404, "nope\n")
+
+
+def sync_or_async(request: Request) -> object:
+    # Sync paths answer directly; the rest returns the coroutine.
+    if request.path in ("/sync-text", "/raise", "/garbage", "/none"):
+        return _sync(request)
+    return handler(request)
+
+
+def _sync(request: Request) -> object:
+    if request.path == "/sync-text":
+        return "plain text"
+    if request.path == "/none":
+        return None
+    if request.path == "/raise":
+        raise RuntimeError("handler bug")
+    return 42
+
+
+@pytest.mark.parametrize("version", ["http1", "h2c"])
+async def test_handler_answers(start_server: StartServer, version: str) -> None:
+    srv = await start_server(handler=sync_or_async)
+    http2 = version == "h2c"
+    async with httpx.AsyncClient(
+        base_url=srv.http_url, http1=not http2, http2=http2, timeout=10
+    ) as client:
+        r = await client.get("/sync-text")
+        assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+        assert (r.status_code, r.text) == (200, "plain text")
+        assert r.headers["content-type"].startswith("text/plain")
+        r = await client.get("/bytes")
+        assert (r.status_code, r.content) == (200, b"\x00\x01\x02")
+        r = await client.get("/none")
+        assert (r.status_code, r.content) == (204, b"")
+        r = await client.get("/response")
+        assert (r.status_code, r.json(), r.headers["x-test"]) == (201, {"ok": True}, "yes")
+        r = await client.post("/echo?a=1", content=b"body!")
+        assert r.text == "POST a=1 body!"
+        r = await client.get("/async")
+        assert (r.status_code, r.text) == (200, "async answer")
+        r = await client.head("/sync-text")
+        assert (r.status_code, r.content) == (200, b"")
+        # Bugs in the handler: a clean 500 each time, and the server goes on.
+        for path in ("/raise", "/garbage", "/async-raise"):
+            r = await client.get(path)
+            assert r.status_code == 500, path
+            assert "Traceback" not in r.text and "bug" not in r.text
+        r = await client.get("/missing")
+        assert r.status_code == 404
+        # The same connection served every request (keep-alive / one h2 connection).
+        r = await client.get("/async")
+        assert r.status_code == 200
+
+
+async def test_no_handler_gives_404(start_server: StartServer) -> None:
+    srv = await start_server()
+    async with httpx.AsyncClient(base_url=srv.http_url, timeout=10) as client:
+        r = await client.get("/")
+        assert r.status_code == 404
