@@ -152,7 +152,8 @@ async def test_same_session_id_admitted_on_two_nodes_at_once_keeps_one(tmp_path:
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
         # A join from a node that sorts higher leaves our copy alone.
         async with websockets.connect(f"ws://127.0.0.1:{server.port}/"):
-            await wait_for(lambda: len(ws.clients) == 1)
+            # The first client may still be finishing its close: wait for the new one alone.
+            await wait_for(lambda: len(ws.clients) == 1 and client_id not in ws.clients)
             (other,) = ws.clients
             backplane._apply_ctl(
                 {"t": "join", "n": "g" * 16, "c": other, "ip": "127.0.0.1", "e": "message"},
