@@ -301,16 +301,17 @@ class Connection:
                 self._msg_opcode = opcode
                 self._msg_compressed = bool(b0 & 0x40)
                 self._msg_size = 0
-            if (
-                fin
-                and opcode != OP_CONTINUATION
-                and not self._msg_compressed
-                and end - pos >= length
-            ):
+            if fin and opcode != OP_CONTINUATION and end - pos >= length:
                 # Fast path: a whole unfragmented message is here.
                 payload = apply_mask(data[pos : pos + length], mask)
                 pos += length
                 self._msg_opcode = 0
+                if self._msg_compressed:
+                    self._msg_compressed = False
+                    inflated = self._decode(payload, True, events)
+                    if inflated is None:
+                        return events
+                    payload = inflated
                 if opcode == OP_TEXT:
                     try:
                         events.append(payload.decode("utf-8"))
@@ -391,17 +392,10 @@ class Connection:
             self._frame_left -= take
         end_of_message = self._frame_left == 0 and self._frame_fin
         if self._msg_compressed:
-            limit = self.max_payload
-            room = limit - self._msg_size if limit > 0 else -1
-            assert self.codec is not None
-            try:
-                chunk = self.codec.decode(chunk, self._frame_left == 0 and self._frame_fin, room)
-            except MessageTooBig:
-                self._fail(events, CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes")
+            inflated = self._decode(chunk, self._frame_left == 0 and self._frame_fin, events)
+            if inflated is None:
                 return end
-            except ValueError as exc:
-                self._fail(events, CloseCode.INVALID_PAYLOAD, f"cannot decompress: {exc}")
-                return end
+            chunk = inflated
         self._msg_size += len(chunk)
         utf8 = self._utf8
         if utf8 is not None:
@@ -437,6 +431,22 @@ class Connection:
                 self._msg_opcode = 0
                 self._msg_compressed = False
         return pos + take
+
+    def _decode(self, chunk: bytes, end_of_message: bool, events: list[Event]) -> bytes | None:
+        """Run a compressed chunk through the codec, within what is left of
+        max_payload; on failure fail the connection (1009 or 1007) and
+        return None."""
+        codec = self.codec
+        assert codec is not None  # RSV1 without a codec was refused from the header
+        limit = self.max_payload
+        room = limit - self._msg_size if limit > 0 else -1
+        try:
+            return codec.decode(chunk, end_of_message, room)
+        except MessageTooBig:
+            self._fail(events, CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes")
+        except ValueError as exc:
+            self._fail(events, CloseCode.INVALID_PAYLOAD, f"cannot decompress: {exc}")
+        return None
 
     def _control_frame(self, opcode: int, payload: bytes, events: list[Event]) -> None:
         if opcode == OP_PING:
