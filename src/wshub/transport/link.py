@@ -206,18 +206,24 @@ _LARGE = 64 * 1024  # payloads from this size on are written without being copie
 class _WriteFlusher:
     """Flushes every link with queued frames once, at the end of a loop iteration."""
 
-    __slots__ = ("_links", "_loop", "_scheduled")
+    __slots__ = ("_links", "_loop_ref", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # Weak: _flushers is keyed weakly by the loop, and a strong reference
+        # from its own value would keep every loop ever used alive.
+        self._loop_ref = weakref.ref(loop)
         self._links: list[FramedLink] = []
         self._scheduled = False
 
     def add(self, link: FramedLink) -> None:
         self._links.append(link)
         if not self._scheduled:
+            loop = self._loop_ref()
+            if loop is None:  # pragma: no cover - a link outliving its loop
+                self._links.clear()
+                return
             self._scheduled = True
-            self._loop.call_soon(self._run)
+            loop.call_soon(self._run)
 
     def _run(self) -> None:
         self._scheduled = False
@@ -243,7 +249,7 @@ def _flusher_for(loop: asyncio.AbstractEventLoop) -> _WriteFlusher:
     # that answer is kept (a WeakKeyDictionary lookup builds a weakref each time).
     global _last_flusher
     last = _last_flusher
-    if last is not None and last._loop is loop:
+    if last is not None and last._loop_ref() is loop:
         return last
     flusher = _flushers.get(loop)
     if flusher is None:
