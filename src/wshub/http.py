@@ -60,6 +60,31 @@ class Request:
         self.scheme = scheme  # "http" or "https"
         self.http_version = http_version  # "1.1", "1.0" or "2"
 
+    @classmethod
+    def from_target(
+        cls,
+        *,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes,
+        client: tuple[str, int],
+        tls: bool,
+        http_version: str,
+    ) -> Request:
+        """A request from its target as sent (``/path?query``), for the transports."""
+        path, _, query = target.partition("?")
+        return cls(
+            method=method,
+            path=path,
+            query=query,
+            headers=headers,
+            body=body,
+            client=client,
+            scheme="https" if tls else "http",
+            http_version=http_version,
+        )
+
     @property
     def query_params(self) -> dict[str, list[str]]:
         return parse_qs(self.query)

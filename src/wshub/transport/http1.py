@@ -425,15 +425,13 @@ class Http1Protocol(asyncio.Protocol):
         if handler is None:
             self._respond(req, Response.text(404, "Not Found\n"))
             return
-        path, _, query = req.target.partition("?")
-        request = Request(
+        request = Request.from_target(
             method=req.method,
-            path=path,
-            query=query,
+            target=req.target,
             headers=req.headers,
             body=bytes(req.body),
             client=self.peer,
-            scheme="https" if self.tls else "http",
+            tls=self.tls,
             http_version=req.http_version,
         )
         answer = call_handler(handler, request)

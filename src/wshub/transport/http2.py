@@ -593,15 +593,13 @@ class Http2Protocol(asyncio.Protocol):
         if handler is None:
             self._respond(stream, Response.text(404, "Not Found\n"))
             return
-        path, _, query = stream.pseudo.get(":path", "/").partition("?")
-        request = Request(
+        request = Request.from_target(
             method=stream.method,
-            path=path,
-            query=query,
+            target=stream.pseudo.get(":path", "/"),
             headers=stream.headers,
             body=bytes(stream.body),
             client=self.peer,
-            scheme="https" if self.tls else "http",
+            tls=self.tls,
             http_version="2",
         )
         stream.body = bytearray()
