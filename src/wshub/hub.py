@@ -713,11 +713,11 @@ class WebSocket:
             client.link.close(CloseCode.INTERNAL_ERROR, "pong timeout")
 
     def _restart_ping_timer(self) -> None:
-        timer = getattr(self, "_ping_timer", None)
+        timer = self._ping_timer
         if timer is not None:
             timer.cancel()
             self._ping_timer = None
-        if self._ping_delay > 0 and getattr(self, "_clients", None):
+        if self._ping_delay > 0 and self._clients:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
