@@ -188,6 +188,11 @@ def judge(out: Path) -> dict[str, object]:
     }
 
 
+def _counts(counter: Counter[str]) -> str:
+    """``OK 514, INFORMATIONAL 3``-style cell."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(counter.items()))
+
+
 def table(result: dict[str, object]) -> str:
     groups = result["groups"]
     assert isinstance(groups, dict)
@@ -202,12 +207,9 @@ def table(result: dict[str, object]) -> str:
         b, c = Counter(g["behavior"]), Counter(g["behaviorClose"])
         total_b += b
         total_c += c
-        fmt = lambda cnt: ", ".join(f"{k} {v}" for k, v in sorted(cnt.items()))  # noqa: E731
-        lines.append(
-            f"| {key} {GROUP_NAMES.get(key, '')} | {sum(b.values())} | {fmt(b)} | {fmt(c)} |"
-        )
-    fmt = lambda cnt: ", ".join(f"{k} {v}" for k, v in sorted(cnt.items()))  # noqa: E731
-    lines.append(f"| **all** | {sum(total_b.values())} | {fmt(total_b)} | {fmt(total_c)} |")
+        name = f"{key} {GROUP_NAMES.get(key, '')}"
+        lines.append(f"| {name} | {sum(b.values())} | {_counts(b)} | {_counts(c)} |")
+    lines.append(f"| **all** | {sum(total_b.values())} | {_counts(total_b)} | {_counts(total_c)} |")
     return "\n".join(lines)
 
 
