@@ -15,9 +15,15 @@
  *       that is anything else (incomplete, fragmented, control, RSV, invalid
  *       UTF-8, too big, unmasked ...), leaving it to the Python state
  *       machine, which then reports the same events or errors it always does.
+ *
+ *   PayloadBuffer(total, initial, mask)
+ *       The payload of one large frame, read straight into the bytes object
+ *       that becomes the message: no chunk list, no join, unmasked in place.
+ *       Its pure-Python twin is wshub.protocol.frames._PayloadBufferPy.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -39,6 +45,19 @@ xor_mask(const unsigned char *src, unsigned char *dst, Py_ssize_t n,
     for (; i < n; i++) {
         dst[i] = src[i] ^ mask[i & 3];
     }
+}
+
+/* XOR in place (or from src to dst) starting at payload offset `phase`. */
+static void
+xor_mask_at(const unsigned char *src, unsigned char *dst, Py_ssize_t n,
+            const unsigned char mask[4], Py_ssize_t phase)
+{
+    unsigned char rotated[4];
+    int k;
+    for (k = 0; k < 4; k++) {
+        rotated[k] = mask[(phase + k) & 3];
+    }
+    xor_mask(src, dst, n, rotated);
 }
 
 static PyObject *
@@ -179,6 +198,257 @@ error:
     return NULL;
 }
 
+/* ------------------------------------------------------------ PayloadBuffer
+ *
+ * A bytes object filled in place.  It starts at `initial` bytes and doubles
+ * (up to `total`) only when full, so what it holds is bounded by what the
+ * peer really sent, not by the length its frame header claims.  The buffer
+ * protocol exposes the part not yet filled, writable, so a transport can
+ * recv_into() it; filled(n) then unmasks those n bytes in place.  take()
+ * hands over the bytes object once it is complete: it was never visible to
+ * Python code before, so writing into it was safe.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *data;       /* the bytes being filled; NULL after take() */
+    Py_ssize_t total;     /* its final size */
+    Py_ssize_t alloc;     /* its size now */
+    Py_ssize_t filled;    /* bytes written and unmasked */
+    Py_ssize_t exports;   /* live buffer views */
+    unsigned char mask[4];
+} PayloadBuffer;
+
+static PyObject *
+PayloadBuffer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Py_ssize_t total, initial;
+    Py_buffer mask;
+    PayloadBuffer *self;
+    static char *kwlist[] = {"total", "initial", "mask", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nny*:PayloadBuffer", kwlist,
+                                     &total, &initial, &mask)) {
+        return NULL;
+    }
+    if (mask.len != 4 || total < 0) {
+        PyBuffer_Release(&mask);
+        PyErr_SetString(PyExc_ValueError, "need total >= 0 and a 4-byte mask");
+        return NULL;
+    }
+    self = (PayloadBuffer *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        PyBuffer_Release(&mask);
+        return NULL;
+    }
+    memcpy(self->mask, mask.buf, 4);
+    PyBuffer_Release(&mask);
+    if (initial < 1) {
+        initial = 1;
+    }
+    self->total = total;
+    self->alloc = initial < total ? initial : total;
+    self->data = PyBytes_FromStringAndSize(NULL, self->alloc);
+    if (self->data == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void
+PayloadBuffer_dealloc(PayloadBuffer *self)
+{
+    Py_XDECREF(self->data);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Make room for at least one more byte (the caller checked filled < total). */
+static int
+PayloadBuffer_grow(PayloadBuffer *self)
+{
+    Py_ssize_t size = self->alloc;
+    if (self->filled < size) {
+        return 0;
+    }
+    size = size > self->total / 2 ? self->total : size * 2;
+    if (size <= self->alloc) {
+        size = self->alloc + 1;
+    }
+    if (self->exports != 0) {
+        /* A view of the old block is alive: moving it could let that view
+           write into freed memory. */
+        PyErr_SetString(PyExc_BufferError, "a window of this payload is still in use");
+        return -1;
+    }
+    /* Nobody else has seen this object: realloc it in place (for large
+       blocks glibc moves pages instead of copying them). */
+    if (_PyBytes_Resize(&self->data, size) < 0) {
+        return -1;
+    }
+    self->alloc = size;
+    return 0;
+}
+
+static int
+PayloadBuffer_check(PayloadBuffer *self)
+{
+    if (self->data == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the payload was taken already");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+PayloadBuffer_getbuffer(PayloadBuffer *self, Py_buffer *view, int flags)
+{
+    if (PayloadBuffer_check(self) < 0) {
+        view->obj = NULL;
+        return -1;
+    }
+    if (self->filled >= self->total) {
+        PyErr_SetString(PyExc_BufferError, "the payload is complete");
+        view->obj = NULL;
+        return -1;
+    }
+    if (PayloadBuffer_grow(self) < 0) {
+        view->obj = NULL;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self,
+                          PyBytes_AS_STRING(self->data) + self->filled,
+                          self->alloc - self->filled, 0, flags) < 0) {
+        return -1;
+    }
+    self->exports++;
+    return 0;
+}
+
+static void
+PayloadBuffer_releasebuffer(PayloadBuffer *self, Py_buffer *view)
+{
+    self->exports--;
+}
+
+static PyObject *
+PayloadBuffer_window(PayloadBuffer *self, PyObject *unused)
+{
+    return PyMemoryView_FromObject((PyObject *)self);
+}
+
+static PyObject *
+PayloadBuffer_filled_in(PayloadBuffer *self, PyObject *arg)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    unsigned char *at;
+    if (n == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (PayloadBuffer_check(self) < 0) {
+        return NULL;
+    }
+    if (n < 0 || n > self->alloc - self->filled) {
+        PyErr_SetString(PyExc_ValueError, "more bytes than the window holds");
+        return NULL;
+    }
+    at = (unsigned char *)PyBytes_AS_STRING(self->data) + self->filled;
+    xor_mask_at(at, at, n, self->mask, self->filled);
+    self->filled += n;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+PayloadBuffer_write(PayloadBuffer *self, PyObject *arg)
+{
+    Py_buffer src;
+    const unsigned char *from;
+    Py_ssize_t left;
+    if (PayloadBuffer_check(self) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(arg, &src, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (src.len > self->total - self->filled) {
+        PyBuffer_Release(&src);
+        PyErr_SetString(PyExc_ValueError, "more bytes than the payload has left");
+        return NULL;
+    }
+    from = (const unsigned char *)src.buf;
+    left = src.len;
+    while (left > 0) {
+        Py_ssize_t room, n;
+        if (PayloadBuffer_grow(self) < 0) {
+            PyBuffer_Release(&src);
+            return NULL;
+        }
+        room = self->alloc - self->filled;
+        n = left < room ? left : room;
+        xor_mask_at(from, (unsigned char *)PyBytes_AS_STRING(self->data) + self->filled,
+                    n, self->mask, self->filled);
+        self->filled += n;
+        from += n;
+        left -= n;
+    }
+    PyBuffer_Release(&src);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+PayloadBuffer_take(PayloadBuffer *self, PyObject *unused)
+{
+    PyObject *data;
+    if (PayloadBuffer_check(self) < 0) {
+        return NULL;
+    }
+    if (self->filled != self->total) {
+        PyErr_SetString(PyExc_ValueError, "the payload is not complete");
+        return NULL;
+    }
+    data = self->data;
+    self->data = NULL;
+    return data;
+}
+
+static PyMemberDef PayloadBuffer_members[] = {
+    {"total", T_PYSSIZET, offsetof(PayloadBuffer, total), READONLY,
+     "the payload's length"},
+    {"filled", T_PYSSIZET, offsetof(PayloadBuffer, filled), READONLY,
+     "bytes received so far"},
+    {"allocated", T_PYSSIZET, offsetof(PayloadBuffer, alloc), READONLY,
+     "bytes allocated so far"},
+    {NULL},
+};
+
+static PyMethodDef PayloadBuffer_methods[] = {
+    {"window", (PyCFunction)PayloadBuffer_window, METH_NOARGS,
+     "window() -> memoryview: writable view of the next bytes to receive."},
+    {"filled_in", (PyCFunction)PayloadBuffer_filled_in, METH_O,
+     "filled_in(n): n bytes were received into the window; unmask them."},
+    {"write", (PyCFunction)PayloadBuffer_write, METH_O,
+     "write(data): append masked bytes received elsewhere, unmasking them."},
+    {"take", (PyCFunction)PayloadBuffer_take, METH_NOARGS,
+     "take() -> bytes: the complete, unmasked payload."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyBufferProcs PayloadBuffer_as_buffer = {
+    (getbufferproc)PayloadBuffer_getbuffer,
+    (releasebufferproc)PayloadBuffer_releasebuffer,
+};
+
+static PyTypeObject PayloadBufferType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "wshub._speedups.PayloadBuffer",
+    .tp_basicsize = sizeof(PayloadBuffer),
+    .tp_dealloc = (destructor)PayloadBuffer_dealloc,
+    .tp_as_buffer = &PayloadBuffer_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The payload of one large frame, received and unmasked in place.",
+    .tp_methods = PayloadBuffer_methods,
+    .tp_members = PayloadBuffer_members,
+    .tp_new = PayloadBuffer_new,
+};
+
 static PyMethodDef methods[] = {
     {"apply_mask", apply_mask, METH_VARARGS,
      "apply_mask(data, mask) -> bytes: XOR with a 4-byte mask (RFC 6455 5.3)."},
@@ -195,5 +465,19 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m;
+    if (PyType_Ready(&PayloadBufferType) < 0) {
+        return NULL;
+    }
+    m = PyModule_Create(&module);
+    if (m == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&PayloadBufferType);
+    if (PyModule_AddObject(m, "PayloadBuffer", (PyObject *)&PayloadBufferType) < 0) {
+        Py_DECREF(&PayloadBufferType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -36,6 +36,7 @@ def _pure_events(
     with monkeypatch.context() as m:
         m.setattr(connection_module, "_scan_frames", None)
         m.setattr(connection_module, "apply_mask", frames._apply_mask_py)
+        m.setattr(connection_module, "PayloadBuffer", frames._PayloadBufferPy)
         return _events(chunks, max_payload)
 
 
@@ -103,6 +104,10 @@ frame_strategy = st.one_of(
     st.builds(lambda p: masked_frame(10, p), st.binary(max_size=125)),
     st.builds(lambda p, r: masked_frame(2, p, rsv=r), st.binary(max_size=20), st.integers(1, 7)),
     st.binary(max_size=20),  # garbage
+    # Large binary frames, received in place when cut (Connection.read_window).
+    st.builds(
+        lambda n, b: masked_frame(2, bytes([b]) * n), st.integers(65530, 70000), st.integers(0, 255)
+    ),
 )
 
 
@@ -123,3 +128,41 @@ def test_accelerated_and_pure_paths_agree(
         stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True) if b > a
     ]
     assert _events(chunks, max_payload) == _pure_events(chunks, max_payload, monkeypatch)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    total=st.integers(0, 300_000),
+    initial=st.integers(-5, 100_000),
+    steps=st.lists(st.tuples(st.booleans(), st.integers(1, 90_000)), max_size=20),
+)
+def test_payload_buffer_twins_agree(
+    total: int, initial: int, steps: list[tuple[bool, int]]
+) -> None:
+    _require_accelerator()
+    mask = os.urandom(4)
+    data = os.urandom(total)
+    masked = frames._apply_mask_py(data, mask)
+    twins = [
+        frames.PayloadBuffer(total, initial, mask),
+        frames._PayloadBufferPy(total, initial, mask),
+    ]
+    assert type(twins[0]) is not type(twins[1])
+    for through_window, n in steps:
+        seen = []
+        for buf in twins:
+            pos = buf.filled
+            if through_window and pos < total:
+                window = buf.window()
+                k = min(n, len(window))
+                window[:k] = masked[pos : pos + k]
+                window.release()
+                buf.filled_in(k)
+            else:
+                k = min(n, total - pos)
+                buf.write(masked[pos : pos + k])
+            seen.append((buf.filled, buf.allocated))
+        assert seen[0] == seen[1]
+    for buf in twins:
+        buf.write(masked[buf.filled :])
+    assert twins[0].take() == twins[1].take() == data

@@ -42,6 +42,8 @@ from .frames import (
     OP_TEXT,
     CloseCode,
     InvalidClosePayload,
+    PayloadBuffer,
+    _PayloadBufferPy,
     apply_mask,
     build_frame,
     build_frame_header,
@@ -184,6 +186,15 @@ class ConnectionState(enum.IntEnum):
 _HEADER = 0
 _PAYLOAD = 1
 _DISCARD = 2
+_DIRECT = 3  # a large binary frame's payload goes into a PayloadBuffer
+
+# Binary frames at least this long, that are a whole message and arrive in
+# pieces, are received into one preallocated buffer (no chunk list, no
+# join; a transport may even read into it directly: read_window()).
+DIRECT_MIN = 65536
+# The buffer starts at twice what came with the header (at least this) and
+# doubles when full: a header's claim alone never allocates much.
+_DIRECT_INITIAL = 65536
 
 
 class Connection:
@@ -208,6 +219,7 @@ class Connection:
         "_read_state",
         "_utf8",
         "codec",
+        "direct_payload",
         "failed",
         "max_payload",
         "state",
@@ -234,6 +246,9 @@ class Connection:
         # end), small ones gathered into a bytearray (no object per fragment).
         self._msg_parts: list[bytes | bytearray] | None = None
         self._utf8: codecs.IncrementalDecoder | None = None
+        # The buffer of the large binary frame being read (see DIRECT_MIN),
+        # or None: a transport that sees one may receive into read_window().
+        self.direct_payload: _PayloadBufferPy | None = None
 
     # ------------------------------------------------------------------ input
 
@@ -252,6 +267,9 @@ class Connection:
             # frame at once; whatever it stops at is read below as usual.
             events, pos = _scan_frames(data, 0, self.max_payload)
         while pos < end:
+            if self._read_state == _DIRECT:
+                pos = self._write_direct(data, pos, end, events)
+                continue
             if self._read_state == _PAYLOAD:
                 pos = self._read_payload(data, pos, end, events)
                 if self._read_state == _DISCARD:
@@ -322,6 +340,12 @@ class Connection:
                 else:
                     events.append(payload)
                 continue
+            if length >= DIRECT_MIN and fin and opcode == OP_BINARY and not self._msg_compressed:
+                # A large binary message in one frame, not all here yet.
+                initial = max(_DIRECT_INITIAL, 2 * (end - pos))
+                self.direct_payload = PayloadBuffer(length, initial, mask)
+                self._read_state = _DIRECT
+                continue
             self._frame_opcode = opcode
             self._frame_fin = bool(fin)
             self._frame_left = length
@@ -339,6 +363,51 @@ class Connection:
                     return events
         if pos < end:
             self._buf = data[pos:]
+        return events
+
+    def _write_direct(self, data: bytes, pos: int, end: int, events: list[Event]) -> int:
+        buf = self.direct_payload
+        assert buf is not None
+        take = min(buf.total - buf.filled, end - pos)
+        buf.write(memoryview(data)[pos : pos + take] if take >= 4096 else data[pos : pos + take])
+        if buf.filled == buf.total:
+            self._direct_done(events)
+        return pos + take
+
+    def _direct_done(self, events: list[Event]) -> None:
+        buf = self.direct_payload
+        assert buf is not None
+        self.direct_payload = None
+        self._read_state = _HEADER
+        self._msg_opcode = 0
+        events.append(buf.take())
+
+    def read_window(self) -> memoryview | None:
+        """Where the rest of a large frame's payload may be received directly.
+
+        While a large binary frame is being read (see ``DIRECT_MIN``), a
+        writable view of the buffer its bytes belong in, else None.  A
+        transport that receives into it (``recv_into``, an asyncio
+        ``BufferedProtocol``) then calls :meth:`window_filled` instead of
+        :meth:`receive_data`; the view never reaches past the frame.
+        Release the view before asking for the next one.
+        """
+        if self._read_state != _DIRECT:
+            return None
+        buf = self.direct_payload
+        assert buf is not None
+        window: memoryview = buf.window()
+        return window
+
+    def window_filled(self, n: int) -> list[Event]:
+        """``n`` bytes were received into :meth:`read_window`'s view."""
+        events: list[Event] = []
+        buf = self.direct_payload
+        if buf is None or self._read_state != _DIRECT:
+            raise RuntimeError("no read window is open")
+        buf.filled_in(n)
+        if buf.filled == buf.total:
+            self._direct_done(events)
         return events
 
     def _check_header(self, b0: int, opcode: int, length: int) -> tuple[int, str] | None:
@@ -463,6 +532,7 @@ class Connection:
             self._buf = b""
             self._msg_parts = None
             self._utf8 = None
+            self.direct_payload = None
             if self.state == ConnectionState.CLOSE_SENT:
                 self.state = ConnectionState.CLOSED
             else:
@@ -475,6 +545,7 @@ class Connection:
         self._buf = b""
         self._msg_parts = None
         self._utf8 = None
+        self.direct_payload = None
         events.append(ProtocolError(code, reason))
         return events
 

@@ -144,6 +144,98 @@ def _apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
 apply_mask = _apply_mask_py
 """XOR ``data`` with a 4-byte mask; replaced by the C accelerator when built."""
 
+
+class _PayloadBufferPy:
+    """The payload of one large frame, received in place (pure-Python twin).
+
+    ``total`` is the frame's payload length, ``initial`` the first size of
+    the buffer (it doubles, up to ``total``, only when full, so memory
+    follows what the peer really sent, not what its header claims) and
+    ``mask`` the frame's masking key.  Bytes come in either through
+    :meth:`write` (masked bytes read elsewhere) or by receiving into
+    :meth:`window` and reporting them with :meth:`filled_in`; both unmask.
+    :meth:`take` returns the complete payload.
+
+    The C twin (``_speedups.PayloadBuffer``) fills the very ``bytes`` object
+    it returns; this one fills a ``bytearray`` and copies it once at the end.
+    """
+
+    __slots__ = ("_buf", "_mask", "filled", "total")
+
+    def __init__(self, total: int, initial: int, mask: bytes) -> None:
+        if total < 0 or len(mask) != 4:
+            raise ValueError("need total >= 0 and a 4-byte mask")
+        self.total = total
+        self.filled = 0
+        self._mask = bytes(mask)
+        self._buf: bytearray | None = bytearray(min(max(initial, 1), total))
+
+    @property
+    def allocated(self) -> int:
+        """Bytes allocated so far."""
+        return len(self._buf) if self._buf is not None else 0
+
+    def _room(self) -> bytearray:
+        buf = self._buf
+        if buf is None:
+            raise ValueError("the payload was taken already")
+        if self.filled >= len(buf):
+            grow = len(buf) if len(buf) <= self.total // 2 else self.total - len(buf)
+            try:
+                buf.extend(bytes(max(grow, 1)))
+            except BufferError:
+                raise BufferError("a window of this payload is still in use") from None
+        return buf
+
+    def _unmask(self, buf: bytearray, start: int, data: bytes | bytearray | memoryview) -> None:
+        mask = self._mask
+        phase = start & 3
+        if phase:
+            mask = mask[phase:] + mask[:phase]
+        buf[start : start + len(data)] = _apply_mask_py(data, mask)
+
+    def window(self) -> memoryview:
+        if self.filled >= self.total:
+            raise BufferError("the payload is complete")
+        buf = self._room()
+        return memoryview(buf)[self.filled :]
+
+    def filled_in(self, n: int) -> None:
+        buf = self._buf
+        if buf is None:
+            raise ValueError("the payload was taken already")
+        if n < 0 or n > len(buf) - self.filled:
+            raise ValueError("more bytes than the window holds")
+        start = self.filled
+        self._unmask(buf, start, memoryview(buf)[start : start + n])
+        self.filled += n
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._buf is None:
+            raise ValueError("the payload was taken already")
+        if len(data) > self.total - self.filled:
+            raise ValueError("more bytes than the payload has left")
+        view = memoryview(data)
+        while len(view):
+            buf = self._room()
+            n = min(len(view), len(buf) - self.filled)
+            self._unmask(buf, self.filled, view[:n])
+            self.filled += n
+            view = view[n:]
+
+    def take(self) -> bytes:
+        buf = self._buf
+        if buf is None:
+            raise ValueError("the payload was taken already")
+        if self.filled != self.total:
+            raise ValueError("the payload is not complete")
+        self._buf = None
+        return bytes(buf)
+
+
+PayloadBuffer: type[_PayloadBufferPy] = _PayloadBufferPy
+"""Receives one large frame's payload in place; the C twin when built."""
+
 scan_frames: Callable[[bytes, int, int], tuple[list[Any], int]] | None = None
 """The C accelerator's reader of simple frames (see ``_speedups.c``), or None.
 
@@ -160,6 +252,7 @@ if not os.environ.get("WSHUB_NO_EXTENSIONS"):
     else:
         apply_mask = _speedups.apply_mask
         scan_frames = _speedups.scan_frames
+        PayloadBuffer = _speedups.PayloadBuffer
         ACCELERATED = True
 
 _pack_h = struct.Struct("!BBH").pack

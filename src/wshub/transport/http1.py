@@ -41,30 +41,42 @@ _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 class Http1Link(FramedLink):
     """A WebSocket over an HTTP/1.1 connection (after the 101)."""
 
-    __slots__ = ("transport",)
+    __slots__ = ("_gather", "transport")
 
     def __init__(self, transport: asyncio.Transport, conn: Connection, config: LinkConfig) -> None:
         super().__init__(conn, config)
         self.transport = transport
+        # uvloop's writelines() hands all pieces to one writev() and keeps
+        # what the kernel did not take without copying it; asyncio's (3.11)
+        # joins them into one new bytes first.
+        self._gather = type(transport).__module__.startswith("uvloop")
 
     def _write(self, data: bytes) -> None:
         self.transport.write(data)
 
     def _write_many(self, chunks: list[bytes]) -> None:
-        write = self.transport.write
+        pieces: list[bytes] = []
         small: list[bytes] = []
         for chunk in chunks:
             if len(chunk) < 65536:
                 small.append(chunk)
                 continue
-            # Small frames are joined into one write; a large payload is
+            # Small frames are joined into one piece; a large payload is
             # handed over as it is (the kernel copies it; we need not).
             if small:
-                write(b"".join(small))
+                pieces.append(b"".join(small) if len(small) > 1 else small[0])
                 small = []
-            write(chunk)
+            pieces.append(chunk)
         if small:
-            write(b"".join(small) if len(small) > 1 else small[0])
+            pieces.append(b"".join(small) if len(small) > 1 else small[0])
+        if len(pieces) == 1:
+            self.transport.write(pieces[0])
+        elif self._gather:
+            self.transport.writelines(pieces)
+        else:
+            write = self.transport.write
+            for piece in pieces:
+                write(piece)
 
     def _end(self) -> None:
         self.transport.close()
@@ -114,6 +126,60 @@ class Http1Link(FramedLink):
         return True
 
 
+class _DirectReader(asyncio.BufferedProtocol):
+    """Stands in for an :class:`Http1Protocol` while a large frame is read.
+
+    The transport then receives straight into the buffer that becomes the
+    message (``Connection.read_window``): no copy out of the event loop's
+    read buffer, no list of chunks to join.  Once the frame is complete the
+    protocol takes the transport back.
+    """
+
+    __slots__ = ("_link", "_proto", "_spare")
+
+    def __init__(self, proto: Http1Protocol, link: Http1Link) -> None:
+        self._proto = proto
+        self._link = link
+        self._spare: bytearray | None = None
+
+    def get_buffer(self, sizehint: int) -> memoryview | bytearray:
+        window = self._link.conn.read_window()
+        if window is not None:
+            return window
+        # The frame is over (this is not expected: we hand the transport
+        # back as soon as it is): read as usual.
+        if self._spare is None:
+            self._spare = bytearray(65536)
+        return self._spare
+
+    def buffer_updated(self, nbytes: int) -> None:
+        link = self._link
+        if link.conn.direct_payload is None:
+            assert self._spare is not None
+            self._proto._end_direct()
+            link.data_received(bytes(self._spare[:nbytes]))
+            return
+        link.window_filled(nbytes)
+        if link.conn.direct_payload is None:
+            self._proto._end_direct()
+
+    def eof_received(self) -> bool | None:
+        return self._proto.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._proto.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._proto.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._proto.resume_writing()
+
+
+# Hand the transport to a _DirectReader only for this much left to read.
+_DIRECT_READ_MIN = 16384
+
+
 class _ParsedRequest:
     __slots__ = ("body", "headers", "http_version", "keep_alive", "method", "target")
 
@@ -134,6 +200,7 @@ class Http1Protocol(asyncio.Protocol):
         "_busy",
         "_bytes_in",
         "_closing",
+        "_direct",
         "_head_size",
         "_header_count",
         "_headers_done",
@@ -169,6 +236,9 @@ class Http1Protocol(asyncio.Protocol):
         self._headers_done = False
         self._body_too_big = False
         self._timer: asyncio.TimerHandle | None = None
+        # Reads large frames in place; None over TLS (the TLS layer reads
+        # into its own buffers anyway) and until the first large frame.
+        self._direct: _DirectReader | None = None
 
     # ----------------------------------------------------------- asyncio hooks
 
@@ -195,6 +265,9 @@ class Http1Protocol(asyncio.Protocol):
         link = self.link
         if link is not None:
             link.data_received(data)
+            buf = link.conn.direct_payload
+            if buf is not None and buf.total - buf.filled >= _DIRECT_READ_MIN and not self.tls:
+                self._begin_direct(link)
             return
         self._bytes_in += len(data)
         if self._closing:
@@ -230,6 +303,20 @@ class Http1Protocol(asyncio.Protocol):
         except _RequestRefused:
             return
         self._process_queue()
+
+    def _begin_direct(self, link: Http1Link) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        reader = self._direct
+        if reader is None:
+            reader = self._direct = _DirectReader(self, link)
+        transport.set_protocol(reader)
+
+    def _end_direct(self) -> None:
+        transport = self.transport
+        if transport is not None and transport.get_protocol() is not self:
+            transport.set_protocol(self)
 
     def eof_received(self) -> bool | None:
         if self.link is not None:

@@ -503,12 +503,28 @@ class FramedLink:
         try:
             events = self.conn.receive_data(data)
         except Exception as exc:  # a bug, not the peer's fault: never crash the server
-            log.exception("internal error while reading frames")
-            self._report_error(exc)
-            self._start_close(CloseCode.INTERNAL_ERROR, "internal error")
+            self._internal_error(exc)
             return
-        if not events:
+        if events:
+            self._deliver(events)
+
+    def window_filled(self, n: int) -> None:
+        """``n`` bytes were received into ``conn.read_window()``."""
+        self.bytes_read += n
+        try:
+            events = self.conn.window_filled(n)
+        except Exception as exc:
+            self._internal_error(exc)
             return
+        if events:
+            self._deliver(events)
+
+    def _internal_error(self, exc: Exception) -> None:
+        log.exception("internal error while reading frames", exc_info=exc)
+        self._report_error(exc)
+        self._start_close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    def _deliver(self, events: list[Event]) -> None:
         if self._pending is not None:
             self._pending.extend(events)
             return
