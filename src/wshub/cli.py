@@ -13,6 +13,7 @@ from typing import Any
 from .backplane import Backplane, make_backplane
 from .http import Request, Response
 from .hub import CloseEvent, WebSocket
+from .protocol.deflate import DeflateOptions
 from .transport.server import HttpServer
 
 __all__ = ["main"]
@@ -62,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     _common(serve, 9001)
     serve.add_argument("--mode", choices=["echo", "broadcast"], default="echo")
     serve.add_argument("--deflate", choices=["on", "off"], default="on")
+    serve.add_argument(
+        "--compressor",
+        choices=["auto", "zlib", "isal"],
+        default="auto",
+        help="what compresses permessage-deflate messages (default auto: ISA-L when installed)",
+    )
     serve.add_argument(
         "--max-payload",
         type=int,
@@ -113,6 +120,18 @@ def _backplane_option(url: str | None) -> Backplane | None:
         raise SystemExit(2) from None
 
 
+def _deflate_option(args: argparse.Namespace) -> bool | DeflateOptions:
+    if args.deflate == "off":
+        return False
+    if args.compressor == "auto":
+        return True
+    try:
+        return DeflateOptions(compressor=args.compressor)
+    except ValueError as exc:
+        print(f"wshub serve: --compressor: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_UNSUPPORTED) from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     server = HttpServer()
     ws = WebSocket(
@@ -121,7 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_payload=args.max_payload,
         ping_delay=args.ping_delay,
         limit_by_ip=args.limit_by_ip,
-        per_message_deflate=args.deflate == "on",
+        per_message_deflate=_deflate_option(args),
         backplane=_backplane_option(args.backplane),
     )
     if args.mode == "echo":

@@ -8,6 +8,7 @@ cannot pass unnoticed.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import tracemalloc
 import zlib
@@ -19,6 +20,7 @@ from websockets.extensions.permessage_deflate import PerMessageDeflate as PeerDe
 from websockets.frames import Frame, Opcode
 
 from wshub import DeflateOptions
+from wshub.protocol import deflate
 from wshub.protocol.connection import Connection, Event, Ping, ProtocolError
 from wshub.protocol.deflate import PerMessageDeflate, negotiate_extensions, parse_extensions
 
@@ -482,9 +484,15 @@ def peer_decode(decoder: PeerDeflate, frame: bytes) -> tuple[bool, bytes]:
         "permessage-deflate; client_max_window_bits",
     ],
 )
-@pytest.mark.parametrize("options", [True, WIDE, DeflateOptions(level=1, mem_level=1)])
-def test_sent_messages_decode_with_websockets(offer: str, options: DeflateOptions | bool) -> None:
-    _, codec = negotiate(offer, options)
+@pytest.mark.parametrize("options", [DeflateOptions(), WIDE, DeflateOptions(level=1, mem_level=1)])
+@pytest.mark.parametrize("compressor", ["zlib", "isal"])
+def test_sent_messages_decode_with_websockets(
+    offer: str, options: DeflateOptions, compressor: str
+) -> None:
+    if compressor == "isal" and deflate._isal_zlib() is None:
+        pytest.fail("the isal package is not installed: it is part of the dev extras (make venv)")
+    _, codec = negotiate(offer, dataclasses.replace(options, compressor=compressor))
+    assert codec.compressor == compressor
     conn = Connection(codec=codec)
     decoder = peer(codec)
     messages = [SAMPLE, b"tiny", SAMPLE, bytes(range(256)) * 300, "é" * 5000]

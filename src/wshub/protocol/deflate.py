@@ -18,9 +18,12 @@ Memory is the point of most choices here (see ``docs/compression.md``):
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 from .connection import MessageCodec, MessageTooBig
 
@@ -65,6 +68,15 @@ class DeflateOptions:
         a message once for all such connections.
     ``min_size``
         messages shorter than this many bytes are sent uncompressed.
+    ``compressor``
+        what compresses outgoing messages: ``"zlib"`` (the standard
+        library), ``"isal"`` (Intel's ISA-L through the ``isal`` package:
+        about 30 % less CPU for the same or a better ratio on typical JSON;
+        ``level`` 1-3 maps to ISA-L level 1, 4-6 and -1 to 2, 7-9 to 3; level
+        0 always stores with zlib; ``mem_level`` does not apply) or
+        ``"auto"``: ISA-L when the package is installed (``pip install
+        wshub[speed]``) and ``WSHUB_NO_EXTENSIONS`` is not set, else zlib.
+        Incoming messages are always inflated by zlib.
 
     The defaults were chosen by measurement (``docs/compression.md``).
     """
@@ -74,6 +86,7 @@ class DeflateOptions:
     max_window_bits: int = 12
     no_context_takeover: bool = False
     min_size: int = 64
+    compressor: str = "auto"
 
     def __post_init__(self) -> None:
         _check_int("level", self.level, -1, 9)
@@ -82,6 +95,40 @@ class DeflateOptions:
         _check_int("min_size", self.min_size, 0, None)
         if not isinstance(self.no_context_takeover, bool):
             raise TypeError("no_context_takeover must be a bool")
+        if self.compressor not in ("auto", "zlib", "isal"):
+            raise ValueError(
+                "DeflateOptions.compressor must be 'auto', 'zlib' or 'isal', "
+                f"not {self.compressor!r}"
+            )
+        if self.compressor == "isal" and _isal_zlib() is None:
+            raise ValueError(
+                "DeflateOptions.compressor='isal' needs the isal package (pip install isal)"
+            )
+
+
+@functools.cache
+def _isal_zlib() -> Any:
+    """The ``isal.isal_zlib`` module, or None where it is not installed."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return None
+    return isal_zlib
+
+
+def resolve_compressor(name: str) -> str:
+    """``"zlib"`` or ``"isal"``: what a ``DeflateOptions.compressor`` means here."""
+    if name == "auto":
+        if os.environ.get("WSHUB_NO_EXTENSIONS") or _isal_zlib() is None:
+            return "zlib"
+        return "isal"
+    return name
+
+
+def _isal_level(level: int) -> int:
+    if level < 0:
+        return 2
+    return 1 if level <= 3 else 2 if level <= 6 else 3
 
 
 def _check_int(name: str, value: object, low: int, high: int | None) -> None:
@@ -100,7 +147,15 @@ _deflater_templates: dict[tuple[int, int, int], zlib._Compress] = {}
 _inflater_templates: dict[int, zlib._Decompress] = {}
 
 
-def _fresh_deflater(level: int, window_bits: int, mem_level: int) -> zlib._Compress:
+def _fresh_deflater(level: int, window_bits: int, mem_level: int, compressor: str) -> Any:
+    """A compressor whose distances fit a ``2 ** window_bits`` window (8..15)."""
+    if compressor == "isal" and level != 0 and window_bits >= 9:
+        # ISA-L has no copy(); setting one up is cheap.  It uses its whole
+        # window, so a negotiated 8 (256 bytes) is left to zlib, whose
+        # 9-bit window never reaches further than 250 bytes.
+        isal_zlib = _isal_zlib()
+        return isal_zlib.compressobj(_isal_level(level), isal_zlib.DEFLATED, -window_bits)
+    window_bits = max(9, window_bits)  # zlib runs 8 as 9
     key = (level, window_bits, mem_level)
     template = _deflater_templates.get(key)
     if template is None:
@@ -129,6 +184,7 @@ class PerMessageDeflate:
         "_inflater",
         "client_no_context_takeover",
         "client_window_bits",
+        "compressor",
         "level",
         "mem_level",
         "min_size",
@@ -147,6 +203,7 @@ class PerMessageDeflate:
         level: int,
         mem_level: int,
         min_size: int,
+        compressor: str = "zlib",
     ) -> None:
         self.server_no_context_takeover = server_no_context_takeover
         self.client_no_context_takeover = client_no_context_takeover
@@ -155,15 +212,16 @@ class PerMessageDeflate:
         self.level = level
         self.mem_level = mem_level
         self.min_size = min_size
+        self.compressor = compressor
         # Created on first use, dropped when no history is to be kept.
-        self._deflater: zlib._Compress | None = None
+        self._deflater: Any = None
         self._inflater: zlib._Decompress | None = None
         # Without server context takeover a compressed message depends on
         # nothing but these settings, so one frame serves every connection
         # with the same ones (WebSocket.broadcast); otherwise each
         # connection's compressor has its own history and must not share.
         self.shared_frame_key: tuple[object, ...] | None = (
-            ("permessage-deflate", server_window_bits, level, mem_level, min_size)
+            ("permessage-deflate", server_window_bits, level, mem_level, min_size, compressor)
             if server_no_context_takeover
             else None
         )
@@ -216,9 +274,10 @@ class PerMessageDeflate:
         deflater = self._deflater
         if deflater is None:
             deflater = self._deflater = _fresh_deflater(
-                self.level, max(9, self.server_window_bits), self.mem_level
+                self.level, self.server_window_bits, self.mem_level, self.compressor
             )
-        out = deflater.compress(data) + deflater.flush(zlib.Z_SYNC_FLUSH)
+        # Z_SYNC_FLUSH is 2 in zlib and isal_zlib alike.
+        out: bytes = deflater.compress(data) + deflater.flush(zlib.Z_SYNC_FLUSH)
         # RFC 7692 §7.2.1: remove the 00 00 ff ff the sync flush ends with.
         out = out[:-4] if out.endswith(_TAIL) else out
         if self.server_no_context_takeover:
@@ -239,7 +298,8 @@ class PerMessageDeflate:
             f"{', no takeover' if self.server_no_context_takeover else ''}; "
             f"client: {self.client_window_bits} bits"
             f"{', no takeover' if self.client_no_context_takeover else ''}; "
-            f"level {self.level}, mem_level {self.mem_level}, min_size {self.min_size})"
+            f"level {self.level}, mem_level {self.mem_level}, min_size {self.min_size}, "
+            f"{self.compressor})"
         )
 
 
@@ -356,6 +416,7 @@ def _accept_offer(
         level=options.level,
         mem_level=options.mem_level,
         min_size=options.min_size,
+        compressor=resolve_compressor(options.compressor),
     )
     return _format_response(codec, server_bits, client_bits), codec
 
