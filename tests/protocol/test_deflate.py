@@ -390,6 +390,36 @@ def test_final_block_then_data_is_1007_and_final_block_alone_is_fine() -> None:
     assert protocol_error(events).code == 1007
 
 
+# RFC 7692 §7.2.3.3: "Hello" in a final block, then the one octet an
+# empty stored block leaves after its last four octets are stripped.
+RFC_BFINAL_HELLO = bytes([0xF3, 0x48, 0xCD, 0xC9, 0xC9, 0x07, 0x00, 0x00])
+
+
+@pytest.mark.parametrize("step", [0, 1, 3])
+def test_rfc_7692_final_block_example(step: int) -> None:
+    conn = Connection(codec=negotiate("permessage-deflate")[1])
+    assert feed(conn, client_frame(TEXT, RFC_BFINAL_HELLO, rsv1=True), step) == ["Hello"]
+    # The same, fragmented so that the 0x00 comes in a frame of its own.
+    wire = client_frame(TEXT, RFC_BFINAL_HELLO[:7], fin=False, rsv1=True) + client_frame(
+        CONT, RFC_BFINAL_HELLO[7:]
+    )
+    assert feed(conn, wire, step) == ["Hello"]
+    assert feed(conn, client_frame(TEXT, ClientCompressor().compress(b"next"), rsv1=True)) == [
+        "next"
+    ]
+
+
+@pytest.mark.parametrize(
+    "after",
+    [b"\x01", b"\x00\x00", b"\x00\x00\x00\xff\xff", b"\x00\x00\xff"],
+    ids=["not-stored", "two-octets", "whole-block", "partial-tail"],
+)
+def test_anything_else_after_a_final_block_is_1007(after: bytes) -> None:
+    conn = Connection(codec=negotiate("permessage-deflate")[1])
+    events = feed(conn, client_frame(TEXT, RFC_BFINAL_HELLO[:7] + after, rsv1=True))
+    assert protocol_error(events).code == 1007
+
+
 def test_invalid_utf8_after_inflating_is_1007() -> None:
     _, codec = negotiate("permessage-deflate", WIDE)
     conn = Connection(codec=codec)

@@ -34,6 +34,8 @@ EXTENSION_NAME = "permessage-deflate"
 # RFC 7692 §7.2.1: a sync flush ends with an empty stored block, whose last
 # four octets are stripped by the sender and put back by the receiver.
 _TAIL = b"\x00\x00\xff\xff"
+# What may follow a final deflate block, the tail included (§7.2.3.3).
+_AFTER_FINAL = (_TAIL, b"\x00" + _TAIL)
 
 # RFC 7230 §3.2.6 token; RFC 7692 §7.1.2: window bits are 8..15, no leading zero.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -182,6 +184,7 @@ class PerMessageDeflate:
     __slots__ = (
         "_deflater",
         "_inflater",
+        "_trailer",
         "client_no_context_takeover",
         "client_window_bits",
         "compressor",
@@ -216,6 +219,7 @@ class PerMessageDeflate:
         # Created on first use, dropped when no history is to be kept.
         self._deflater: Any = None
         self._inflater: zlib._Decompress | None = None
+        self._trailer = b""  # bytes after a final deflate block (see _after_final)
         # Without server context takeover a compressed message depends on
         # nothing but these settings, so one frame serves every connection
         # with the same ones (WebSocket.broadcast); otherwise each
@@ -238,10 +242,8 @@ class PerMessageDeflate:
             # RFC 7692 §7.2.2: put back the tail the sender stripped.
             data = data + _TAIL if data else _TAIL
         if inflater.eof:
-            # The message had a final (BFINAL) block already: nothing but our
-            # tail may follow it.
-            if data and data != _TAIL:
-                raise ValueError("data after the final deflate block")
+            # The message had a final (BFINAL) block already.
+            self._after_final(data, end_of_message)
             out = b""
         else:
             try:
@@ -255,14 +257,32 @@ class PerMessageDeflate:
                 self._inflater = None
                 raise MessageTooBig(f"message inflates past {max_size} more bytes")
             if inflater.eof:
-                rest = inflater.unused_data
-                if rest and not (end_of_message and rest == _TAIL):
-                    self._inflater = None
-                    raise ValueError("data after the final deflate block")
+                self._after_final(inflater.unused_data, end_of_message)
         if end_of_message and (self.client_no_context_takeover or inflater.eof):
             # No history to keep (or the stream ended): free the window now.
             self._inflater = None
         return out
+
+    def _after_final(self, data: bytes, end_of_message: bool) -> None:
+        """Check what follows a final (BFINAL=1) deflate block.
+
+        RFC 7692 §7.2.3.3: a sender that flushes with a final block appends
+        an empty stored block and strips its last four octets, so one octet
+        0x00 (BFINAL=0, BTYPE=00, zero padding) is left before the tail the
+        receiver adds; a sender may also leave nothing.  Anything else is a
+        corrupt message.
+        """
+        trailer = self._trailer + data
+        if end_of_message:
+            self._trailer = b""
+            ok = trailer in _AFTER_FINAL
+        else:
+            self._trailer = trailer
+            ok = trailer in (b"", b"\x00")
+        if not ok:
+            self._trailer = b""
+            self._inflater = None
+            raise ValueError("data after the final deflate block")
 
     # ----------------------------------------------------------------- sending
 
