@@ -11,7 +11,6 @@ import asyncio
 import inspect
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import SplitResult, urlsplit
@@ -20,6 +19,7 @@ from .backplane import Backplane, make_backplane
 from .encodings import Encoding, check_encoding, decode_text, encode_str
 from .errors import ClientNotFound, ConnectionClosedError, HandshakeError
 from .policy import (
+    ClientIds,
     OriginPolicy,
     PerIpCounter,
     SessionSigner,
@@ -212,6 +212,7 @@ class WebSocket:
         self._all_closed: asyncio.Event | None = None
         self._link_config = LinkConfig()
         self._signer = SessionSigner(secret)
+        self._ids = ClientIds()
         self._origin = OriginPolicy(allow_origin)
         self._encoding: str = check_encoding(encoding)
         self._trusted = TrustedProxies(trusted_proxies)
@@ -497,7 +498,7 @@ class WebSocket:
                 and self._backplane.owner(client_id) is None
             ):
                 return client_id
-        return str(uuid.uuid4())
+        return self._ids.new()
 
     def _open_client(self, admission: _Admission, link: Link) -> None:
         self._reserved.discard(admission.client_id)

@@ -7,6 +7,7 @@ ASGI paths all apply the same rule.  Nothing here does I/O; time is passed in.
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import ipaddress
 import os
@@ -318,10 +319,36 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+class ClientIds:
+    """Random UUID4 strings for client IDs, as ``str(uuid.uuid4())`` makes them.
+
+    The random bytes come from ``os.urandom`` like uuid4's, but 64 IDs' worth
+    at a time: one system call per 64 handshakes instead of one each.
+    """
+
+    __slots__ = ("_pool",)
+
+    _BATCH = 64
+
+    def __init__(self) -> None:
+        self._pool: list[str] = []
+
+    def new(self) -> str:
+        pool = self._pool
+        if not pool:
+            raw = bytearray(os.urandom(16 * self._BATCH))
+            for i in range(0, len(raw), 16):
+                raw[i + 6] = (raw[i + 6] & 0x0F) | 0x40  # version 4
+                raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80  # RFC 4122 variant
+                h = raw[i : i + 16].hex()
+                pool.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+        return pool.pop()
+
+
 class SessionSigner:
     """Signs and checks session cookies ``<id>.<expiry>.<HMAC-SHA256>``."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_inner", "_key", "_outer")
 
     def __init__(self, secret: bytes | str | None) -> None:
         if secret is None:
@@ -334,10 +361,21 @@ class SessionSigner:
         if not secret:
             raise ValueError("secret must not be empty")
         self._key = secret
+        # HMAC (RFC 2104) with the keyed inner and outer states computed
+        # once: each MAC then hashes only the message (half the time of
+        # hmac.digest, which sets the key up on every call).
+        block = hashlib.sha256().block_size
+        key = hashlib.sha256(secret).digest() if len(secret) > block else secret
+        key = key.ljust(block, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
     def _mac(self, client_id: str, expiry: int) -> str:
-        msg = f"{client_id}.{expiry}".encode()
-        return _b64url(hmac.digest(self._key, msg, "sha256"))
+        inner = self._inner.copy()
+        inner.update(f"{client_id}.{expiry}".encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return _b64url(outer.digest())
 
     def sign(self, client_id: str, expiry: int) -> str:
         return f"{client_id}.{expiry}.{self._mac(client_id, expiry)}"

@@ -8,6 +8,7 @@ import hmac
 import pytest
 
 from wshub.policy import (
+    ClientIds,
     OriginPolicy,
     PerIpCounter,
     PingFloodGuard,
@@ -228,13 +229,30 @@ def test_session_round_trip_and_expiry() -> None:
     assert SessionSigner(b"other").verify(value, 0) is None  # another secret
 
 
-def test_session_mac_is_hmac_sha256() -> None:
+@pytest.mark.parametrize("key", [b"secret-key", b"k" * 64, b"x" * 65, bytes(range(200))])
+def test_session_mac_is_hmac_sha256(key: bytes) -> None:
+    # Keys shorter than, equal to and longer than SHA-256's 64-byte block
+    # (a longer key is hashed first, RFC 2104): the precomputed states must
+    # give exactly the standard library's HMAC.
     import base64
 
-    key = b"secret-key"
-    mac = hmac.new(key, f"{ID}.2000".encode(), hashlib.sha256).digest()
-    expected = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
-    assert SessionSigner(key).sign(ID, 2000) == f"{ID}.2000.{expected}"
+    signer = SessionSigner(key)
+    for expiry in (2000, 1764200000):
+        mac = hmac.new(key, f"{ID}.{expiry}".encode(), hashlib.sha256).digest()
+        expected = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+        assert signer.sign(ID, expiry) == f"{ID}.{expiry}.{expected}"
+
+
+def test_client_ids_are_random_uuid4_strings() -> None:
+    import uuid
+
+    ids = ClientIds()
+    made = [ids.new() for _ in range(1000)]  # several batches
+    assert len(set(made)) == 1000
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
 
 
 @pytest.mark.parametrize(
