@@ -97,3 +97,27 @@ async def test_no_handler_gives_404(start_server: StartServer) -> None:
     async with httpx.AsyncClient(base_url=srv.http_url, timeout=10) as client:
         r = await client.get("/")
         assert r.status_code == 404
+
+
+async def test_keep_alive_deadline_restarts_after_each_response(
+    start_server: StartServer,
+) -> None:
+    # handshake_timeout bounds the wait for each request head, not the
+    # connection's life: requests every 0.2 s keep a 0.5 s deadline from
+    # passing for 1.2 s; then, idle, the connection is closed.
+    srv = await start_server(handler=handler, server_options={"handshake_timeout": 0.5})
+    reader, writer = await asyncio.open_connection(srv.host, srv.port)
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for _ in range(6):
+            writer.write(b"GET /sync-text HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            assert await reader.readexactly(length) == b"plain text"
+            await asyncio.sleep(0.2)
+        assert loop.time() - start > 1.0
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing sent
+    finally:
+        writer.close()

@@ -43,8 +43,14 @@ class Http1Link(FramedLink):
 
     __slots__ = ("_gather", "transport")
 
-    def __init__(self, transport: asyncio.Transport, conn: Connection, config: LinkConfig) -> None:
-        super().__init__(conn, config)
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        conn: Connection,
+        config: LinkConfig,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(conn, config, loop)
         self.transport = transport
         # uvloop's writelines() hands all pieces to one writev() and keeps
         # what the kernel did not take without copying it; asyncio's (3.11)
@@ -399,19 +405,22 @@ class Http1Protocol(asyncio.Protocol):
     # ------------------------------------------------------------- requests
 
     def _start_timer(self) -> None:
-        self._cancel_timer()
-        timeout = self.server.handshake_timeout
-        if timeout > 0:
-            self._timer = asyncio.get_running_loop().call_later(timeout, self._timer_fired)
+        """(Re)start the handshake_timeout for a complete request head."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.server._arm_deadline(self)
 
-    def _timer_fired(self) -> None:
-        # On a busy loop the request may have arrived in this very iteration,
-        # after the poll: look again once pending reads have been handled
-        # (a timer due now runs after the I/O callbacks of the next
-        # iteration), so a client that was on time is not cut off.
-        self._timer = asyncio.get_running_loop().call_later(0, self._timed_out)
+    def _deadline_passed(self) -> None:
+        # Called by the server's sweep.  On a busy loop the request may have
+        # arrived in this very iteration, after the poll: look again once
+        # pending reads have been handled (a timer due now runs after the
+        # I/O callbacks of the next iteration), so a client that was on
+        # time is not cut off.
+        self._timer = self.server._event_loop().call_later(0, self._timed_out)
 
     def _cancel_timer(self) -> None:
+        self.server._disarm_deadline(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -494,7 +503,7 @@ class Http1Protocol(asyncio.Protocol):
         self._cancel_timer()
         config = admission.config
         conn = Connection(max_payload=config.max_payload, codec=admission.codec)
-        link = Http1Link(transport, conn, config)
+        link = Http1Link(transport, conn, config, self.server._event_loop())
         transport.set_write_buffer_limits(high=config.write_high, low=config.write_low)
         self.link = link
         self._parser = None

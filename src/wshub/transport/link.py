@@ -294,13 +294,17 @@ class FramedLink:
         "listener",
     )
 
-    def __init__(self, conn: Connection, config: LinkConfig) -> None:
+    def __init__(
+        self, conn: Connection, config: LinkConfig, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         self.conn = conn
         self.config = config
         self.listener: LinkListener | None = None
         self.bytes_read = 0
         self.bytes_written = 0
-        self._loop = asyncio.get_running_loop()
+        # Passed in where known: asyncio.get_running_loop() costs a getpid()
+        # system call on Python 3.11.
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._batch: list[bytes] | None = None
         self._batched = 0
         self._shut = False

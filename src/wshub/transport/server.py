@@ -89,6 +89,12 @@ class HttpServer:
             _default_h2_factory()
         )
         self._shutdown_hooks: list[Callable[[int, str], Awaitable[None]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Connections that must send a complete request head by a deadline
+        # (handshake_timeout), in the order they were armed: one periodic
+        # sweep instead of a timer per connection.
+        self._deadlines: dict[Http1Protocol, float] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------- attachment
 
@@ -134,7 +140,7 @@ class HttpServer:
         start_backplane = getattr(self.websocket, "_backplane_start", None)
         if start_backplane is not None:
             await start_backplane()
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: Http1Protocol(self),
             host=host,
@@ -170,6 +176,9 @@ class HttpServer:
         self._closing = True
         for srv in self._servers:
             srv.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for hook in self._shutdown_hooks:
             try:
                 await hook(code, reason)
@@ -243,6 +252,54 @@ class HttpServer:
 
     def _connection_lost(self, proto: Http1Protocol) -> None:
         self._connections.discard(proto)
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
+    # -------------------------------------------------- handshake deadlines
+
+    def _arm_deadline(self, proto: Http1Protocol) -> None:
+        """``proto`` must complete a request head within handshake_timeout."""
+        timeout = self.handshake_timeout
+        if timeout <= 0:
+            return
+        loop = self._event_loop()
+        deadlines = self._deadlines
+        deadlines.pop(proto, None)  # re-armed: to the back of the queue
+        deadlines[proto] = loop.time() + timeout
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self._sweep_interval(), self._sweep)
+
+    def _disarm_deadline(self, proto: Http1Protocol) -> None:
+        self._deadlines.pop(proto, None)
+
+    def _sweep_interval(self) -> float:
+        # A deadline is noticed at most this late: a tenth of the timeout,
+        # between 20 ms and 1 s.
+        return min(1.0, max(0.02, self.handshake_timeout / 10))
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        deadlines = self._deadlines
+        if not deadlines:
+            return
+        loop = self._event_loop()
+        now = loop.time()
+        expired = []
+        # Armed with the same timeout, so ordered by deadline: stop at the
+        # first one still running.
+        for proto, deadline in deadlines.items():
+            if deadline > now:
+                break
+            expired.append(proto)
+        for proto in expired:
+            del deadlines[proto]
+            proto._deadline_passed()
+        if deadlines:
+            self._sweeper = loop.call_later(self._sweep_interval(), self._sweep)
 
     def _switch_to_h2(self, proto: Http1Protocol, data: bytes) -> bool:
         factory = self._h2_factory
