@@ -79,10 +79,17 @@ def header_tokens(value: str) -> list[str]:
     return [t.strip().lower() for t in value.split(",") if t.strip()]
 
 
+def _has_token(value: str, token: str) -> bool:
+    """True if the comma-separated header ``value`` holds ``token`` (lower-case)."""
+    if value.lower() == token:  # the usual single token: no split
+        return True
+    return token in header_tokens(value)
+
+
 def is_websocket_upgrade(headers: Headers) -> bool:
     """True if the request asks to become a WebSocket (so it is judged as one)."""
     upgrade = headers.get("upgrade")
-    return upgrade is not None and "websocket" in header_tokens(upgrade)
+    return upgrade is not None and _has_token(upgrade, "websocket")
 
 
 def accept_key(key: str) -> str:
@@ -121,7 +128,7 @@ def check_http1_upgrade(method: str, http_version: str, headers: Headers) -> Upg
         raise HandshakeError(400, "a WebSocket upgrade needs HTTP/1.1")
     if "host" not in headers:
         raise HandshakeError(400, "missing Host header")
-    if "upgrade" not in header_tokens(headers.get("connection", "")):
+    if not _has_token(headers.get("connection", ""), "upgrade"):
         raise HandshakeError(400, "Connection header must contain Upgrade")
     if not is_websocket_upgrade(headers):
         raise HandshakeError(400, "Upgrade header must contain websocket")

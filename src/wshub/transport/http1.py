@@ -182,6 +182,11 @@ class _DirectReader(asyncio.BufferedProtocol):
         self._proto.resume_writing()
 
 
+_SWITCHING = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: "
+)
+
 # Hand the transport to a _DirectReader only for this much left to read.
 _DIRECT_READ_MIN = 16384
 
@@ -254,7 +259,10 @@ class Http1Protocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = (str(peer[0]), int(peer[1]))
-        ssl_object = transport.get_extra_info("ssl_object")
+        # Only a server with an SSL context has TLS connections to look at.
+        ssl_object = (
+            transport.get_extra_info("ssl_object") if self.server._ssl is not None else None
+        )
         self.tls = ssl_object is not None
         self.server._connection_made(self)
         if (
@@ -367,12 +375,22 @@ class Http1Protocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self._req
         assert req is not None
-        self._count_head(len(name) + len(value) + 4)
+        server = self.server
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > server.max_header_size:
+            self._refuse(431, "request header too large")
+            raise _RequestRefused
         self._header_count += 1
-        if self._header_count > self.server.max_headers:
+        if self._header_count > server.max_headers:
             self._refuse(431, "too many request headers")
             raise _RequestRefused
-        add_header(req.headers, name.decode("latin-1"), value.decode("latin-1").strip())
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1").strip()
+        headers = req.headers
+        if key in headers:
+            add_header(headers, key, text)  # a repeat: joined
+        else:
+            headers[key] = text
 
     def on_headers_complete(self) -> None:
         req = self._req
@@ -492,14 +510,11 @@ class Http1Protocol(asyncio.Protocol):
         if transport.is_closing():
             admission.cancel()
             return
-        lines = [
-            "HTTP/1.1 101 Switching Protocols",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Accept: {accept_key(info.key)}",
-        ]
-        lines.extend(f"{k}: {v}" for k, v in admission.response_headers)
-        response = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        response = _SWITCHING + accept_key(info.key).encode()
+        extra = admission.response_headers
+        if extra:
+            response += "".join([f"\r\n{k}: {v}" for k, v in extra]).encode("latin-1")
+        response += b"\r\n\r\n"
         self._cancel_timer()
         config = admission.config
         conn = Connection(max_payload=config.max_payload, codec=admission.codec)
