@@ -522,8 +522,7 @@ class Http1Protocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=config.write_high, low=config.write_low)
         self.link = link
         self._parser = None
-        transport.write(response)
-        link.bytes_written = len(response)
+        link._send(response)
         # Like bytes_written (which counts the 101), bytes_read counts the
         # request; ``rest`` is counted when the link reads it below.
         link.bytes_read = self._bytes_in - len(rest)

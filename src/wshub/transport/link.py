@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from ..errors import WebSocketProtocolError
@@ -278,6 +278,7 @@ class FramedLink:
         "_deferred_pong",
         "_deferred_timer",
         "_drain_waiters",
+        "_end_after_flush",
         "_flusher",
         "_held",
         "_loop",
@@ -309,6 +310,8 @@ class FramedLink:
         self._batched = 0
         self._shut = False
         self._flusher = _flusher_for(self._loop)
+        # Set when the pipe is to be closed once the queued frames are out.
+        self._end_after_flush: Callable[[], None] | None = None
         # Fixed once the extension is negotiated: a plain attribute, read
         # once per receiver of every broadcast.
         self.broadcast_key: Hashable | None = self._broadcast_key()
@@ -411,6 +414,15 @@ class FramedLink:
             return
         self._batch = None
         self._batched = 0
+        try:
+            self._write_batch(batch)
+        finally:
+            end = self._end_after_flush
+            if end is not None:
+                self._end_after_flush = None
+                end()
+
+    def _write_batch(self, batch: list[bytes]) -> None:
         if self._closed or self._shut or not batch:
             return
         if self.conn.state == ConnectionState.OPEN:
@@ -470,7 +482,6 @@ class FramedLink:
         data = self.conn.send_close(code, reason)
         if data:
             self._send(data)
-        self.flush_batch()
         if self.conn.state == ConnectionState.CLOSED:
             # We answered the peer's Close, or failed the connection: the
             # server closes the TCP connection first (RFC 6455 §7.1.1).
@@ -480,19 +491,31 @@ class FramedLink:
                 self.config.close_timeout, self._close_timed_out
             )
 
+    def _end_when_flushed(self, end: Callable[[], None]) -> None:
+        # Frames still queued (our Close among them) go out first, at the end
+        # of this loop iteration together with other connections' writes;
+        # then the pipe closes.
+        if self._batch:
+            self._end_after_flush = end
+        else:
+            end()
+
     def _finish_after_close(self) -> None:
         if not self.conn.failed:
-            self._end()
+            self._end_when_flushed(self._end)
         else:
             # A failed connection: unread input may still arrive; closing now
             # could turn into a reset that destroys our Close frame in
             # flight, so stop writing and linger until the peer hangs up.
-            self._half_close()
-            self._shut = True
+            self._end_when_flushed(self._shut_and_linger)
             if self._close_timer is None:
                 self._close_timer = self._loop.call_later(
                     self.config.close_timeout, self._close_timed_out
                 )
+
+    def _shut_and_linger(self) -> None:
+        self._half_close()
+        self._shut = True
 
     def _close_timed_out(self) -> None:
         self._close_timer = None
@@ -532,12 +555,9 @@ class FramedLink:
         if self._pending is not None:
             self._pending.extend(events)
             return
-        if self._batch is None:
-            self._batch = []
-        try:
-            self._dispatch(events)
-        finally:
-            self.flush_batch()
+        # What the callbacks send is queued (_send) and written at the end of
+        # this loop iteration, all connections' writes back to back.
+        self._dispatch(events)
 
     def _dispatch(self, events: list[Event]) -> None:
         listener = self.listener
@@ -576,8 +596,7 @@ class FramedLink:
     def _start_close_reply(self, ev: CloseReceived) -> None:
         if self.conn.state == ConnectionState.CLOSED:
             # It answers our Close: the handshake is complete.
-            self.flush_batch()
-            self._end()
+            self._end_when_flushed(self._end)
         else:
             self._start_close(ev.reply_code, "")
 
@@ -606,12 +625,7 @@ class FramedLink:
         if pending is not None:
             self._pending = None
             if pending:
-                if self._batch is None:
-                    self._batch = []
-                try:
-                    self._dispatch(pending)
-                finally:
-                    self.flush_batch()
+                self._dispatch(pending)
             if self._held or self._user_paused:
                 return
         if not self._closed:
@@ -671,7 +685,7 @@ class FramedLink:
         """The peer will send no more (TCP FIN / END_STREAM)."""
         if self.conn.state != ConnectionState.CLOSED:
             log.debug("peer closed without a closing handshake")
-        self._end()
+        self._end_when_flushed(self._end)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._closed:
