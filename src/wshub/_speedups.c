@@ -16,6 +16,13 @@
  *       UTF-8, too big, unmasked ...), leaving it to the Python state
  *       machine, which then reports the same events or errors it always does.
  *
+ *   parse_upgrade_head(data, max_size, max_fields) -> tuple | None
+ *       The common WebSocket upgrade request, whole in one read, parsed in
+ *       one call: (target, headers, end).  Anything unusual (not GET, not
+ *       HTTP/1.1, incomplete, a body, folded lines, odd bytes, over the
+ *       limits ...) gives None and goes to httptools as before, which also
+ *       makes every refusal.  The pure-Python path always uses httptools.
+ *
  *   PayloadBuffer(total, initial, mask)
  *       The payload of one large frame, read straight into the bytes object
  *       that becomes the message: no chunk list, no join, unmasked in place.
@@ -195,6 +202,180 @@ scan_frames(PyObject *self, PyObject *args)
 error:
     PyBuffer_Release(&view);
     Py_DECREF(events);
+    return NULL;
+}
+
+/* ------------------------------------------------------- parse_upgrade_head */
+
+/* RFC 7230 tchar */
+static int
+is_tchar(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
+        return 1;
+    }
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* RFC 3986 unreserved, reserved and '%': what every HTTP parser accepts. */
+static int
+is_target_char(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
+        return 1;
+    }
+    return c != 0 && strchr("-._~:/?#[]@!$&'()*+,;=%", c) != NULL;
+}
+
+/* field-value bytes: HTAB, SP, VCHAR, obs-text */
+static int
+is_value_char(unsigned char c)
+{
+    return c == '\t' || (c >= 0x20 && c != 0x7F);
+}
+
+static PyObject *
+parse_upgrade_head(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t max_size, max_fields, pos, end, head_end, nfields = 0;
+    const unsigned char *b;
+    PyObject *headers = NULL, *target = NULL, *result = NULL;
+
+    if (!PyArg_ParseTuple(args, "y*nn:parse_upgrade_head", &view, &max_size, &max_fields)) {
+        return NULL;
+    }
+    b = (const unsigned char *)view.buf;
+    end = view.len;
+    /* The head must be complete, and within max_size. */
+    head_end = -1;
+    for (pos = 3; pos < end && pos < max_size; pos++) {
+        if (b[pos] == '\n' && b[pos - 1] == '\r' && b[pos - 2] == '\n' && b[pos - 3] == '\r') {
+            head_end = pos + 1;
+            break;
+        }
+    }
+    if (head_end < 0) {
+        goto fallback;
+    }
+    /* Request line: "GET " target " HTTP/1.1\r\n" */
+    if (head_end < 16 || memcmp(b, "GET ", 4) != 0) {
+        goto fallback;
+    }
+    pos = 4;
+    while (pos < head_end && is_target_char(b[pos])) {
+        pos++;
+    }
+    if (pos == 4 || head_end - pos < 11 || memcmp(b + pos, " HTTP/1.1\r\n", 11) != 0) {
+        goto fallback;
+    }
+    target = PyUnicode_DecodeLatin1((const char *)b + 4, pos - 4, NULL);
+    if (target == NULL) {
+        goto error;
+    }
+    pos += 11;
+    headers = PyDict_New();
+    if (headers == NULL) {
+        goto error;
+    }
+    /* Fields, up to the empty line. */
+    while (!(b[pos] == '\r' && b[pos + 1] == '\n')) {
+        Py_ssize_t name_start = pos, name_end, value_start, value_end;
+        char lower[64];
+        PyObject *name, *value, *old;
+        int k;
+
+        while (pos < head_end && is_tchar(b[pos])) {
+            pos++;
+        }
+        name_end = pos;
+        if (name_end == name_start || name_end - name_start > (Py_ssize_t)sizeof(lower)
+            || b[pos] != ':') {
+            goto fallback;
+        }
+        pos++;
+        while (b[pos] == ' ' || b[pos] == '\t') {
+            pos++;
+        }
+        value_start = pos;
+        while (pos < head_end && b[pos] != '\r') {
+            if (!is_value_char(b[pos])) {
+                goto fallback;
+            }
+            pos++;
+        }
+        if (pos + 1 >= head_end || b[pos + 1] != '\n') {
+            goto fallback;
+        }
+        value_end = pos;
+        while (value_end > value_start && (b[value_end - 1] == ' ' || b[value_end - 1] == '\t')) {
+            value_end--;
+        }
+        pos += 2;
+        if (++nfields > max_fields) {
+            goto fallback;
+        }
+        for (k = 0; k < name_end - name_start; k++) {
+            unsigned char c = b[name_start + k];
+            lower[k] = (char)((c >= 'A' && c <= 'Z') ? c + 32 : c);
+        }
+        if ((k == 14 && memcmp(lower, "content-length", 14) == 0)
+            || (k == 17 && memcmp(lower, "transfer-encoding", 17) == 0)) {
+            goto fallback; /* a body: httptools' business */
+        }
+        name = PyUnicode_DecodeLatin1(lower, k, NULL);
+        if (name == NULL) {
+            goto error;
+        }
+        value = PyUnicode_DecodeLatin1((const char *)b + value_start, value_end - value_start, NULL);
+        if (value == NULL) {
+            Py_DECREF(name);
+            goto error;
+        }
+        old = PyDict_GetItemWithError(headers, name);
+        if (old != NULL) {
+            /* A repeat: joined the way HTTP (and handshake.add_header) does. */
+            PyObject *joined = PyUnicode_FromFormat(
+                (k == 6 && memcmp(lower, "cookie", 6) == 0) ? "%U; %U" : "%U, %U", old, value);
+            Py_DECREF(value);
+            value = joined;
+            if (value == NULL) {
+                Py_DECREF(name);
+                goto error;
+            }
+        }
+        else if (PyErr_Occurred()) {
+            Py_DECREF(name);
+            Py_DECREF(value);
+            goto error;
+        }
+        if (PyDict_SetItem(headers, name, value) < 0) {
+            Py_DECREF(name);
+            Py_DECREF(value);
+            goto error;
+        }
+        Py_DECREF(name);
+        Py_DECREF(value);
+    }
+    if (pos + 2 != head_end) {
+        goto fallback;
+    }
+    result = Py_BuildValue("(OOn)", target, headers, head_end);
+    Py_DECREF(target);
+    Py_DECREF(headers);
+    PyBuffer_Release(&view);
+    return result;
+
+fallback:
+    Py_XDECREF(target);
+    Py_XDECREF(headers);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+
+error:
+    Py_XDECREF(target);
+    Py_XDECREF(headers);
+    PyBuffer_Release(&view);
     return NULL;
 }
 
@@ -452,6 +633,8 @@ static PyTypeObject PayloadBufferType = {
 static PyMethodDef methods[] = {
     {"apply_mask", apply_mask, METH_VARARGS,
      "apply_mask(data, mask) -> bytes: XOR with a 4-byte mask (RFC 6455 5.3)."},
+    {"parse_upgrade_head", parse_upgrade_head, METH_VARARGS,
+     "parse_upgrade_head(data, max_size, max_fields) -> (target, headers, end) or None."},
     {"scan_frames", scan_frames, METH_VARARGS,
      "scan_frames(data, pos, max_payload) -> (events, pos): decode simple frames."},
     {NULL, NULL, 0, NULL},

@@ -166,3 +166,138 @@ def test_payload_buffer_twins_agree(
     for buf in twins:
         buf.write(masked[buf.filled :])
     assert twins[0].take() == twins[1].take() == data
+
+
+# ------------------------------------------------ the upgrade request reader
+
+
+def _httptools_head(data: bytes) -> tuple[str, str, str, dict[str, str], int] | None:
+    """What Http1Protocol's httptools callbacks make of a request head, or
+    None if httptools refuses it or wants more bytes."""
+    import httptools
+
+    from wshub.protocol.handshake import add_header
+
+    class Collect:
+        def __init__(self) -> None:
+            self.url = b""
+            self.headers: dict[str, str] = {}
+            self.done = False
+
+        def on_url(self, url: bytes) -> None:
+            self.url += url
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            value_text = value.decode("latin-1").strip(" \t")
+            add_header(self.headers, name.decode("latin-1"), value_text)
+
+        def on_headers_complete(self) -> None:
+            self.done = True
+
+    c = Collect()
+    parser = httptools.HttpRequestParser(c)
+    end = len(data)
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserUpgrade as exc:
+        end = exc.args[0] if exc.args else len(data)
+    except httptools.HttpParserError:
+        return None
+    if not c.done:
+        return None
+    return (
+        parser.get_method().decode(),
+        parser.get_http_version(),
+        c.url.decode("latin-1"),
+        c.headers,
+        end,
+    )
+
+
+def _upgrade(target: str = "/", fields: list[tuple[str, str]] | None = None) -> bytes:
+    base = [
+        ("Host", "127.0.0.1:9001"),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ]
+    lines = [f"GET {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in base + (fields or [])]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+_field_names = st.sampled_from(
+    ["Origin", "Cookie", "cookie", "X-Thing", "Sec-WebSocket-Extensions", "ACCEPT", "x_y!z"]
+)
+_field_values = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_characters="\x7f"),
+    max_size=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    target=st.text(alphabet="abc/?=&%-._~:@!$'()*+,;#[]019", min_size=0, max_size=30),
+    fields=st.lists(st.tuples(_field_names, _field_values), max_size=8),
+    tail=st.binary(max_size=20),
+    cut=st.integers(0, 400),
+)
+def test_upgrade_head_reader_agrees_with_httptools(
+    target: str, fields: list[tuple[str, str]], tail: bytes, cut: int
+) -> None:
+    _require_accelerator()
+    from wshub import _speedups  # type: ignore[attr-defined]
+
+    data = _upgrade("/" + target, fields) + tail
+    data = data[: max(cut, len(data) - 30)] if cut % 3 == 0 else data  # sometimes incomplete
+    fast = _speedups.parse_upgrade_head(data, 16384, 100)
+    if fast is None:
+        return  # left to httptools: nothing to compare
+    target_out, headers, end = fast
+    slow = _httptools_head(data[:end])
+    assert slow is not None, data
+    method, version, url, slow_headers, _ = slow
+    assert (method, version, url, slow_headers) == ("GET", "1.1", target_out, headers)
+
+
+def test_upgrade_head_reader_leaves_the_unusual_to_httptools() -> None:
+    _require_accelerator()
+    from wshub import _speedups  # type: ignore[attr-defined]
+
+    parse = _speedups.parse_upgrade_head
+    good = _upgrade("/chat?room=1", [("Cookie", "a=1"), ("cookie", "b=2"), ("X", "  pad  ")])
+    target, headers, end = parse(good + b"\x81\x80rest", 16384, 100)
+    assert target == "/chat?room=1" and end == len(good)
+    assert headers["cookie"] == "a=1; b=2" and headers["x"] == "pad"
+    assert headers["upgrade"] == "websocket" and "Upgrade" not in headers
+    others = [
+        good[:-2],  # incomplete
+        good.replace(b"GET", b"PUT", 1),
+        good.replace(b"HTTP/1.1", b"HTTP/1.0", 1),
+        good.replace(b"Host:", b"Host :", 1),  # space before the colon
+        good.replace(b"\r\nUpgrade", b"\r\n Upgrade", 1),  # folded / leading space
+        good.replace(b"Connection: Upgrade\r\n", b"Connection: Upgrade\n", 1),  # bare LF
+        good.replace(b"websocket", b"web\x00socket", 1),
+        good.replace(b"websocket", b"web\x7fsocket", 1),
+        _upgrade("/a b"),
+        _upgrade("/<script>"),
+        _upgrade("/", [("Content-Length", "0")]),
+        _upgrade("/", [("Transfer-Encoding", "chunked")]),
+        _upgrade("/", [("X-" + "n" * 80, "long name")]),
+    ]
+    for data in others:
+        assert parse(data, 16384, 100) is None, data
+    assert parse(good, len(good) - 1, 100) is None  # over max_size
+    assert parse(good, 16384, 7) is None  # 8 fields > max_fields
+    assert parse(good, 16384, 8) is not None
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_upgrade_head_reader_never_fails_on_garbage(data: bytes) -> None:
+    _require_accelerator()
+    from wshub import _speedups  # type: ignore[attr-defined]
+
+    for blob in (data, b"GET / HTTP/1.1\r\n" + data, _upgrade()[:-2] + data + b"\r\n\r\n"):
+        result = _speedups.parse_upgrade_head(blob, 16384, 100)
+        assert result is None or (isinstance(result, tuple) and 0 < result[2] <= len(blob))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 
 from ..http import Request, Response, call_handler, finished_response, reason_phrase
+from ..protocol import frames
 from ..protocol.connection import Connection
 from ..protocol.handshake import (
     HandshakeError,
@@ -36,6 +37,17 @@ __all__ = ["Http1Link", "Http1Protocol"]
 log = logging.getLogger("wshub")
 
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+# Stands for "no httptools parser made yet" (None means "read no more").
+_LAZY: Any = object()
+
+# The C accelerator's reader of a whole, plain upgrade request (see
+# _speedups.c), or None on the pure-Python path: then httptools reads all.
+_parse_upgrade_head: Any = None
+if frames.ACCELERATED:
+    from .. import _speedups  # type: ignore[attr-defined]
+
+    _parse_upgrade_head = _speedups.parse_upgrade_head
 
 
 class Http1Link(FramedLink):
@@ -271,7 +283,9 @@ class Http1Protocol(asyncio.Protocol):
             and self.server._switch_to_h2(self, b"")
         ):
             return
-        self._parser = httptools.HttpRequestParser(self)
+        # httptools' parser is made on first need: the usual upgrade request
+        # is read by the C accelerator in one call (see data_received).
+        self._parser = _LAZY
         self._sniff = b""
         self._start_timer()
 
@@ -305,8 +319,18 @@ class Http1Protocol(asyncio.Protocol):
                 # Bytes that never form a request head (slowloris, garbage).
                 self._refuse(431, "request header too large")
                 return
+        parser = self._parser
+        if parser is _LAZY:
+            if _parse_upgrade_head is not None:
+                head = _parse_upgrade_head(
+                    data, self.server.max_header_size, self.server.max_headers
+                )
+                if head is not None and is_websocket_upgrade(head[1]):
+                    self._fast_upgrade(head[0], head[1], data[head[2] :])
+                    return
+            parser = self._parser = httptools.HttpRequestParser(self)
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
             self._on_upgrade(data[offset:])
@@ -385,7 +409,7 @@ class Http1Protocol(asyncio.Protocol):
             self._refuse(431, "too many request headers")
             raise _RequestRefused
         key = name.decode("latin-1").lower()
-        text = value.decode("latin-1").strip()
+        text = value.decode("latin-1").strip(" \t")  # OWS: SP and HTAB only
         headers = req.headers
         if key in headers:
             add_header(headers, key, text)  # a repeat: joined
@@ -529,6 +553,16 @@ class Http1Protocol(asyncio.Protocol):
         admission.open(link)
         if rest:
             link.data_received(rest)
+
+    def _fast_upgrade(self, target: str, headers: Headers, rest: bytes) -> None:
+        # A whole, plain upgrade request as the first bytes of the connection,
+        # already parsed: the same as httptools' callbacks would have built.
+        req = _ParsedRequest()
+        req.method = "GET"
+        req.target = target
+        req.headers = headers
+        self._parser = None
+        self._handshake(req, rest)
 
     def _plain_request(self, req: _ParsedRequest) -> None:
         handler = self.server.handler
