@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -65,6 +66,32 @@ class CloseEvent:
         return f"CloseEvent(code={self.code}, reason={self.reason!r}, was_clean={self.was_clean})"
 
 
+# Host characters that change how urlsplit reads a URL: brackets (IPv6,
+# checked), the delimiters that end the authority, and what it drops.
+_HOST_ODD = re.compile(r"[\[\]/?#\\\t\r\n]")
+
+
+def request_path(url_text: str, host: str, target: str) -> str:
+    """``urlsplit(url_text).path`` for ``url_text`` = scheme://host + target,
+    without urlsplit for the usual host and origin-form target ("/path?q").
+
+    Raises ValueError where urlsplit does (a malformed host).
+    """
+    if (
+        target.startswith("/")
+        and not target.startswith("//")
+        # urlsplit drops these anywhere in a URL
+        and "\t" not in target
+        and "\r" not in target
+        and "\n" not in target
+        # and a host where urlsplit would see more than a host
+        and host.isascii()
+        and not _HOST_ODD.search(host)
+    ):
+        return target.partition("?")[0].partition("#")[0]
+    return urlsplit(url_text).path
+
+
 class _Client:
     """The hub's record of one connected client; the link's listener."""
 
@@ -78,23 +105,26 @@ class _Client:
         "ip_key",
         "link",
         "opening",
-        "url",
+        "url_text",
     )
 
     def __init__(
-        self, hub: WebSocket, client_id: str, link: Link, url: SplitResult, key: str
+        self, hub: WebSocket, client_id: str, link: Link, url_text: str, path: str, key: str
     ) -> None:
         self.hub = hub
         self.id = client_id
         self.link = link
-        self.url = url
+        self.url_text = url_text
         self.ip_key = key
-        path = url.path
         self.event = "message" if path in ("", "/") else path
         self.encoding: str = hub._encoding
         self.opening = True
         self._ping_handle: asyncio.TimerHandle | None = None
         self._ping_payload: bytes | None = None
+
+    @property
+    def url(self) -> SplitResult:
+        return urlsplit(self.url_text)
 
     # LinkListener
     def on_message(self, data: str | bytes) -> bool:
@@ -124,8 +154,9 @@ class _Admission:
         "config",
         "hub",
         "ip_key",
+        "path",
         "response_headers",
-        "url",
+        "url_text",
     )
 
     def __init__(
@@ -133,14 +164,16 @@ class _Admission:
         hub: WebSocket,
         client_id: str,
         key: str,
-        url: SplitResult,
+        url_text: str,
+        path: str,
         headers: list[tuple[str, str]],
         codec: MessageCodec | None,
     ) -> None:
         self.hub = hub
         self.client_id = client_id
         self.ip_key = key
-        self.url = url
+        self.url_text = url_text
+        self.path = path
         self.response_headers = headers
         self.codec = codec
         self.config = hub._link_config
@@ -463,7 +496,9 @@ class WebSocket:
             raise HandshakeError(429, "too many connections from this address")
         try:
             host = headers.get("host", "")
-            url = urlsplit(f"{request.scheme}://{host}{request.target}")
+            target = request.target
+            url_text = f"{request.scheme}://{host}{target}"
+            path = request_path(url_text, host, target)
             response_headers: list[tuple[str, str]] = []
             codec: MessageCodec | None = None
             if request.info.extensions and self._deflate is not False:
@@ -485,7 +520,7 @@ class WebSocket:
         except Exception:
             self._per_ip.release(key)
             raise
-        return _Admission(self, client_id, key, url, response_headers, codec)
+        return _Admission(self, client_id, key, url_text, path, response_headers, codec)
 
     def _pick_id(self, cookie_header: str | None) -> str:
         if self._session_expires > 0:
@@ -502,7 +537,9 @@ class WebSocket:
 
     def _open_client(self, admission: _Admission, link: Link) -> None:
         self._reserved.discard(admission.client_id)
-        client = _Client(self, admission.client_id, link, admission.url, admission.ip_key)
+        client = _Client(
+            self, admission.client_id, link, admission.url_text, admission.path, admission.ip_key
+        )
         self._clients[client.id] = client
         self._backplane.client_added(client.id, client.ip_key, client.event)
         link.listener = client

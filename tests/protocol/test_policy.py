@@ -6,6 +6,8 @@ import hashlib
 import hmac
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wshub.policy import (
     ClientIds,
@@ -334,3 +336,30 @@ def test_sustained_fast_pinging_is_closed_eventually() -> None:
         t += 0.01
         assert t < 10, "a sustained flood must be closed"
     assert answered <= 16 + 8 * t + 1
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    target=st.text(alphabet="/?#%&=.:;@!$'()*+,~-_ab\t\r\n\\[]é", max_size=25),
+    host=st.one_of(
+        st.sampled_from(["127.0.0.1:9001", "[::1]:80", "example.com", ""]),
+        st.text(alphabet="ab.:[]@\t\n/?#é\u2100", max_size=8),
+    ),
+    scheme=st.sampled_from(["ws", "wss"]),
+)
+def test_request_path_is_urlsplits_path(target: str, host: str, scheme: str) -> None:
+    # The per-path event name comes from request_path: it must be what
+    # urlsplit says (or raise where it raises) for every host and target.
+    from urllib.parse import urlsplit
+
+    from wshub.hub import request_path
+
+    for t in (target, "/" + target):
+        url_text = f"{scheme}://{host}{t}"
+        try:
+            expected = urlsplit(url_text).path
+        except ValueError:
+            with pytest.raises(ValueError):
+                request_path(url_text, host, t)
+            continue
+        assert request_path(url_text, host, t) == expected

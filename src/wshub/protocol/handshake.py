@@ -94,8 +94,12 @@ def is_websocket_upgrade(headers: Headers) -> bool:
 
 def accept_key(key: str) -> str:
     """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key`` (RFC 6455 §4.2.2)."""
-    digest = hashlib.sha1(key.encode("ascii") + _GUID).digest()
-    return base64.b64encode(digest).decode("ascii")
+    return accept_key_bytes(key).decode("ascii")
+
+
+def accept_key_bytes(key: str) -> bytes:
+    """:func:`accept_key` as the bytes that go into the response."""
+    return binascii.b2a_base64(hashlib.sha1(key.encode("ascii") + _GUID).digest(), newline=False)
 
 
 def _origin(headers: Headers) -> str | None:

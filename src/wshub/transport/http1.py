@@ -22,7 +22,7 @@ from ..protocol.connection import Connection
 from ..protocol.handshake import (
     HandshakeError,
     Headers,
-    accept_key,
+    accept_key_bytes,
     add_header,
     check_http1_upgrade,
     is_websocket_upgrade,
@@ -534,7 +534,7 @@ class Http1Protocol(asyncio.Protocol):
         if transport.is_closing():
             admission.cancel()
             return
-        response = _SWITCHING + accept_key(info.key).encode()
+        response = _SWITCHING + accept_key_bytes(info.key)
         extra = admission.response_headers
         if extra:
             response += "".join([f"\r\n{k}: {v}" for k, v in extra]).encode("latin-1")
