@@ -92,7 +92,13 @@ def _split_host_header(host: str) -> tuple[str, int | None] | None:
 class OriginPolicy:
     """The ``allow_origin`` rule: None (same origin), ``"*"``, or exact origins."""
 
-    __slots__ = ("_allowed", "value")
+    __slots__ = ("_allowed", "_verdicts", "value")
+
+    # Verdicts remembered per (Origin, Host, TLS): the same few pairs come
+    # back on every connection, and judging one parses two URLs.  Bounded:
+    # short keys only, and forgotten all at once when full.
+    _CACHE_SIZE = 1024
+    _CACHE_KEY_MAX = 256
 
     def __init__(self, value: str | list[str] | tuple[str, ...] | None) -> None:
         allowed: set[tuple[str, str, int]] | None = None
@@ -106,6 +112,7 @@ class OriginPolicy:
             raise TypeError("allow_origin must be None, '*' or a list of origins")
         self.value = list(value) if isinstance(value, (list, tuple)) else value
         self._allowed = allowed
+        self._verdicts: dict[tuple[str, str | None, bool], bool] = {}
 
     @staticmethod
     def _parse(value: object) -> tuple[str, str, int]:
@@ -124,6 +131,17 @@ class OriginPolicy:
             return True
         if self.value == "*":
             return True
+        key = (origin, host, tls)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._judge(origin, host, tls)
+            if len(origin) + len(host or "") <= self._CACHE_KEY_MAX:
+                if len(self._verdicts) >= self._CACHE_SIZE:
+                    self._verdicts.clear()
+                self._verdicts[key] = verdict
+        return verdict
+
+    def _judge(self, origin: str, host: str | None, tls: bool) -> bool:
         norm = normalize_origin(origin)
         if norm is None:
             return False  # "null" and other opaque origins

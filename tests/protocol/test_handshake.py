@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wshub.protocol.handshake import (
     HandshakeError,
@@ -134,3 +138,33 @@ def test_h2_extended_connect() -> None:
         with pytest.raises(HandshakeError) as info_err:
             check_h2_connect(method, protocol, {"sec-websocket-version": version})
         assert info_err.value.status == status
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    key=st.one_of(
+        st.text(alphabet="ABCxyz019+/=-_ \t.é", min_size=20, max_size=26),
+        st.binary(min_size=14, max_size=18).map(lambda b: base64.b64encode(b).decode()),
+    )
+)
+def test_key_check_is_base64_of_16_bytes(key: str) -> None:
+    # The handshake checks the key with one regular expression; it must take
+    # exactly the keys that base64-decode (strictly) to 16 bytes.
+    try:
+        decodes_to_16 = len(base64.b64decode(key.strip().encode("ascii"), validate=True)) == 16
+    except (ValueError, UnicodeEncodeError):
+        decodes_to_16 = False
+    headers = {
+        "host": "h",
+        "connection": "Upgrade",
+        "upgrade": "websocket",
+        "sec-websocket-key": key,
+        "sec-websocket-version": "13",
+    }
+    try:
+        check_http1_upgrade("GET", "1.1", headers)
+        accepted = True
+    except HandshakeError as exc:
+        assert exc.status == 400 and "Key" in exc.reason
+        accepted = False
+    assert accepted == decodes_to_16

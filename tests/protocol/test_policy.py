@@ -363,3 +363,29 @@ def test_request_path_is_urlsplits_path(target: str, host: str, scheme: str) -> 
                 request_path(url_text, host, t)
             continue
         assert request_path(url_text, host, t) == expected
+
+
+@pytest.mark.parametrize("value", [None, ["http://a.example", "https://b.example:8443"]])
+def test_origin_verdicts_are_remembered_within_bounds(value: list[str] | None) -> None:
+    origins = [
+        "http://a.example",
+        "https://b.example:8443",
+        "http://A.EXAMPLE.",
+        "http://evil.example",
+        "null",
+        "http://a.example@evil",
+        "http://" + "x" * 300,
+    ]
+    hosts = ["a.example", "b.example:8443", "evil.example", None, "a.example:80"]
+    cached = OriginPolicy(value)
+    for _ in range(2):  # the second round is answered from the cache
+        for origin in origins:
+            for host in hosts:
+                for tls in (False, True):
+                    fresh = OriginPolicy(value)._judge(origin, host, tls)
+                    assert cached.allows(origin, host, tls) == fresh, (origin, host, tls)
+    long_keys = [k for k in cached._verdicts if len(k[0]) > 256]
+    assert not long_keys  # long values are judged, never stored
+    for i in range(3000):
+        cached.allows(f"http://h{i}.example", "a.example", False)
+    assert len(cached._verdicts) <= OriginPolicy._CACHE_SIZE

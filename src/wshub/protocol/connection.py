@@ -262,7 +262,13 @@ class Connection:
             self._buf = b""
         pos = 0
         end = len(data)
-        if _scan_frames is not None and self._read_state == _HEADER and not self._msg_opcode:
+        if (
+            _scan_frames is not None
+            and self._read_state == _HEADER
+            and not self._msg_opcode
+            and end
+            and data[0] & 0x0F < 8  # a control frame first (a Close...) is Python's anyway
+        ):
             # C fast path: every leading complete, unfragmented, valid data
             # frame at once; whatever it stops at is read below as usual.
             events, pos = _scan_frames(data, 0, self.max_payload)
