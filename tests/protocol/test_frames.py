@@ -23,7 +23,7 @@ def naive_mask(data: bytes, mask: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("impl", ["python", "active"])
-@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 7, 8, 9, 63, 64, 65, 1000, 4099])
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 7, 8, 9, 63, 64, 65, 511, 512, 513, 515, 1000, 4099])
 def test_apply_mask_matches_the_rfc_definition(impl: str, n: int) -> None:
     # RFC 6455 §5.3: octet i of the output is octet i of the input XOR mask[i % 4].
     apply = frames._apply_mask_py if impl == "python" else frames.apply_mask

@@ -126,19 +126,40 @@ def parse_close_payload(payload: bytes) -> tuple[int, str]:
     return code, reason
 
 
+# XOR tables: _XOR[k] maps every byte b to b ^ k (for bytes.translate).
+_XOR = [bytes(b ^ k for b in range(256)) for k in range(256)]
+
+# Below this many bytes the big-integer XOR is quicker; above it, four
+# strided bytes.translate() passes (about twice as fast on large payloads).
+_TRANSLATE_MIN = 512
+
+
 def _apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
     """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 §5.3).
 
-    Pure Python, but fast: the XOR runs on two big integers, so CPython does
-    it in C a machine word at a time instead of one byte per loop turn.
+    Pure Python, but fast: small payloads are XORed as two big integers (in
+    C, a machine word at a time); large ones byte-mapped with
+    ``bytes.translate``, one pass per mask byte over every fourth byte.
     """
     n = len(data)
     if n == 0:
         return b""
+    if n >= _TRANSLATE_MIN:
+        buf = bytearray(data)
+        _unmask_in_place(buf, 0, n, mask)
+        return bytes(buf)
     key = mask * ((n >> 2) + 1)
     return (int.from_bytes(data, sys.byteorder) ^ int.from_bytes(key[:n], sys.byteorder)).to_bytes(
         n, sys.byteorder
     )
+
+
+def _unmask_in_place(buf: bytearray, start: int, end: int, mask: bytes) -> None:
+    """XOR ``buf[start:end]`` with ``mask``, mask byte 0 at ``start``."""
+    for k in range(4):
+        i = start + k
+        if i < end:
+            buf[i:end:4] = buf[i:end:4].translate(_XOR[mask[k]])
 
 
 apply_mask = _apply_mask_py
@@ -187,12 +208,20 @@ class _PayloadBufferPy:
                 raise BufferError("a window of this payload is still in use") from None
         return buf
 
-    def _unmask(self, buf: bytearray, start: int, data: bytes | bytearray | memoryview) -> None:
+    def _mask_at(self, start: int) -> bytes:
+        """The mask rotated so that its first byte applies at payload offset ``start``."""
         mask = self._mask
         phase = start & 3
-        if phase:
-            mask = mask[phase:] + mask[:phase]
-        buf[start : start + len(data)] = _apply_mask_py(data, mask)
+        return mask[phase:] + mask[:phase] if phase else mask
+
+    def _unmask(self, buf: bytearray, start: int, data: bytes | bytearray | memoryview) -> None:
+        """Unmask ``data`` (payload offset ``start``) into ``buf[start:]``."""
+        end = start + len(data)
+        if len(data) >= _TRANSLATE_MIN:
+            buf[start:end] = data
+            _unmask_in_place(buf, start, end, self._mask_at(start))
+        else:
+            buf[start:end] = _apply_mask_py(data, self._mask_at(start))
 
     def window(self) -> memoryview:
         if self.filled >= self.total:
@@ -207,7 +236,7 @@ class _PayloadBufferPy:
         if n < 0 or n > len(buf) - self.filled:
             raise ValueError("more bytes than the window holds")
         start = self.filled
-        self._unmask(buf, start, memoryview(buf)[start : start + n])
+        _unmask_in_place(buf, start, start + n, self._mask_at(start))
         self.filled += n
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
