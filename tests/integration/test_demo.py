@@ -102,7 +102,13 @@ async def test_demo_in_chromium(browser: Any) -> None:
         await page1.click("#blob")
         await wait_received(page2, f"m.type === 'binary' && m.id === '{id1}' && m.size === 8")
 
-        # Reload: the signed cookie brings the same ID back.
+        # Reload: the signed cookie brings the same ID back.  An ID that is
+        # still connected is never handed out twice (a new one then), and a
+        # reload races the old socket's close against the new handshake: so
+        # close it first and wait until the server has let it go (the
+        # others are told "leave").
+        await page1.evaluate("window.wshubDemo.socket.close()")
+        await wait_received(page2, f"m.type === 'leave' && m.id === '{id1}'")
         await page1.reload()
         await page1.wait_for_function("window.wshubDemo.id !== null", timeout=10_000)
         assert await page1.evaluate("window.wshubDemo.id") == id1
