@@ -179,6 +179,9 @@ class AsgiLink:
     def send_prepared(self, frame: bytes) -> bool:
         return self.send_message(frame[1:], frame[:1] == _TEXT_TAG)
 
+    def queue_prepared(self, frame: bytes) -> None:
+        self.send_prepared(frame)
+
     def send_message(self, payload: bytes, text: bool) -> bool:
         if self._close_sent or self._finished:
             raise ConnectionClosedError("the closing handshake has started")

@@ -682,6 +682,10 @@ class WebSocket:
         excluded: set[str] | frozenset[str] | None,
     ) -> int:
         frames: dict[Hashable, bytes] = {}
+        # Nearly every receiver shares one key (same extension settings):
+        # the last key and frame are kept at hand.
+        last_key: Hashable | None = None
+        last_frame = b""
         count = 0
         for client in list(self._clients.values()):
             if excluded is not None and client.id in excluded:
@@ -693,13 +697,16 @@ class WebSocket:
             try:
                 if key is None:
                     link.send_message(payload, text)
+                elif key is last_key:
+                    link.queue_prepared(last_frame)  # raises if the client is closing
                 else:
                     frame = frames.get(key)
                     if frame is None:
                         if not link.is_open:
                             continue
                         frame = frames[key] = link.prepare(payload, text)
-                    link.send_prepared(frame)  # raises if the client is closing
+                    link.queue_prepared(frame)
+                    last_key, last_frame = key, frame
             except ConnectionClosedError:
                 continue
             count += 1

@@ -84,6 +84,10 @@ class Link(Protocol):
 
     def send_prepared(self, frame: bytes) -> bool: ...
 
+    def queue_prepared(self, frame: bytes) -> None:
+        """:meth:`send_prepared` without the high-water answer (for broadcast)."""
+        ...
+
     def send_message(self, payload: bytes, text: bool) -> bool: ...
 
     def ping(self, payload: bytes) -> bool: ...
@@ -451,6 +455,25 @@ class FramedLink:
         if self._closed or self.conn.state != _OPEN:
             raise ConnectionClosedError("the closing handshake has started")
         return self._send(frame)
+
+    def queue_prepared(self, frame: bytes) -> None:
+        # _send, minus the high-water answer that a broadcast does not use
+        # (it asks the transport for its buffer size): the per-receiver step
+        # of every broadcast.
+        if self._closed or self.conn.state != _OPEN:
+            raise ConnectionClosedError("the closing handshake has started")
+        if self._shut:
+            return
+        n = len(frame)
+        self.bytes_written += n
+        batch = self._batch
+        if batch is None:
+            self._batch = batch = []
+            self._flusher.add(self)
+        batch.append(frame)
+        self._batched += n
+        if self._batched > self.config.write_high:
+            self.flush_batch()
 
     def send_message(self, payload: bytes, text: bool) -> bool:
         conn = self.conn
