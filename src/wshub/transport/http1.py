@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
@@ -121,27 +120,8 @@ class Http1Link(FramedLink):
     def _buffered(self) -> int:
         return self.transport.get_write_buffer_size()
 
-    def _socket(self) -> socket.socket | None:
-        sock = self.transport.get_extra_info("socket")
-        return (
-            sock if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) else None
-        )
-
-    def set_no_delay(self, no_delay: bool) -> bool:
-        sock = self._socket()
-        if sock is None:
-            return False
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if no_delay else 0)
-        return True
-
-    def set_keep_alive(self, enable: bool, initial_delay: float) -> bool:
-        sock = self._socket()
-        if sock is None:
-            return False
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if enable else 0)
-        if enable and initial_delay > 0 and hasattr(socket, "TCP_KEEPIDLE"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(initial_delay)))
-        return True
+    def _socket_transport(self) -> asyncio.BaseTransport | None:
+        return self.transport
 
 
 class _DirectReader(asyncio.BufferedProtocol):
@@ -399,22 +379,13 @@ class Http1Protocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self._req
         assert req is not None
-        server = self.server
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > server.max_header_size:
-            self._refuse(431, "request header too large")
-            raise _RequestRefused
+        self._count_head(len(name) + len(value) + 4)
         self._header_count += 1
-        if self._header_count > server.max_headers:
+        if self._header_count > self.server.max_headers:
             self._refuse(431, "too many request headers")
             raise _RequestRefused
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1").strip(" \t")  # OWS: SP and HTAB only
-        headers = req.headers
-        if key in headers:
-            add_header(headers, key, text)  # a repeat: joined
-        else:
-            headers[key] = text
+        # OWS is SP and HTAB only (str.strip() would also take U+00A0 ...).
+        add_header(req.headers, name.decode("latin-1"), value.decode("latin-1").strip(" \t"))
 
     def on_headers_complete(self) -> None:
         req = self._req

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -143,15 +142,6 @@ class _Budget:
         return True
 
 
-def _tcp_socket(transport: asyncio.BaseTransport | None) -> socket.socket | None:
-    if transport is None:
-        return None
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return None
-    return sock  # type: ignore[no-any-return]
-
-
 _REQUEST = 1  # a plain request: collecting its body, or answered by the handler
 _WEBSOCKET = 2  # an open WebSocket (link attached)
 _DONE = 3  # answered / link finished: inbound DATA is acknowledged and dropped
@@ -244,22 +234,9 @@ class Http2Link(FramedLink):
     def _buffered(self) -> int:
         return self._stream.out_size
 
-    def set_no_delay(self, no_delay: bool) -> bool:
+    def _socket_transport(self) -> asyncio.BaseTransport | None:
         # One TCP socket carries every stream of the connection.
-        sock = _tcp_socket(self._proto.transport)
-        if sock is None:
-            return False
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if no_delay else 0)
-        return True
-
-    def set_keep_alive(self, enable: bool, initial_delay: float) -> bool:
-        sock = _tcp_socket(self._proto.transport)
-        if sock is None:
-            return False
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if enable else 0)
-        if enable and initial_delay > 0 and hasattr(socket, "TCP_KEEPIDLE"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(initial_delay)))
-        return True
+        return self._proto.transport
 
 
 class Http2Protocol(asyncio.Protocol):

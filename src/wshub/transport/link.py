@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import weakref
 from collections.abc import Callable, Hashable
 from typing import Protocol
@@ -207,6 +208,16 @@ _OPEN = ConnectionState.OPEN
 _LARGE = 64 * 1024  # payloads from this size on are written without being copied
 
 
+def _tcp_socket(transport: asyncio.BaseTransport | None) -> socket.socket | None:
+    """The TCP (IPv4/IPv6) socket under ``transport``, or None (no socket, Unix)."""
+    if transport is None:
+        return None
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return sock  # type: ignore[no-any-return]
+
+
 class _WriteFlusher:
     """Flushes every link with queued frames once, at the end of a loop iteration."""
 
@@ -361,40 +372,61 @@ class FramedLink:
     def _buffered(self) -> int:
         raise NotImplementedError
 
+    def _socket_transport(self) -> asyncio.BaseTransport | None:
+        """The asyncio transport whose TCP socket carries this link, if any."""
+        return None
+
     def set_no_delay(self, no_delay: bool) -> bool:
-        return False
+        sock = _tcp_socket(self._socket_transport())
+        if sock is None:
+            return False
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if no_delay else 0)
+        return True
 
     def set_keep_alive(self, enable: bool, initial_delay: float) -> bool:
-        return False
+        sock = _tcp_socket(self._socket_transport())
+        if sock is None:
+            return False
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if enable else 0)
+        if enable and initial_delay > 0 and hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(initial_delay)))
+        return True
 
     # ------------------------------------------------------------------ output
 
-    def _send(self, data: bytes) -> bool:
-        """Queue frame bytes; return False above the high-water mark.
+    def _queue(self, data: bytes) -> bool:
+        """Queue frame bytes for the end of this loop iteration; False if
+        this link writes nothing more.
 
-        Frames are written at the end of the current read (or loop
-        iteration), all of a connection's frames in one call: a broadcast
-        of eight messages costs each receiver one write, not eight.
+        Frames are written at the end of the loop iteration, all of a
+        connection's frames in one call: a broadcast of eight messages costs
+        each receiver one write, not eight.
         """
         if self._closed or self._shut:
             return False
         n = len(data)
-        if not n:
+        if n:
+            self.bytes_written += n
+            batch = self._batch
+            if batch is None:
+                self._batch = batch = []
+                self._flusher.add(self)
+            batch.append(data)
+            self._batched += n
+            if self._batched > self.config.write_high:
+                self.flush_batch()
+        return True
+
+    def _send(self, data: bytes) -> bool:
+        """Queue frame bytes; return False above the high-water mark."""
+        if not self._queue(data):
+            return False
+        if not data:
             return True
-        self.bytes_written += n
-        batch = self._batch
-        if batch is None:
-            self._batch = batch = []
-            self._flusher.add(self)
-        batch.append(data)
-        self._batched += n
-        high = self.config.write_high
-        if self._batched > high:
-            self.flush_batch()
         # Node's socket.write contract: False only if bytes are left queued in
         # our memory above the high-water mark, not for a big message the
         # kernel took at once (so drain() after False really has to wait).
-        return self._buffered() + self._batched <= high
+        return self._buffered() + self._batched <= self.config.write_high
 
     def _overflow(self, buffered: int) -> None:
         # The peer does not read and the buffer passed its hard cap: close
@@ -457,23 +489,11 @@ class FramedLink:
         return self._send(frame)
 
     def queue_prepared(self, frame: bytes) -> None:
-        # _send, minus the high-water answer that a broadcast does not use
-        # (it asks the transport for its buffer size): the per-receiver step
-        # of every broadcast.
+        # send_prepared without the high-water answer that a broadcast does
+        # not use (it asks the transport for its buffer size).
         if self._closed or self.conn.state != _OPEN:
             raise ConnectionClosedError("the closing handshake has started")
-        if self._shut:
-            return
-        n = len(frame)
-        self.bytes_written += n
-        batch = self._batch
-        if batch is None:
-            self._batch = batch = []
-            self._flusher.add(self)
-        batch.append(frame)
-        self._batched += n
-        if self._batched > self.config.write_high:
-            self.flush_batch()
+        self._queue(frame)
 
     def send_message(self, payload: bytes, text: bool) -> bool:
         conn = self.conn
