@@ -114,6 +114,7 @@ def upgrade_request(
     key: str | None = None,
     extra: list[tuple[str, str]] | None = None,
     method: str = "GET",
+    encoding: str = "utf-8",
 ) -> bytes:
     lines = [
         f"{method} {path} HTTP/1.1",
@@ -124,7 +125,7 @@ def upgrade_request(
         f"Sec-WebSocket-Version: {version}",
     ]
     lines += [f"{k}: {v}" for k, v in extra or ()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return ("\r\n".join(lines) + "\r\n\r\n").encode(encoding)
 
 
 class RawClient:

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.rawws import upgrade_request
 from wshub.protocol import connection as connection_module
 from wshub.protocol import frames
 from wshub.protocol.connection import Connection, Event
@@ -215,15 +216,13 @@ def _httptools_head(data: bytes) -> tuple[str, str, str, dict[str, str], int] | 
 
 
 def _upgrade(target: str = "/", fields: list[tuple[str, str]] | None = None) -> bytes:
-    base = [
-        ("Host", "127.0.0.1:9001"),
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-        ("Sec-WebSocket-Version", "13"),
-    ]
-    lines = [f"GET {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in base + (fields or [])]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return upgrade_request(
+        target,
+        host="127.0.0.1:9001",
+        key="dGhlIHNhbXBsZSBub25jZQ==",
+        extra=fields,
+        encoding="latin-1",  # every byte 0x80-0xFF on its own, as obs-text
+    )
 
 
 _field_names = st.sampled_from(

@@ -10,28 +10,17 @@ must be the same, and the fast path must really have been taken.
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 
 import pytest
 
 from tests.conftest import StartServer
-from tests.rawws import client_frame, read_frame, read_http_head
+from tests.rawws import client_frame, read_frame, read_http_head, upgrade_request
 from wshub.protocol import frames
 from wshub.transport import http1
 
 
 def request(*fields: tuple[str, str], target: str = "/", version: str = "13") -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    base = [
-        ("Host", "127.0.0.1"),
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Key", key),
-        ("Sec-WebSocket-Version", version),
-    ]
-    lines = [f"GET {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in [*base, *fields]]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return upgrade_request(target, version=version, extra=list(fields))
 
 
 CASES = {
