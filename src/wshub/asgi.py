@@ -462,6 +462,7 @@ class AsgiLink:
         self._done.set()
         listener = self.listener
         if listener is not None:
+            self.listener = None  # the client record points back at us: no cycle
             listener.on_close(code, reason, was_clean)
 
 

@@ -745,9 +745,16 @@ class FramedLink:
             code = CloseCode.ABNORMAL
         listener = self.listener
         if listener is not None:
-            if exc is not None and isinstance(exc, Exception) and not was_clean:
-                listener.on_error(exc)
-            listener.on_close(code, self._close_reason, was_clean)
+            try:
+                if exc is not None and isinstance(exc, Exception) and not was_clean:
+                    listener.on_error(exc)
+                listener.on_close(code, self._close_reason, was_clean)
+            finally:
+                # The listener (the hub's client record) points back at this
+                # link: drop our side of the cycle so that both, and the
+                # transport and buffers hanging from them, are freed at once
+                # by reference counting instead of by a later GC pass.
+                self.listener = None
 
     # -------------------------------------------------------------- flow control
 
