@@ -327,6 +327,10 @@ class WebSocket:
     @session_expires.setter
     def session_expires(self, value: float) -> None:
         self._session_expires = _check_number("session_expires", value)
+        # What follows the value in every Set-Cookie, made once.
+        self._cookie_attrs = (
+            f"; Max-Age={int(self._session_expires)}; Path=/; HttpOnly; SameSite=Lax"
+        )
 
     @property
     def per_message_deflate(self) -> bool | DeflateOptions:
@@ -511,8 +515,8 @@ class WebSocket:
             if self._session_expires > 0:
                 expiry = int(time.time() + self._session_expires)
                 cookie = (
-                    f"{self._cookie_name}={self._signer.sign(client_id, expiry)}; "
-                    f"Max-Age={int(self._session_expires)}; Path=/; HttpOnly; SameSite=Lax"
+                    f"{self._cookie_name}={self._signer.sign(client_id, expiry)}"
+                    f"{self._cookie_attrs}"
                 )
                 if tls:
                     cookie += "; Secure"

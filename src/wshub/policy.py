@@ -6,7 +6,7 @@ ASGI paths all apply the same rule.  Nothing here does I/O; time is passed in.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
@@ -333,8 +333,16 @@ def parse_cookie(header: str | None, name: str) -> str | None:
     return None
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    # base64.urlsafe_b64encode without its two layers of Python wrappers.
+    return binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_URLSAFE).decode()
+
+
+# A random hex digit with its top two bits set to binary 10.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 class ClientIds:
@@ -354,12 +362,15 @@ class ClientIds:
     def new(self) -> str:
         pool = self._pool
         if not pool:
-            raw = bytearray(os.urandom(16 * self._BATCH))
-            for i in range(0, len(raw), 16):
-                raw[i + 6] = (raw[i + 6] & 0x0F) | 0x40  # version 4
-                raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80  # RFC 4122 variant
-                h = raw[i : i + 16].hex()
-                pool.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+            h = os.urandom(16 * self._BATCH).hex()
+            variant = _VARIANT
+            for i in range(0, len(h), 32):
+                # Hex digit 12 is the version (4); the top two bits of digit
+                # 16 are the RFC 4122 variant (binary 10: 8, 9, a or b).
+                pool.append(
+                    f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+                    f"{variant[h[i + 16]]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+                )
         return pool.pop()
 
 

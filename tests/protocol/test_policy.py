@@ -255,6 +255,11 @@ def test_client_ids_are_random_uuid4_strings() -> None:
         parsed = uuid.UUID(text)
         assert str(parsed) == text
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    # The random digits stay random: each variant digit and, in every other
+    # random position, all sixteen hex digits turn up.
+    assert {text[19] for text in made} == set("89ab")
+    for pos in (0, 9, 15, 20, 35):
+        assert len({text[pos] for text in made}) == 16
 
 
 @pytest.mark.parametrize(

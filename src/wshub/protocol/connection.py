@@ -603,7 +603,19 @@ class Connection:
             if state == ConnectionState.CLOSE_RECEIVED or self._read_state == _DISCARD
             else ConnectionState.CLOSE_SENT
         )
-        return build_frame(OP_CLOSE, close_payload(code, reason))
+        if reason or code is None:
+            return build_frame(OP_CLOSE, close_payload(code, reason))
+        # A code without a reason (every reply to a peer's Close): a few
+        # codes come back all the time, their frames are made once.
+        frame = _CLOSE_FRAMES.get(code)
+        if frame is None:
+            frame = build_frame(OP_CLOSE, close_payload(code))
+            if len(_CLOSE_FRAMES) < 64:
+                _CLOSE_FRAMES[code] = frame
+        return frame
+
+
+_CLOSE_FRAMES: dict[int, bytes] = {}
 
 
 class ConnectionClosedError(Exception):

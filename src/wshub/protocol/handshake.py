@@ -124,10 +124,13 @@ def _version(headers: Headers) -> int:
     return int(value)
 
 
-def check_http1_upgrade(method: str, http_version: str, headers: Headers) -> UpgradeInfo:
+def check_http1_upgrade(
+    method: str, http_version: str, headers: Headers, is_upgrade: bool = False
+) -> UpgradeInfo:
     """Validate an HTTP/1.1 upgrade request (RFC 6455 §4.2.1).
 
     Raises :class:`HandshakeError` (400, 405 or 426) when it is not valid.
+    ``is_upgrade``: the caller already found :func:`is_websocket_upgrade` true.
     """
     if method != "GET":
         raise HandshakeError(405, "a WebSocket upgrade must use GET", [("Allow", "GET")])
@@ -137,7 +140,7 @@ def check_http1_upgrade(method: str, http_version: str, headers: Headers) -> Upg
         raise HandshakeError(400, "missing Host header")
     if not _has_token(headers.get("connection", ""), "upgrade"):
         raise HandshakeError(400, "Connection header must contain Upgrade")
-    if not is_websocket_upgrade(headers):
+    if not is_upgrade and not is_websocket_upgrade(headers):
         raise HandshakeError(400, "Upgrade header must contain websocket")
     key = headers.get("sec-websocket-key")
     if key is None:

@@ -49,6 +49,10 @@ if frames.ACCELERATED:
     _parse_upgrade_head = _speedups.parse_upgrade_head
 
 
+# Per transport class: does writelines() gather without joining (see below)?
+_GATHER: dict[type, bool] = {}
+
+
 class Http1Link(FramedLink):
     """A WebSocket over an HTTP/1.1 connection (after the 101)."""
 
@@ -66,7 +70,11 @@ class Http1Link(FramedLink):
         # uvloop's writelines() hands all pieces to one writev() and keeps
         # what the kernel did not take without copying it; asyncio's (3.11)
         # joins them into one new bytes first.
-        self._gather = type(transport).__module__.startswith("uvloop")
+        kind = type(transport)
+        gather = _GATHER.get(kind)
+        if gather is None:
+            gather = _GATHER[kind] = kind.__module__.startswith("uvloop")
+        self._gather = gather
 
     def _write(self, data: bytes) -> None:
         self.transport.write(data)
@@ -280,8 +288,20 @@ class Http1Protocol(asyncio.Protocol):
         self._bytes_in += len(data)
         if self._closing:
             return
-        if self._parser is None:
+        parser = self._parser
+        if parser is None:
             return
+        if parser is _LAZY and not self._sniff:
+            # The first read: nearly always a whole, plain upgrade request,
+            # read by one C call (httptools' parser is made only when not).
+            if _parse_upgrade_head is not None:
+                server = self.server
+                head = _parse_upgrade_head(data, server.max_header_size, server.max_headers)
+                if head is not None and is_websocket_upgrade(head[1]):
+                    self._parser = None
+                    self._handshake("GET", "1.1", head[0], head[1], data[head[2] :], True)
+                    return
+            parser = self._parser = httptools.HttpRequestParser(self)
         if not self._headers_done:
             self._raw_size += len(data)
             sniff = self._sniff
@@ -299,16 +319,6 @@ class Http1Protocol(asyncio.Protocol):
                 # Bytes that never form a request head (slowloris, garbage).
                 self._refuse(431, "request header too large")
                 return
-        parser = self._parser
-        if parser is _LAZY:
-            if _parse_upgrade_head is not None:
-                head = _parse_upgrade_head(
-                    data, self.server.max_header_size, self.server.max_headers
-                )
-                if head is not None and is_websocket_upgrade(head[1]):
-                    self._fast_upgrade(head[0], head[1], data[head[2] :])
-                    return
-            parser = self._parser = httptools.HttpRequestParser(self)
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -457,7 +467,7 @@ class Http1Protocol(asyncio.Protocol):
                 # An upgrade that httptools did not flag (e.g. no "Connection:
                 # upgrade"): judge it as a handshake all the same, so the
                 # client gets a precise 400 instead of a page.
-                self._handshake(req, b"")
+                self._handshake(req.method, req.http_version, req.target, req.headers, b"")
                 return
             self._plain_request(req)
 
@@ -476,18 +486,27 @@ class Http1Protocol(asyncio.Protocol):
             req.keep_alive = False
             self._plain_request(req)
             return
-        self._handshake(req, rest)
+        self._handshake(req.method, req.http_version, req.target, req.headers, rest)
 
-    def _handshake(self, req: _ParsedRequest, rest: bytes) -> None:
+    def _handshake(
+        self,
+        method: str,
+        http_version: str,
+        target: str,
+        headers: Headers,
+        rest: bytes,
+        is_upgrade: bool = False,
+    ) -> None:
+        # is_upgrade: is_websocket_upgrade(headers) is known to be true.
         server = self.server
         hub = server.websocket
         try:
-            info = check_http1_upgrade(req.method, req.http_version, req.headers)
+            info = check_http1_upgrade(method, http_version, headers, is_upgrade)
             if hub is None:
                 raise HandshakeError(404, "no WebSocket endpoint on this server")
             request = UpgradeRequest(
-                target=req.target,
-                headers=req.headers,
+                target=target,
+                headers=headers,
                 info=info,
                 peer=self.peer,
                 scheme="wss" if self.tls else "ws",
@@ -517,23 +536,13 @@ class Http1Protocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=config.write_high, low=config.write_low)
         self.link = link
         self._parser = None
-        link._send(response)
+        link._queue(response)
         # Like bytes_written (which counts the 101), bytes_read counts the
         # request; ``rest`` is counted when the link reads it below.
         link.bytes_read = self._bytes_in - len(rest)
         admission.open(link)
         if rest:
             link.data_received(rest)
-
-    def _fast_upgrade(self, target: str, headers: Headers, rest: bytes) -> None:
-        # A whole, plain upgrade request as the first bytes of the connection,
-        # already parsed: the same as httptools' callbacks would have built.
-        req = _ParsedRequest()
-        req.method = "GET"
-        req.target = target
-        req.headers = headers
-        self._parser = None
-        self._handshake(req, rest)
 
     def _plain_request(self, req: _ParsedRequest) -> None:
         handler = self.server.handler

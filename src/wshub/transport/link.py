@@ -204,6 +204,7 @@ class LinkConfig:
 
 
 _PLAIN_KEY = "plain"
+_ABNORMAL = int(CloseCode.ABNORMAL)
 _OPEN = ConnectionState.OPEN
 _LARGE = 64 * 1024  # payloads from this size on are written without being copied
 
@@ -329,14 +330,16 @@ class FramedLink:
         self._end_after_flush: Callable[[], None] | None = None
         # Fixed once the extension is negotiated: a plain attribute, read
         # once per receiver of every broadcast.
-        self.broadcast_key: Hashable | None = self._broadcast_key()
+        self.broadcast_key: Hashable | None = (
+            _PLAIN_KEY if conn.codec is None else self._broadcast_key()
+        )
         self._pending: list[Event] | None = None
         self._held = False
         self._user_paused = False
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
-        self._close_code = CloseCode.ABNORMAL.value
+        self._close_code = _ABNORMAL
         self._close_reason = ""
         self._closed = False
         self._ping_guard: PingFloodGuard | None = None
@@ -524,7 +527,7 @@ class FramedLink:
     def _start_close(self, code: int | None, reason: str) -> None:
         data = self.conn.send_close(code, reason)
         if data:
-            self._send(data)
+            self._queue(data)
         if self.conn.state == ConnectionState.CLOSED:
             # We answered the peer's Close, or failed the connection: the
             # server closes the TCP connection first (RFC 6455 §7.1.1).
