@@ -234,6 +234,46 @@ is_value_char(unsigned char c)
     return c == '\t' || (c >= 0x20 && c != 0x7F);
 }
 
+/* The field names of nearly every upgrade request, made (and their hashes
+ * computed) once: each request then shares them instead of building its
+ * own strings. */
+static const char *const known_names[] = {
+    "host", "upgrade", "connection", "origin", "cookie", "user-agent", "pragma",
+    "cache-control", "accept-encoding", "accept-language", "sec-websocket-key",
+    "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol",
+    "x-forwarded-for", "forwarded", NULL,
+};
+#define N_KNOWN (sizeof(known_names) / sizeof(known_names[0]) - 1)
+static PyObject *known_objs[N_KNOWN];
+
+static int
+init_known_names(void)
+{
+    size_t i;
+    for (i = 0; i < N_KNOWN; i++) {
+        known_objs[i] = PyUnicode_InternFromString(known_names[i]);
+        if (known_objs[i] == NULL || PyObject_Hash(known_objs[i]) == -1) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* A new reference to the str for this lower-case name. */
+static PyObject *
+field_name(const char *lower, Py_ssize_t n)
+{
+    size_t i;
+    for (i = 0; i < N_KNOWN; i++) {
+        const char *k = known_names[i];
+        if ((Py_ssize_t)strlen(k) == n && memcmp(k, lower, (size_t)n) == 0) {
+            Py_INCREF(known_objs[i]);
+            return known_objs[i];
+        }
+    }
+    return PyUnicode_DecodeLatin1(lower, n, NULL);
+}
+
 static PyObject *
 parse_upgrade_head(PyObject *self, PyObject *args)
 {
@@ -323,7 +363,7 @@ parse_upgrade_head(PyObject *self, PyObject *args)
             || (k == 17 && memcmp(lower, "transfer-encoding", 17) == 0)) {
             goto fallback; /* a body: httptools' business */
         }
-        name = PyUnicode_DecodeLatin1(lower, k, NULL);
+        name = field_name(lower, k);
         if (name == NULL) {
             goto error;
         }
@@ -649,7 +689,7 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     PyObject *m;
-    if (PyType_Ready(&PayloadBufferType) < 0) {
+    if (PyType_Ready(&PayloadBufferType) < 0 || init_known_names() < 0) {
         return NULL;
     }
     m = PyModule_Create(&module);
