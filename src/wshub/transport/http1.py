@@ -58,6 +58,9 @@ class Http1Link(FramedLink):
 
     __slots__ = ("_gather", "transport")
 
+    # The transport's limits are config.write_high/low (set in _handshake).
+    _PAUSE_SHOWS_BUFFER = True
+
     def __init__(
         self,
         transport: asyncio.Transport,

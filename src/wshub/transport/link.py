@@ -284,6 +284,11 @@ class FramedLink:
     :meth:`eof_received` and :meth:`connection_lost`.
     """
 
+    # True where the pipe calls pause_writing() whenever more than
+    # config.write_high bytes wait in it: then, while not paused, the buffer
+    # cannot be over write_limit (>= write_high) and need not be asked.
+    _PAUSE_SHOWS_BUFFER = False
+
     __slots__ = (
         "_batch",
         "_batched",
@@ -464,7 +469,7 @@ class FramedLink:
     def _write_batch(self, batch: list[bytes]) -> None:
         if self._closed or self._shut or not batch:
             return
-        if self.conn.state == ConnectionState.OPEN:
+        if self.conn.state == _OPEN and (self._write_paused or not self._PAUSE_SHOWS_BUFFER):
             buffered = self._buffered()
             if buffered > self.config.write_limit:
                 # Queue nothing more for a peer that does not read; once
