@@ -65,11 +65,24 @@ def masked_frame(
 
 def test_apply_mask_matches_pure_python() -> None:
     _require_accelerator()
-    for n in [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000, 4096, 65537]:
+    # Around the 8-byte, SSE2 (16/64-byte) and AVX2 (32/128-byte) steps.
+    sizes = [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 95, 96, 127, 128, 129]
+    for n in sizes + [159, 160, 191, 255, 256, 257, 1000, 4096, 65537, 1 << 20]:
         data = os.urandom(n)
         mask = os.urandom(4)
         assert frames.apply_mask(data, mask) == frames._apply_mask_py(data, mask)
         assert frames.apply_mask(bytearray(data), mask) == frames._apply_mask_py(data, mask)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=1200), start=st.integers(0, 31), mask=st.binary(min_size=4, max_size=4)
+)
+def test_apply_mask_any_length_and_alignment(data: bytes, start: int, mask: bytes) -> None:
+    # A view that starts anywhere: the vector loops load unaligned memory.
+    _require_accelerator()
+    view = memoryview(data)[min(start, len(data)) :]
+    assert frames.apply_mask(view, mask) == frames._apply_mask_py(bytes(view), mask)
 
 
 def test_scanner_decodes_simple_frames_and_stops_at_others() -> None:
