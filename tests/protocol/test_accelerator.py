@@ -67,7 +67,7 @@ def test_apply_mask_matches_pure_python() -> None:
     _require_accelerator()
     # Around the 8-byte, SSE2 (16/64-byte) and AVX2 (32/128-byte) steps.
     sizes = [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 95, 96, 127, 128, 129]
-    for n in sizes + [159, 160, 191, 255, 256, 257, 1000, 4096, 65537, 1 << 20]:
+    for n in [*sizes, 159, 160, 191, 255, 256, 257, 1000, 4096, 65537, 1 << 20]:
         data = os.urandom(n)
         mask = os.urandom(4)
         assert frames.apply_mask(data, mask) == frames._apply_mask_py(data, mask)
