@@ -11,13 +11,16 @@ still count every byte.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import websockets
 
+from tests.rawws import RawClient, client_frame
 from wshub import HttpServer, WebSocket
 from wshub.transport import http1
 
@@ -108,3 +111,58 @@ def test_large_frames_read_in_place(loop: str, monkeypatch: pytest.MonkeyPatch) 
     frames = sum(n + (14 if n > 65535 else 8) for n in SIZES) + len(SIZES) * (6 + 5 + 6 + 5)
     frames += SIZES[3] + 14 + SIZES[4] + 14
     assert frames < result["bytes_read"] < frames + 1000, result
+
+
+async def _lowat_exchange() -> list[tuple[str, int]]:
+    """A 1 MiB frame sent in three parts with pauses, then a small one; the
+    server socket's SO_RCVLOWAT is read at each pause."""
+    server = HttpServer()
+    ws = WebSocket(server, max_payload=8 << 20)
+    ws.on("message", lambda cid, data: ws.send(cid, data))
+    await server.serve("127.0.0.1", 0)
+    seen: list[tuple[str, int]] = []
+    try:
+        client = await RawClient.connect("127.0.0.1", server.port)
+        [cid] = ws.clients
+        link = ws._clients[cid].link
+        assert isinstance(link, http1.Http1Link)
+        sock = link.transport.get_extra_info("socket")
+
+        def mark(when: str) -> None:
+            seen.append((when, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)))
+
+        payload = os.urandom(1 << 20)
+        frame = client_frame(0x2, payload)
+        cuts = [0, 300_000, len(frame) - 10_000, len(frame)]
+        mark("before")
+        for i, (start, end) in enumerate(itertools.pairwise(cuts)):
+            await client.send(frame[start:end])
+            await asyncio.sleep(0.2)  # let the server read what it can
+            if i < len(cuts) - 2:
+                mark(f"after part {i + 1}")
+        # Only the last 10,000 bytes were missing: if the mark had stayed
+        # above that, this would never arrive.
+        assert await asyncio.wait_for(client.recv(), 10) == (True, 0x2, payload)
+        mark("after the frame")
+        await client.send(client_frame(0x1, b"small"))
+        assert await asyncio.wait_for(client.recv(), 10) == (True, 0x1, b"small")
+        client.close()
+    finally:
+        await server.close(timeout=2.0)
+    return seen
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_low_water_mark_while_reading_a_large_frame(loop: str) -> None:
+    with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+        seen = runner.run(_lowat_exchange())
+    marks = dict(seen)
+    assert marks["before"] == 1
+    # 1 MiB + 14 bytes of header: after 300,000 bytes, more than 256 KiB is
+    # missing, so the mark is 256 KiB ...
+    assert marks["after part 1"] == http1._LOWAT
+    # ... and once less than that is missing, it is what is missing (at
+    # most), so the last 10,000 bytes complete the frame.
+    assert 1 <= marks["after part 2"] <= 10_000
+    # Back to normal after the frame: the small message came back.
+    assert marks["after the frame"] == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
@@ -144,12 +145,44 @@ class _DirectReader(asyncio.BufferedProtocol):
     protocol takes the transport back.
     """
 
-    __slots__ = ("_link", "_proto", "_spare")
+    __slots__ = ("_link", "_lowat", "_proto", "_sock", "_spare")
 
     def __init__(self, proto: Http1Protocol, link: Http1Link) -> None:
         self._proto = proto
         self._link = link
         self._spare: bytearray | None = None
+        self._sock = link.transport.get_extra_info("socket")
+        self._lowat = 1
+
+    def set_lowat(self) -> None:
+        """Have the socket report readable only once ``_LOWAT`` bytes of the
+        frame (or all of its rest) are in, and as usual again after it.
+
+        A 1 MiB frame then takes a handful of reads instead of dozens: fewer
+        wakeups here, and fewer for the sender to pay (on loopback the
+        sender's CPU delivers the data and wakes us).  The mark never
+        exceeds what the frame still lacks, so the frame always completes;
+        a FIN or an error is reported whatever the mark.
+        """
+        buf = self._link.conn.direct_payload
+        left = 0 if buf is None else buf.total - buf.filled
+        if self._lowat == 1:
+            if left < _LOWAT:
+                return  # not worth two system calls
+            want = _LOWAT
+        else:
+            want = max(1, min(left, self._lowat))
+            if want == self._lowat:
+                return
+        sock = self._sock
+        if sock is None or _SO_RCVLOWAT is None:
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVLOWAT, want)
+        except OSError:  # not supported here: read as usual
+            self._sock = None
+            return
+        self._lowat = want
 
     def get_buffer(self, sizehint: int) -> memoryview | bytearray:
         window = self._link.conn.read_window()
@@ -171,6 +204,8 @@ class _DirectReader(asyncio.BufferedProtocol):
         link.window_filled(nbytes)
         if link.conn.direct_payload is None:
             self._proto._end_direct()
+        else:
+            self.set_lowat()
 
     def eof_received(self) -> bool | None:
         return self._proto.eof_received()
@@ -192,6 +227,11 @@ _SWITCHING = (
 
 # Hand the transport to a _DirectReader only for this much left to read.
 _DIRECT_READ_MIN = 16384
+# While it reads a frame with at least this much left, it asks the socket
+# to report readable for no less than this much (or the frame's rest).
+# Measured: 256 KiB beat 128 KiB and matched 512 KiB and 1 MiB in S3.
+_LOWAT = 256 * 1024
+_SO_RCVLOWAT: int | None = getattr(socket, "SO_RCVLOWAT", None)
 
 
 class _ParsedRequest:
@@ -343,11 +383,14 @@ class Http1Protocol(asyncio.Protocol):
         if reader is None:
             reader = self._direct = _DirectReader(self, link)
         transport.set_protocol(reader)
+        reader.set_lowat()
 
     def _end_direct(self) -> None:
         transport = self.transport
         if transport is not None and transport.get_protocol() is not self:
             transport.set_protocol(self)
+            if self._direct is not None:
+                self._direct.set_lowat()
 
     def eof_received(self) -> bool | None:
         if self.link is not None:
