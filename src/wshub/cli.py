@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
         help="what compresses permessage-deflate messages (default auto: ISA-L when installed)",
     )
     serve.add_argument(
+        "--loopback-congestion",
+        default="cubic",
+        metavar="NAME",
+        help="TCP congestion control for large messages to clients on this host "
+        "(default cubic; 'system' leaves the system's choice)",
+    )
+    serve.add_argument(
         "--max-payload",
         type=int,
         default=64 * 1024 * 1024,
@@ -133,7 +140,12 @@ def _deflate_option(args: argparse.Namespace) -> bool | DeflateOptions:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    server = HttpServer()
+    cc = None if args.loopback_congestion == "system" else args.loopback_congestion
+    try:
+        server = HttpServer(loopback_congestion=cc)
+    except ValueError as exc:
+        print(f"wshub serve: --loopback-congestion: {exc}", file=sys.stderr)
+        return EXIT_UNSUPPORTED
     ws = WebSocket(
         server,
         allow_origin=_origin_option(args.allow_origin),

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -135,3 +138,52 @@ async def test_serve_without_isal_exits_3_for_compressor_isal() -> None:
     _out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 3, err
     assert b"pip install isal" in err
+
+
+def _server_side_cc(port: int) -> str:
+    """The congestion control of the server's end of the one connection on ``port`` (ss)."""
+    if shutil.which("ss") is None:
+        pytest.fail("ss (iproute2) is needed to read the server socket's congestion control")
+    out = subprocess.run(
+        ["ss", "-tin", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for name in ("reno", "cubic", "bbr", "dctcp", "vegas", "westwood", "htcp"):
+        if f" {name} " in f" {out} ".replace("\n", " "):
+            return name
+    raise AssertionError(f"no congestion control in ss output:\n{out}")
+
+
+@pytest.mark.parametrize(("option", "expect"), [("reno", "reno"), ("system", None)])
+async def test_serve_loopback_congestion(option: str, expect: str | None) -> None:
+    default = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    if default == "reno":
+        pytest.fail("the system default is reno already: the switch cannot be seen")
+    port = free_port()
+    program = await start_program(serve_argv("script", port, "--loopback-congestion", option), port)
+    try:
+        async with websockets.connect(
+            f"ws://127.0.0.1:{port}/", compression=None, max_size=None
+        ) as ws:
+            await ws.send(b"x" * 10)
+            assert await ws.recv() == b"x" * 10
+            assert _server_side_cc(port) == default
+            await ws.send(bytes(100_000))
+            assert await ws.recv() == bytes(100_000)
+            assert _server_side_cc(port) == (expect or default)
+    finally:
+        status, err = await program.stop()
+    assert status == 0, err
+
+
+async def test_serve_refuses_a_bad_congestion_name() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *serve_argv("script", free_port(), "--loopback-congestion", "a b"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 3, err
+    assert b"--loopback-congestion" in err

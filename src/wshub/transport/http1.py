@@ -27,7 +27,7 @@ from ..protocol.handshake import (
     check_http1_upgrade,
     is_websocket_upgrade,
 )
-from .link import FramedLink, LinkConfig, UpgradeRequest
+from .link import FramedLink, LinkConfig, UpgradeRequest, is_loopback
 
 if TYPE_CHECKING:
     from .server import HttpServer
@@ -582,6 +582,8 @@ class Http1Protocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=config.write_high, low=config.write_low)
         self.link = link
         self._parser = None
+        if server.loopback_congestion is not None and is_loopback(self.peer[0]):
+            link._bulk_cc = server.loopback_congestion
         link._queue(response)
         # Like bytes_written (which counts the 101), bytes_read counts the
         # request; ``rest`` is counted when the link reads it below.

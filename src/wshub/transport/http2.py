@@ -45,7 +45,7 @@ from hyperframe.frame import GoAwayFrame
 from ..http import Request, Response, call_handler, finished_response
 from ..protocol.connection import Connection
 from ..protocol.handshake import HandshakeError, Headers, add_header, check_h2_connect
-from .link import FramedLink, LinkConfig, UpgradeRequest
+from .link import FramedLink, LinkConfig, UpgradeRequest, is_loopback
 
 if TYPE_CHECKING:
     from .http1 import Http1Protocol
@@ -557,6 +557,9 @@ class Http2Protocol(asyncio.Protocol):
         config = admission.config
         conn = Connection(max_payload=config.max_payload, codec=admission.codec)
         link = Http2Link(self, stream, conn, config)
+        cc = self.server.loopback_congestion
+        if cc is not None and is_loopback(self.peer[0]):
+            link._bulk_cc = cc
         stream.link = link
         stream.kind = _WEBSOCKET
         self._transmit()

@@ -204,6 +204,14 @@ class LinkConfig:
 
 
 _PLAIN_KEY = "plain"
+_TCP_CONGESTION: int | None = getattr(socket, "TCP_CONGESTION", None)
+
+
+def is_loopback(ip: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped 127.x addresses."""
+    return ip.startswith(("127.", "::ffff:127.")) or ip == "::1"
+
+
 _ABNORMAL = int(CloseCode.ABNORMAL)
 _OPEN = ConnectionState.OPEN
 _LARGE = 64 * 1024  # payloads from this size on are written without being copied
@@ -292,6 +300,7 @@ class FramedLink:
     __slots__ = (
         "_batch",
         "_batched",
+        "_bulk_cc",
         "_close_code",
         "_close_reason",
         "_close_timer",
@@ -330,6 +339,9 @@ class FramedLink:
         self._batch: list[bytes] | None = None
         self._batched = 0
         self._shut = False
+        # A congestion control to switch to before the first large message
+        # (set by the transport for a peer on this host), or None.
+        self._bulk_cc: str | None = None
         self._flusher = _flusher_for(self._loop)
         # Set when the pipe is to be closed once the queued frames are out.
         self._end_after_flush: Callable[[], None] | None = None
@@ -383,6 +395,28 @@ class FramedLink:
     def _socket_transport(self) -> asyncio.BaseTransport | None:
         """The asyncio transport whose TCP socket carries this link, if any."""
         return None
+
+    def _tune_for_bulk(self) -> None:
+        """Before the first large message to a peer on this host: switch the
+        socket to ``_bulk_cc`` (HttpServer's ``loopback_congestion``).
+
+        A pacing congestion control (BBR) spreads a large write on loopback
+        into many small timed bursts: timer interrupts on our CPU and a
+        wakeup of the peer for each, with no network to protect (the data
+        never leaves the host).  Done once per connection; a refusal
+        (unknown or not allowed name, no TCP socket) leaves it as it was.
+        """
+        cc = self._bulk_cc
+        self._bulk_cc = None
+        sock = _tcp_socket(self._socket_transport())
+        if cc is None or sock is None or _TCP_CONGESTION is None:
+            return
+        try:
+            current = sock.getsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, 16)
+            if current.split(b"\0", 1)[0] != cc.encode():
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, cc.encode())
+        except OSError as exc:
+            log.debug("could not set congestion control %r: %s", cc, exc)
 
     def set_no_delay(self, no_delay: bool) -> bool:
         sock = _tcp_socket(self._socket_transport())
@@ -506,6 +540,8 @@ class FramedLink:
     def send_message(self, payload: bytes, text: bool) -> bool:
         conn = self.conn
         if len(payload) >= _LARGE and conn.codec is None:
+            if self._bulk_cc is not None:
+                self._tune_for_bulk()
             # Header and payload go out as two pieces: no copy of a large
             # payload just to put a few header bytes in front of it.
             self._send(conn.message_header(len(payload), text))
