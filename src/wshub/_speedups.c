@@ -307,12 +307,14 @@ static const char *const known_names[] = {
 };
 #define N_KNOWN (sizeof(known_names) / sizeof(known_names[0]) - 1)
 static PyObject *known_objs[N_KNOWN];
+static size_t known_lens[N_KNOWN];
 
 static int
 init_known_names(void)
 {
     size_t i;
     for (i = 0; i < N_KNOWN; i++) {
+        known_lens[i] = strlen(known_names[i]);
         known_objs[i] = PyUnicode_InternFromString(known_names[i]);
         if (known_objs[i] == NULL || PyObject_Hash(known_objs[i]) == -1) {
             return -1;
@@ -327,8 +329,7 @@ field_name(const char *lower, Py_ssize_t n)
 {
     size_t i;
     for (i = 0; i < N_KNOWN; i++) {
-        const char *k = known_names[i];
-        if ((Py_ssize_t)strlen(k) == n && memcmp(k, lower, (size_t)n) == 0) {
+        if ((Py_ssize_t)known_lens[i] == n && memcmp(known_names[i], lower, (size_t)n) == 0) {
             Py_INCREF(known_objs[i]);
             return known_objs[i];
         }

@@ -377,7 +377,7 @@ class ClientIds:
 class SessionSigner:
     """Signs and checks session cookies ``<id>.<expiry>.<HMAC-SHA256>``."""
 
-    __slots__ = ("_inner", "_key", "_outer")
+    __slots__ = ("_inner", "_outer")
 
     def __init__(self, secret: bytes | str | None) -> None:
         if secret is None:
@@ -389,7 +389,6 @@ class SessionSigner:
             raise TypeError("secret must be bytes or str")
         if not secret:
             raise ValueError("secret must not be empty")
-        self._key = secret
         # HMAC (RFC 2104) with the keyed inner and outer states computed
         # once: each MAC then hashes only the message (half the time of
         # hmac.digest, which sets the key up on every call).
