@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -111,3 +112,16 @@ async def wait_for(
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def system_congestion_control() -> str:
+    """The system's default TCP congestion control, for the loopback_congestion
+    tests, which switch to "reno" (built into every Linux kernel, and any user
+    may pick it): fails if the switch could not be seen."""
+    default_cc = Path("/proc/sys/net/ipv4/tcp_congestion_control")
+    if not hasattr(socket, "TCP_CONGESTION") or not default_cc.exists():
+        pytest.fail("needs Linux (TCP_CONGESTION and /proc/sys/net/ipv4/tcp_congestion_control)")
+    name = default_cc.read_text().strip()
+    if name == "reno":
+        pytest.fail("the system default is reno already: the switch to reno cannot be seen")
+    return name

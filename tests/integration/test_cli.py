@@ -12,13 +12,12 @@ import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 
-from tests.conftest import run_node
+from tests.conftest import run_node, system_congestion_control
 from tests.integration.cli_support import free_port, start_program, wshub_command
 
 
@@ -158,9 +157,7 @@ def _server_side_cc(port: int) -> str:
 
 @pytest.mark.parametrize(("option", "expect"), [("reno", "reno"), ("system", None)])
 async def test_serve_loopback_congestion(option: str, expect: str | None) -> None:
-    default = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
-    if default == "reno":
-        pytest.fail("the system default is reno already: the switch cannot be seen")
+    default = system_congestion_control()
     port = free_port()
     program = await start_program(serve_argv("script", port, "--loopback-congestion", option), port)
     try:

@@ -12,27 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 
-from tests.conftest import StartServer, wait_for
+from tests.conftest import StartServer, system_congestion_control, wait_for
 from tests.integration.h2_client_support import OP_BINARY, H2Client
 from wshub import HttpServer, WebSocket
 from wshub.transport.link import is_loopback
-
-DEFAULT_CC = Path("/proc/sys/net/ipv4/tcp_congestion_control")
-
-
-def _system_default() -> str:
-    if not hasattr(socket, "TCP_CONGESTION") or not DEFAULT_CC.exists():
-        pytest.fail("needs Linux (TCP_CONGESTION and /proc/sys/net/ipv4/tcp_congestion_control)")
-    name = DEFAULT_CC.read_text().strip()
-    if name == "reno":
-        pytest.fail("the system default is reno already: the switch to reno cannot be seen")
-    return name
 
 
 def _cc(sock: Any) -> str:
@@ -58,7 +46,7 @@ def _server_socket(ws: WebSocket) -> Any:
 async def test_large_message_to_a_local_client(
     start_server: StartServer, option: str | None, sizes: list[int], expect_switch: bool
 ) -> None:
-    default = _system_default()
+    default = system_congestion_control()
     srv = await start_server(server_options={"loopback_congestion": option})
     srv.ws.on("message", lambda cid, data: srv.ws.send(cid, data))
     async with websockets.connect(srv.url, compression=None, max_size=None) as client:
@@ -73,7 +61,7 @@ async def test_large_message_to_a_local_client(
 
 
 async def test_large_message_over_http2() -> None:
-    default = _system_default()
+    default = system_congestion_control()
     server = HttpServer(loopback_congestion="reno")
     ws = WebSocket(server)
     await server.serve("127.0.0.1", 0)
