@@ -71,10 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--loopback-congestion",
-        default="cubic",
+        default="system",
         metavar="NAME",
-        help="TCP congestion control for large messages to clients on this host "
-        "(default cubic; 'system' leaves the system's choice)",
+        help="TCP congestion control for large messages to clients on this host, "
+        "e.g. cubic (default 'system': leave the system's choice)",
     )
     serve.add_argument(
         "--max-payload",

@@ -155,11 +155,13 @@ def _server_side_cc(port: int) -> str:
     raise AssertionError(f"no congestion control in ss output:\n{out}")
 
 
-@pytest.mark.parametrize(("option", "expect"), [("reno", "reno"), ("system", None)])
-async def test_serve_loopback_congestion(option: str, expect: str | None) -> None:
+@pytest.mark.parametrize(("option", "expect"), [("reno", "reno"), ("system", None), (None, None)])
+async def test_serve_loopback_congestion(option: str | None, expect: str | None) -> None:
+    # None: no option given; the tuning is off by default.
     default = system_congestion_control()
     port = free_port()
-    program = await start_program(serve_argv("script", port, "--loopback-congestion", option), port)
+    extra = () if option is None else ("--loopback-congestion", option)
+    program = await start_program(serve_argv("script", port, *extra), port)
     try:
         async with websockets.connect(
             f"ws://127.0.0.1:{port}/", compression=None, max_size=None

@@ -2,7 +2,8 @@
 
 Before the first message of 64 KiB or more to a client on a loopback
 address, the connection's socket is switched to the named congestion
-control (default "cubic": no pacing of data that never leaves the host).
+control (e.g. "cubic": no pacing of data that never leaves the host).
+It is benchmark tuning and off by default (None: the system's choice).
 The tests name "reno", which every Linux kernel has built in and lets any
 user choose, so they do not depend on which modules are loaded; the
 "before" figure is the system's default, read from /proc.
@@ -34,12 +35,16 @@ def _server_socket(ws: WebSocket) -> Any:
     return link._socket_transport().get_extra_info("socket")
 
 
+_DEFAULT: Any = object()  # the option not given at all
+
+
 @pytest.mark.parametrize(
     ("option", "sizes", "expect_switch"),
     [
         ("reno", [10, 70_000, 10], True),  # switched before the large one
         ("reno", [10, 60_000, 10], False),  # no large message: left alone
         (None, [10, 70_000, 10], False),  # switched off
+        (_DEFAULT, [10, 70_000, 10], False),  # off by default
         ("nosuchcc", [10, 70_000, 10], False),  # refused by the kernel: left alone
     ],
 )
@@ -47,7 +52,8 @@ async def test_large_message_to_a_local_client(
     start_server: StartServer, option: str | None, sizes: list[int], expect_switch: bool
 ) -> None:
     default = system_congestion_control()
-    srv = await start_server(server_options={"loopback_congestion": option})
+    options = {} if option is _DEFAULT else {"loopback_congestion": option}
+    srv = await start_server(server_options=options)
     srv.ws.on("message", lambda cid, data: srv.ws.send(cid, data))
     async with websockets.connect(srv.url, compression=None, max_size=None) as client:
         await wait_for(lambda: len(srv.ws.clients) == 1, what="client registered")
@@ -80,6 +86,10 @@ async def test_large_message_over_http2() -> None:
         await client.close()
     finally:
         await server.close(timeout=2.0)
+
+
+def test_off_by_default() -> None:
+    assert HttpServer().loopback_congestion is None
 
 
 def test_is_loopback() -> None:

@@ -59,17 +59,20 @@ class HttpServer:
     line and headers, ``max_headers`` header fields (431 past either),
     ``max_body_size`` bytes of a plain request's body (413).
 
-    ``loopback_congestion`` (Linux): before the first uncompressed message
-    of 64 KiB or more to a WebSocket client on this host (127.0.0.0/8,
-    ``::1`` - a reverse proxy on the same machine, a local benchmark), that
-    connection's socket switches to this TCP congestion control, if it is
-    not using it already.  The default, ``"cubic"``, does not pace: a pacing
-    one such as BBR spreads a large write into many small timed bursts, each
-    costing a timer interrupt and a wakeup of the reader, to protect a
-    network that loopback data never crosses (1 MiB echo on loopback:
-    about +20 % with BBR as the system default).  ``None`` leaves every
-    socket as the system made it; a name the kernel refuses is ignored
-    (logged at debug level).  Remote clients are never affected.
+    ``loopback_congestion`` (Linux; benchmark tuning, off by default):
+    before the first uncompressed message of 64 KiB or more to a WebSocket
+    client on this host (127.0.0.0/8, ``::1`` - a reverse proxy on the same
+    machine, a local benchmark), that connection's socket switches to this
+    TCP congestion control, if it is not using it already.  ``"cubic"``
+    does not pace: a pacing one such as BBR spreads a large write into many
+    small timed bursts, each costing a timer interrupt and a wakeup of the
+    reader, to protect a network that loopback data never crosses (1 MiB
+    echo on loopback: about +20 % with BBR as the system default).  It
+    changes kernel behaviour and it hurt other shapes (many connections
+    with 64 KiB messages), so it is opt-in: the default, ``None``, leaves
+    every socket as the system made it (see docs/performance.md, "Tunings
+    and what they cost").  A name the kernel refuses is ignored (logged at
+    debug level).  Remote clients are never affected.
     """
 
     def __init__(
@@ -80,7 +83,7 @@ class HttpServer:
         max_header_size: int = 16 * 1024,
         max_headers: int = 100,
         max_body_size: int = 1024 * 1024,
-        loopback_congestion: str | None = "cubic",
+        loopback_congestion: str | None = None,
     ) -> None:
         if handshake_timeout < 0:
             raise ValueError("handshake_timeout must be >= 0")
