@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from ._version import __version__
 from .errors import (
     ClientNotFound,
     ConnectionClosedError,
@@ -19,8 +20,6 @@ from .hub import CloseEvent, WebSocket
 from .protocol.deflate import DeflateOptions
 from .protocol.frames import CloseCode
 from .transport.server import HttpServer
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ClientNotFound",

@@ -10,6 +10,7 @@ import sys
 from importlib import resources
 from typing import Any
 
+from ._version import __version__
 from .backplane import Backplane, make_backplane
 from .http import Request, Response
 from .hub import CloseEvent, WebSocket
@@ -57,6 +58,7 @@ def _common(p: argparse.ArgumentParser, default_port: int) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wshub", description="wshub WebSocket server")
+    parser.add_argument("--version", action="version", version=f"wshub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="an echo or broadcast server on path /")
