@@ -1,4 +1,4 @@
-"""The seed README's back-end example, in Python with wshub.
+"""The back-end example of the README of Node's ``@jadsonlucena/websocket``, in Python.
 
 The Node original::
 
@@ -14,9 +14,9 @@ The Node original::
         webSocket.clients.forEach(id => webSocket.send(id, data));    // Broadcast
     });
 
-Run it (the seed listens on port 80; here the port is an argument)::
+Run it (the Node original listens on port 80; here the port is an argument)::
 
-    python examples/seed_example.py 8080
+    python examples/node_readme_example.py 8080
 
 and connect a WebSocket to ``ws://127.0.0.1:8080/chat?token=123``: what you
 send comes back twice, once as the single-client reply and once as the
@@ -31,7 +31,7 @@ from wshub import ClientNotFound, CloseEvent, HttpServer, Request, WebSocket
 
 
 def end(request: Request) -> bytes:
-    # The seed's ``(req, res) => res.end()``: an empty 200 for plain requests.
+    # The original's ``(req, res) => res.end()``: an empty 200 for plain requests.
     return b""
 
 
@@ -43,7 +43,7 @@ web_socket = WebSocket(http_server)
 def opened(client_id: str) -> None:
     try:
         print("Connect", client_id, web_socket.url(client_id).geturl(), flush=True)
-    except ClientNotFound as err:  # gone already: the seed's try/catch
+    except ClientNotFound as err:  # gone already: the original's try/catch
         print(err, flush=True)
 
 
@@ -63,7 +63,7 @@ def chat(client_id: str, data: str | bytes) -> None:
     print("Data", client_id, repr(data), flush=True)
     try:
         web_socket.send(client_id, data)  # single client
-        for other in web_socket.clients:  # broadcast, as the seed spells it
+        for other in web_socket.clients:  # broadcast, as the original spells it
             web_socket.send(other, data)
     except ClientNotFound as err:
         print(err, flush=True)

@@ -1,4 +1,4 @@
-"""The seed's Node encodings: how a Python ``str`` maps to payload bytes.
+"""The Node encodings of ``@jadsonlucena/websocket``: how a Python ``str`` maps to payload bytes.
 
 ``utf8`` and ``ascii`` make text frames; ``base64``, ``hex``, ``binary``
 (Latin-1), ``utf16le`` and ``ucs2`` describe arbitrary bytes and so make

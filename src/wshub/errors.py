@@ -19,7 +19,7 @@ class WsHubError(Exception):
 
 
 class ClientNotFound(WsHubError, KeyError):
-    """No client with this ID is connected (the seed's ``ReferenceError('Not Found')``)."""
+    """No client with this ID is connected (Node's ``ReferenceError('Not Found')``)."""
 
     def __init__(self, client_id: object) -> None:
         super().__init__(client_id)

@@ -1,4 +1,6 @@
-"""``WebSocket``: the seed's API — clients by ID, events, send/broadcast, socket methods.
+"""``WebSocket``: clients by ID, events, send/broadcast, socket methods.
+
+The API of the Node library ``@jadsonlucena/websocket``, in Python.
 
 The hub never touches a socket or an HTTP version: it judges upgrades
 (:meth:`WebSocket.admit`), then talks to each client through a
@@ -59,7 +61,7 @@ class CloseEvent:
 
     @property
     def message(self) -> str:
-        """Alias of :attr:`reason`, as the seed named it."""
+        """Alias of :attr:`reason`, as ``@jadsonlucena/websocket`` named it."""
         return self.reason
 
     def __repr__(self) -> str:

@@ -88,6 +88,37 @@ def _split_host_header(host: str) -> tuple[str, int | None] | None:
         return None
     return name, port
 
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: host [":" port], where host is an IP
+# literal in brackets or a reg-name (unreserved, pct-encoded, sub-delims).
+_HOST_HEADER = re.compile(
+    r"(\[[0-9A-Za-z:.%_~-]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::([0-9]{0,5}))?"
+)
+
+
+def valid_host(host: str) -> bool:
+    """Whether a ``Host`` (or ``:authority``) value is a host with an optional port.
+
+    Anything that could end or change the authority of a URL built from it
+    (``/``, ``?``, ``#``, ``@``, whitespace, a backslash ...) is refused:
+    the host is only ever the netloc, never part of the path.  An empty
+    value (no host known) is allowed.
+    """
+    if not host:
+        return True
+    match = _HOST_HEADER.fullmatch(host)
+    if match is None:
+        return False
+    port = match.group(2)
+    if port and int(port) > 65535:
+        return False
+    if host.startswith("["):
+        try:
+            urlsplit("//" + host)  # checks what is inside the brackets
+        except ValueError:
+            return False
+    return True
+
+
 
 class OriginPolicy:
     """The ``allow_origin`` rule: None (same origin), ``"*"``, or exact origins."""

@@ -1,4 +1,4 @@
-"""examples/seed_example.py, the seed README's back-end in Python, used by real clients."""
+"""examples/node_readme_example.py (the Node library's README back-end) used by real clients."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from tests.integration.cli_support import ROOT, free_port, start_program
 from tests.rawws import http_exchange
 
 
-async def test_seed_example_chat() -> None:
+async def test_node_readme_example_chat() -> None:
     port = free_port()
     program = await start_program(
-        [sys.executable, str(ROOT / "examples" / "seed_example.py"), str(port)], port
+        [sys.executable, str(ROOT / "examples" / "node_readme_example.py"), str(port)], port
     )
     try:
         url = f"ws://127.0.0.1:{port}/chat?token=123"
@@ -30,13 +30,13 @@ async def test_seed_example_chat() -> None:
                 await b.send(b"\x00binary")
                 assert [await b.recv(), await b.recv()] == [b"\x00binary"] * 2
                 assert await a.recv() == b"\x00binary"  # the broadcast reached a
-            # And a Node ws client, as the seed's front-end would be.
+            # And a Node ws client, as the original's front-end would be.
             plan: dict[str, Any] = {"send": [{"text": "from node"}], "expect": 2}
             plan["close"] = [1000, ""]
             result = await run_node("client.mjs", url, json.dumps(plan))
             assert [m["data"] for m in result["messages"]] == ["from node", "from node"]
             assert await a.recv() == "from node"
-        # The seed's plain HTTP handler: res.end().
+        # The original's plain HTTP handler: res.end().
         reply = await http_exchange(
             "127.0.0.1", port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )

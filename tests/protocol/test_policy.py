@@ -347,27 +347,77 @@ def test_sustained_fast_pinging_is_closed_eventually() -> None:
 @given(
     target=st.text(alphabet="/?#%&=.:;@!$'()*+,~-_ab\t\r\n\\[]é", max_size=25),
     host=st.one_of(
-        st.sampled_from(["127.0.0.1:9001", "[::1]:80", "example.com", ""]),
-        st.text(alphabet="ab.:[]@\t\n/?#é\u2100", max_size=8),
+        st.sampled_from(["127.0.0.1:9001", "[::1]:80", "example.com", "", "x/admin?"]),
+        st.text(alphabet="ab.:[]@\t\n /?#é\u2100", max_size=8),
     ),
     scheme=st.sampled_from(["ws", "wss"]),
 )
-def test_request_path_is_urlsplits_path(target: str, host: str, scheme: str) -> None:
-    # The per-path event name comes from request_path: it must be what
-    # urlsplit says (or raise where it raises) for every host and target.
+def test_the_path_comes_from_the_target_alone(target: str, host: str, scheme: str) -> None:
+    # The per-path event name and url() come from the target; the Host is
+    # only ever the netloc, and one that could be more is refused (#15).
     from urllib.parse import urlsplit
 
-    from wshub.hub import request_path
+    from wshub.hub import split_target
+    from wshub.policy import valid_host
 
-    for t in (target, "/" + target):
-        url_text = f"{scheme}://{host}{t}"
-        try:
-            expected = urlsplit(url_text).path
-        except ValueError:
-            with pytest.raises(ValueError):
-                request_path(url_text, host, t)
-            continue
-        assert request_path(url_text, host, t) == expected
+    t = "/" + target
+    path, query = split_target(t)
+    expected = urlsplit(f"{scheme}://example.com{t}")
+    assert (path, query) == (expected.path, expected.query)
+    if any(c in host for c in "/?#@\\ \t\r\n"):
+        assert not valid_host(host)
+    if valid_host(host):
+        url = urlsplit(f"{scheme}://{host}{path}" + (f"?{query}" if query else ""))
+        assert (url.netloc, url.path, url.query) == (host, path, query)
+        _ = url.port  # no ValueError either
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/a/b?c=d#e", ("/a/b", "c=d")),
+        ("//evil.example/x", ("//evil.example/x", "")),
+        ("ws://other.example/chat?x=1", ("/chat", "x=1")),
+        ("http://other.example", ("/", "")),
+    ],
+)
+def test_split_target(target: str, expected: tuple[str, str]) -> None:
+    from wshub.hub import split_target
+
+    assert split_target(target) == expected
+
+
+@pytest.mark.parametrize("target", ["*", "admin", "", "x://"])
+def test_split_target_refuses_what_is_not_a_target(target: str) -> None:
+    from wshub.hub import split_target
+
+    with pytest.raises(ValueError):
+        split_target(target)
+
+
+@pytest.mark.parametrize(
+    ("host", "ok"),
+    [
+        ("example.com", True),
+        ("example.com:8080", True),
+        ("127.0.0.1:9001", True),
+        ("[::1]:80", True),
+        ("", True),
+        ("x/admin?", False),
+        ("a@b", False),
+        ("a b", False),
+        ("a#b", False),
+        ("a\\b", False),
+        ("a.example, b.example", False),  # two Host fields, joined
+        ("[nope]", False),
+        ("a:99999", False),
+        ("é.example", False),
+    ],
+)
+def test_valid_host(host: str, ok: bool) -> None:
+    from wshub.policy import valid_host
+
+    assert valid_host(host) is ok
 
 
 @pytest.mark.parametrize("value", [None, ["http://a.example", "https://b.example:8443"]])

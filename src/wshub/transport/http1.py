@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 
 from ..http import Request, Response, call_handler, finished_response, reason_phrase
+from ..policy import valid_host
 from ..protocol import frames
 from ..protocol.connection import Connection
 from ..protocol.handshake import (
@@ -600,6 +601,10 @@ class Http1Protocol(asyncio.Protocol):
         request = Request.from_target(
             method=req.method,
             target=req.target,
+        if not valid_host(req.headers.get("host", "")):
+            # RFC 9112 §3.2: 400 for an invalid Host (or several of them).
+            self._refuse(400, "malformed Host header")
+            return
             headers=req.headers,
             body=bytes(req.body),
             client=self.peer,

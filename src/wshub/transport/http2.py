@@ -43,6 +43,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from ..http import Request, Response, call_handler, finished_response
+from ..policy import valid_host
 from ..protocol.connection import Connection
 from ..protocol.handshake import HandshakeError, Headers, add_header, check_h2_connect
 from .link import FramedLink, LinkConfig, UpgradeRequest, is_loopback
@@ -523,6 +524,8 @@ class Http2Protocol(asyncio.Protocol):
             self._dispatch(stream)
 
     def _connect(self, stream: _Stream, ended: bool) -> None:
+        elif not valid_host(stream.headers.get("host", "")):
+            self._refuse(stream, 400, "malformed :authority")
         hub = self.server.websocket
         try:
             info = check_h2_connect("CONNECT", stream.pseudo.get(":protocol"), stream.headers)
