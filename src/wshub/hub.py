@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -30,6 +29,7 @@ from .policy import (
     client_ip,
     ip_key,
     parse_cookie,
+    valid_host,
 )
 from .protocol.connection import MessageCodec
 from .protocol.deflate import DeflateOptions, negotiate_extensions
@@ -68,30 +68,24 @@ class CloseEvent:
         return f"CloseEvent(code={self.code}, reason={self.reason!r}, was_clean={self.was_clean})"
 
 
-# Host characters that change how urlsplit reads a URL: brackets (IPv6,
-# checked), the delimiters that end the authority, and what it drops.
-_HOST_ODD = re.compile(r"[\[\]/?#\\\t\r\n]")
+def split_target(target: str) -> tuple[str, str]:
+    """``(path, query)`` of a request target: they come from the target alone.
 
-
-def request_path(url_text: str, host: str, target: str) -> str:
-    """``urlsplit(url_text).path`` for ``url_text`` = scheme://host + target,
-    without urlsplit for the usual host and origin-form target ("/path?q").
-
-    Raises ValueError where urlsplit does (a malformed host).
+    Origin-form ``/path?query`` (what clients send) is read without
+    urlsplit; absolute-form ``ws://host/path?query`` through it.  A fragment
+    is dropped, and so are tabs and line breaks (as urlsplit does).  Raises
+    ValueError for anything else (``*``, a bare word ...).
     """
-    if (
-        target.startswith("/")
-        and not target.startswith("//")
-        # urlsplit drops these anywhere in a URL
-        and "\t" not in target
-        and "\r" not in target
-        and "\n" not in target
-        # and a host where urlsplit would see more than a host
-        and host.isascii()
-        and not _HOST_ODD.search(host)
-    ):
-        return target.partition("?")[0].partition("#")[0]
-    return urlsplit(url_text).path
+    if "\t" in target or "\r" in target or "\n" in target:
+        target = target.replace("\t", "").replace("\r", "").replace("\n", "")
+    if target.startswith("/"):
+        path, _, query = target.partition("#")[0].partition("?")
+        return path, query
+    if "://" in target:
+        parts = urlsplit(target)
+        if parts.scheme and parts.netloc:
+            return parts.path or "/", parts.query
+    raise ValueError("not an origin-form or absolute-form request target")
 
 
 class _Client:
@@ -494,6 +488,16 @@ class WebSocket:
         """Judge a well-formed upgrade (transport → hub); raise HandshakeError to refuse."""
         headers = request.headers
         tls = request.scheme == "wss"
+        # The URL's path and query come from the target, the host from Host
+        # (":authority"), which must be a host and nothing more: a Host of
+        # "x/admin?" must not turn "/public" into "/admin".
+        host = headers.get("host", "")
+        if not valid_host(host):
+            raise HandshakeError(400, "malformed Host header")
+        try:
+            path, query = split_target(request.target)
+        except ValueError:
+            raise HandshakeError(400, "malformed request target") from None
         if not self._origin.allows(request.info.origin, headers.get("host"), tls):
             raise HandshakeError(403, "origin not allowed")
         peer_ip = request.peer[0]
@@ -501,10 +505,9 @@ class WebSocket:
         if self._cluster_ip_full(key) or not self._per_ip.try_acquire(key, self._limit_by_ip):
             raise HandshakeError(429, "too many connections from this address")
         try:
-            host = headers.get("host", "")
-            target = request.target
-            url_text = f"{request.scheme}://{host}{target}"
-            path = request_path(url_text, host, target)
+            url_text = f"{request.scheme}://{host}{path}"
+            if query:
+                url_text += "?" + query
             response_headers: list[tuple[str, str]] = []
             codec: MessageCodec | None = None
             if request.info.extensions and self._deflate is not False:

@@ -594,6 +594,10 @@ class Http1Protocol(asyncio.Protocol):
             link.data_received(rest)
 
     def _plain_request(self, req: _ParsedRequest) -> None:
+        if not valid_host(req.headers.get("host", "")):
+            # RFC 9112 §3.2: 400 for an invalid Host (or several of them).
+            self._refuse(400, "malformed Host header")
+            return
         handler = self.server.handler
         if handler is None:
             self._respond(req, Response.text(404, "Not Found\n"))
@@ -601,10 +605,6 @@ class Http1Protocol(asyncio.Protocol):
         request = Request.from_target(
             method=req.method,
             target=req.target,
-        if not valid_host(req.headers.get("host", "")):
-            # RFC 9112 §3.2: 400 for an invalid Host (or several of them).
-            self._refuse(400, "malformed Host header")
-            return
             headers=req.headers,
             body=bytes(req.body),
             client=self.peer,

@@ -518,14 +518,14 @@ class Http2Protocol(asyncio.Protocol):
             self._refuse(stream, 431, "request header too large")
         elif count > server.max_headers:
             self._refuse(stream, 431, "too many request headers")
+        elif not valid_host(stream.headers.get("host", "")):
+            self._refuse(stream, 400, "malformed :authority")
         elif stream.method == "CONNECT":
             self._connect(stream, ended)
         elif ended:
             self._dispatch(stream)
 
     def _connect(self, stream: _Stream, ended: bool) -> None:
-        elif not valid_host(stream.headers.get("host", "")):
-            self._refuse(stream, 400, "malformed :authority")
         hub = self.server.websocket
         try:
             info = check_h2_connect("CONNECT", stream.pseudo.get(":protocol"), stream.headers)
