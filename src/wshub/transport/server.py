@@ -54,10 +54,11 @@ class HttpServer:
     The Python stand-in for Node's ``http.createServer``.  ``handler`` answers
     plain (non-WebSocket) requests; without one they get 404.
 
-    Limits (all per connection): ``handshake_timeout`` seconds to send a
-    complete request head (slowloris), ``max_header_size`` bytes of request
-    line and headers, ``max_headers`` header fields (431 past either),
-    ``max_body_size`` bytes of a plain request's body (413).
+    Limits (all per connection): ``handshake_timeout`` seconds to complete
+    the TLS handshake, and then to send a complete request head
+    (slowloris), ``max_header_size`` bytes of request line and headers,
+    ``max_headers`` header fields (431 past either), ``max_body_size``
+    bytes of a plain request's body (413).
 
     ``loopback_congestion`` (Linux; benchmark tuning, off by default):
     before the first uncompressed message of 64 KiB or more to a WebSocket
@@ -167,6 +168,11 @@ class HttpServer:
         if start_backplane is not None:
             await start_backplane()
         loop = self._loop = asyncio.get_running_loop()
+        extra: dict[str, Any] = {}
+        if ssl is not None and self.handshake_timeout > 0:
+            # The TLS handshake comes before any request head: put it under
+            # the same deadline (asyncio's and uvloop's default is 60 s).
+            extra["ssl_handshake_timeout"] = self.handshake_timeout
         server = await loop.create_server(
             lambda: Http1Protocol(self),
             host=host,
@@ -174,6 +180,7 @@ class HttpServer:
             ssl=ssl,
             reuse_port=reuse_port or None,
             backlog=backlog,
+            **extra,
         )
         self._servers.append(server)
         start = getattr(self.websocket, "_server_started", None)
