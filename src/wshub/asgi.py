@@ -136,7 +136,8 @@ class AsgiLink:
     listener, while a sender task writes what the hub queued.
     """
 
-    can_ping = False  # the hub reads this: no ping timer for ASGI clients
+    can_ping = False  # ASGI has no ping: the hub sends none, the ASGI server keeps alive
+    awaiting_pong = False
 
     def __init__(self, receive: Receive, send: Send, config: LinkConfig) -> None:
         self.listener: LinkListener | None = None
@@ -253,7 +254,7 @@ class AsgiLink:
         self._drain_waiters.append(fut)
         await fut
 
-    def ping(self, payload: bytes) -> bool:
+    def ping(self, payload: bytes, pong_timeout: float = 0.0) -> bool:
         """ASGI cannot send a ping: always False (the ASGI server does keep-alive)."""
         return False
 

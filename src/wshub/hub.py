@@ -92,8 +92,6 @@ class _Client:
     """The hub's record of one connected client; the link's listener."""
 
     __slots__ = (
-        "_ping_handle",
-        "_ping_payload",
         "encoding",
         "event",
         "hub",
@@ -115,8 +113,6 @@ class _Client:
         self.event = "message" if path in ("", "/") else path
         self.encoding: str = hub._encoding
         self.opening = True
-        self._ping_handle: asyncio.TimerHandle | None = None
-        self._ping_payload: bytes | None = None
 
     @property
     def url(self) -> SplitResult:
@@ -125,13 +121,6 @@ class _Client:
     # LinkListener
     def on_message(self, data: str | bytes) -> bool:
         return self.hub._deliver(self, data)
-
-    def on_pong(self, payload: bytes) -> None:
-        if self._ping_payload is not None and payload == self._ping_payload:
-            self._ping_payload = None
-            if self._ping_handle is not None:
-                self._ping_handle.cancel()
-                self._ping_handle = None
 
     def on_error(self, exc: Exception) -> None:
         self.hub._emit_error(self.id, exc)
@@ -574,9 +563,6 @@ class WebSocket:
         del self._clients[client.id]
         self._backplane.client_removed(client.id, client.ip_key, client.event)
         self._per_ip.release(client.ip_key)
-        if client._ping_handle is not None:
-            client._ping_handle.cancel()
-            client._ping_handle = None
         if not self._clients:
             if self._ping_timer is not None:
                 self._ping_timer.cancel()
@@ -742,29 +728,14 @@ class WebSocket:
 
     def _ping_client(self, client: _Client, timeout: float) -> bool:
         link = client.link
-        if not link.is_open or not getattr(link, "can_ping", True):
-            return False  # an ASGI link cannot ping: no pong timer (see wshub.asgi)
+        if not link.is_open or not link.can_ping:
+            return False  # an ASGI link cannot ping (see wshub.asgi)
         self._ping_seq += 1
-        payload = self._ping_seq.to_bytes(8, "big")
         try:
-            ok = link.ping(payload)
+            # The connection closes with 1011 if the pong does not come in time.
+            return link.ping(self._ping_seq.to_bytes(8, "big"), timeout)
         except ConnectionClosedError:
             return False
-        client._ping_payload = payload
-        if client._ping_handle is not None:
-            client._ping_handle.cancel()
-            client._ping_handle = None
-        if timeout > 0:
-            client._ping_handle = asyncio.get_running_loop().call_later(
-                timeout, self._pong_missed, client, payload
-            )
-        return ok
-
-    def _pong_missed(self, client: _Client, payload: bytes) -> None:
-        client._ping_handle = None
-        if client._ping_payload == payload and self._clients.get(client.id) is client:
-            log.info("client %s: no pong within the timeout, closing with 1011", client.id)
-            client.link.close(CloseCode.INTERNAL_ERROR, "pong timeout")
 
     def _restart_ping_timer(self) -> None:
         timer = self._ping_timer
@@ -781,7 +752,7 @@ class WebSocket:
     def _ping_all(self) -> None:
         self._ping_timer = None
         for client in list(self._clients.values()):
-            if client._ping_handle is None:
+            if not client.link.awaiting_pong:
                 # A ping still waiting for its pong keeps its deadline: a new
                 # ping would restart the timer, and with ping_delay <
                 # pong_timeout a dead client would never be closed.

@@ -10,6 +10,7 @@ from wshub.protocol.connection import (
     Connection,
     ConnectionClosedError,
     ConnectionState,
+    EndMode,
     Event,
     Ping,
     Pong,
@@ -281,9 +282,13 @@ def test_server_initiated_close() -> None:
 def test_invalid_close_frames(body: bytes, code: int) -> None:
     conn = Connection()
     assert error_code(conn.receive_data(client_frame(CLOSE, body))) == code
-    # After a protocol error our Close is the last frame: the connection is over.
-    assert conn.send_close(code) != b""
+    # The core fails the connection itself: its Close with that code is the
+    # last frame, then our side stops writing and lingers (RFC 6455 §7.1.7).
+    [frame] = conn.data_to_send()
+    assert frame[0] == 0x88 and int.from_bytes(frame[2:4], "big") == code
     assert conn.state == ConnectionState.CLOSED
+    assert conn.end == EndMode.HALF_CLOSE
+    assert conn.send_close(code) == b""
 
 
 def test_nothing_after_a_protocol_error() -> None:

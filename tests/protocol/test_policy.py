@@ -13,7 +13,6 @@ from wshub.policy import (
     ClientIds,
     OriginPolicy,
     PerIpCounter,
-    PingFloodGuard,
     SessionSigner,
     TrustedProxies,
     client_ip,
@@ -21,6 +20,7 @@ from wshub.policy import (
     normalize_origin,
     parse_cookie,
 )
+from wshub.protocol.flood import PingFloodGuard
 
 # ------------------------------------------------------------------ origins
 

@@ -1,28 +1,59 @@
-"""One WebSocket connection's state machine, server side (RFC 6455).
+"""One WebSocket connection's whole lifecycle, server side (RFC 6455).
 
-Sans-I/O: :meth:`Connection.receive_data` takes the bytes that arrived and
-returns the events they complete; the ``send_*`` methods return the bytes to
-put on the wire.  Nothing here reads a clock, touches a socket or imports
-asyncio, so the HTTP/1.1 link, the HTTP/2 link and the tests all drive the
-same code.
+Sans-I/O, in the manner of python-websockets' ``Protocol`` and h11: the
+driver (one per connection, in :mod:`wshub.transport.link`) feeds what the
+peer sent and the current time in, and does what comes out; nothing here
+reads a clock, touches a socket or imports asyncio, so HTTP/1.1, HTTP/2 and
+the tests all run the same code.
 
-Events, in the order they happened on the wire:
+In:
 
-* a ``str``: a complete text message (already validated and decoded as UTF-8);
-* a ``bytes``: a complete binary message;
-* :class:`Ping`, :class:`Pong`: control frames (the caller answers pings,
-  so that a flood policy can sit in between; RFC 6455 §5.5.2);
-* :class:`CloseReceived`: the peer started or answered the closing handshake;
-* :class:`ProtocolError`: the peer broke the protocol; the connection must be
-  failed with the close code the event carries (RFC 6455 §7.1.7).
+* :meth:`Connection.receive_data` (bytes, now) and :meth:`Connection.receive_eof`;
+* the ``send_*`` methods for what the application sends (they return the
+  frame bytes at once, so that the driver queues them in call order);
+* :meth:`Connection.on_deadline` when the time :attr:`Connection.deadline`
+  names has come.
 
-After a :class:`CloseReceived` or :class:`ProtocolError` no further event is
-produced and incoming data is ignored.
+Out:
+
+* events, from ``receive_data`` in the order they happened on the wire: a
+  ``str`` (a text message, validated UTF-8), ``bytes`` (a binary message),
+  :class:`Ping`, :class:`Pong`, :class:`CloseReceived` and
+  :class:`ProtocolError` (the peer broke the protocol or flooded pings; the
+  connection is already being failed with its code);
+* :meth:`Connection.data_to_send`: the frames the core decided to send on
+  its own (pongs, the reply to a Close, the Close that fails the
+  connection or ends a pong timeout);
+* :attr:`Connection.end`: what to do with the transport (close it after
+  flushing, half-close and linger, or abort it now);
+* :attr:`Connection.deadline`: when to call ``on_deadline`` next;
+* :meth:`Connection.connection_lost`: the code, reason and cleanliness the
+  close is reported with.
+
+:attr:`Connection.pending` is set whenever any of the last three changed,
+so a driver checks one attribute after each call.  The lifecycle, with the
+transitions tested one by one in ``tests/protocol/test_lifecycle.py``::
+
+    OPEN --send_close--> CLOSE_SENT --peer's Close--> CLOSED, end=CLOSE
+    OPEN --peer's Close--> CLOSE_RECEIVED --data_to_send (our reply)--> CLOSED, end=CLOSE
+    OPEN --protocol error / ping flood--> CLOSED (failed), end=HALF_CLOSE
+    any --EOF before CLOSED--> end=CLOSE, reported as 1006
+    CLOSE_SENT / end set --close_timeout passes--> end=ABORT
+    OPEN --pong_timeout passes--> CLOSE_SENT (1011)
+
+The server closes the TCP connection first once both Close frames passed
+(RFC 6455 §7.1.1); a failed connection stops writing but keeps reading
+until the peer hangs up (§7.1.7), so that unread input does not turn into
+a reset that destroys our Close frame.  Every ``end`` comes with a deadline
+after which the transport is aborted: a peer that never reads or never
+answers cannot hold the connection.
 
 Payloads are consumed as they arrive, frame by frame and chunk by chunk, so
 the unconsumed input never holds more than one frame header or one control
 frame (≤ 131 bytes), and a message is only ever buffered up to
-``max_payload`` bytes.  Text is validated incrementally and fails fast on the
+``max_payload`` bytes; a message also has at most one frame per 64 bytes of
+``max_payload`` (at least 1,024), so that empty fragments cannot cost CPU
+without counting.  Text is validated incrementally and fails fast on the
 first invalid byte, even in the middle of a frame (Autobahn 6.4.x).
 """
 
@@ -32,6 +63,8 @@ import codecs
 import enum
 from typing import Protocol
 
+from .errors import ConnectionClosedError
+from .flood import PingFloodGuard
 from .frames import (
     MAX_CONTROL_PAYLOAD,
     OP_BINARY,
@@ -54,8 +87,12 @@ from .frames import scan_frames as _scan_frames
 
 __all__ = [
     "CloseReceived",
+    "CloseResult",
     "Connection",
+    "ConnectionClosedError",
+    "ConnectionLimits",
     "ConnectionState",
+    "EndMode",
     "Event",
     "MessageCodec",
     "MessageTooBig",
@@ -183,6 +220,55 @@ class ConnectionState(enum.IntEnum):
     CLOSED = 4  # both Close frames passed, or the connection failed
 
 
+class EndMode(enum.IntEnum):
+    """What the driver does with the transport (:attr:`Connection.end`)."""
+
+    NONE = 0  # keep it
+    CLOSE = 1  # flush what is queued, then close (the server closes TCP first)
+    HALF_CLOSE = 2  # flush, stop sending, keep reading until the peer hangs up
+    ABORT = 3  # drop it now, whatever is queued (a deadline passed)
+
+
+class CloseResult:
+    """How a connection ended, as reported to the application."""
+
+    __slots__ = ("code", "reason", "was_clean")
+
+    def __init__(self, code: int, reason: str, was_clean: bool) -> None:
+        self.code = code
+        self.reason = reason
+        self.was_clean = was_clean
+
+    def __repr__(self) -> str:
+        return f"CloseResult({self.code}, {self.reason!r}, was_clean={self.was_clean})"
+
+
+class ConnectionLimits:
+    """The lifecycle's limits; one object may be shared by many connections
+    (a change applies to each from its next use of the value)."""
+
+    __slots__ = ("close_timeout", "ping_burst", "ping_flood_limit", "ping_rate")
+
+    def __init__(
+        self,
+        *,
+        close_timeout: float = 10.0,
+        ping_burst: int = 16,
+        ping_rate: float = 8.0,
+        ping_flood_limit: int = 128,
+    ) -> None:
+        # Seconds from our Close frame (or from the decision to end the
+        # transport) until the transport is aborted.
+        self.close_timeout = close_timeout
+        # The ping-flood guard (see PingFloodGuard).
+        self.ping_burst = ping_burst
+        self.ping_rate = ping_rate
+        self.ping_flood_limit = ping_flood_limit
+
+
+_DEFAULT_LIMITS = ConnectionLimits()  # never changed: a documented shared default
+
+
 _HEADER = 0
 _PAYLOAD = 1
 _DISCARD = 2
@@ -203,33 +289,74 @@ class Connection:
     ``max_payload`` bounds one message (all fragments, after decompression);
     ``< 1`` means no limit.  ``codec`` is the negotiated per-message
     extension, if any; without one an RSV1 bit is a protocol error.
+    ``limits`` holds the timeouts and the ping-flood guard's figures.
     """
 
     __slots__ = (
         "_buf",
+        "_close_deadline",
+        "_deferred_pong",
+        "_deferred_pong_at",
         "_frame_fin",
         "_frame_left",
         "_frame_mask",
         "_frame_masked_pos",
         "_frame_opcode",
+        "_guard",
         "_msg_compressed",
+        "_msg_frames",
         "_msg_opcode",
         "_msg_parts",
         "_msg_size",
+        "_now",
+        "_out",
+        "_ping_payload",
+        "_pong_deadline",
         "_read_state",
+        "_reply_code",
         "_utf8",
+        "close_code",
+        "close_reason",
         "codec",
+        "deadline",
         "direct_payload",
+        "end",
         "failed",
+        "limits",
         "max_payload",
+        "pending",
         "state",
     )
 
-    def __init__(self, *, max_payload: int = 0, codec: MessageCodec | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_payload: int = 0,
+        codec: MessageCodec | None = None,
+        limits: ConnectionLimits | None = None,
+    ) -> None:
         self.max_payload = max_payload
         self.codec = codec
+        self.limits = limits if limits is not None else _DEFAULT_LIMITS
         self.state = ConnectionState.OPEN
         self.failed = False
+        # What the close will be reported with (see connection_lost).
+        self.close_code = int(CloseCode.ABNORMAL)
+        self.close_reason = ""
+        # Outputs for the driver (see the module docstring).
+        self.end = EndMode.NONE
+        self.deadline: float | None = None
+        self.pending = False
+        self._out: list[bytes] = []
+        self._reply_code: int | None = None  # the code of the Close reply still due
+        # Deadlines: transport gone by, pong due by, deferred pong answerable at.
+        self._close_deadline: float | None = None
+        self._pong_deadline: float | None = None
+        self._ping_payload: bytes | None = None
+        self._deferred_pong: bytes | None = None
+        self._deferred_pong_at: float | None = None
+        self._guard: PingFloodGuard | None = None
+        self._now = 0.0  # the time of the data being read
         self._buf = b""
         self._read_state = _HEADER
         # The frame being read (payload not yet complete).
@@ -242,6 +369,7 @@ class Connection:
         self._msg_opcode = 0
         self._msg_compressed = False
         self._msg_size = 0
+        self._msg_frames = 0
         # Pieces of the message: big chunks as they came (joined once at the
         # end), small ones gathered into a bytearray (no object per fragment).
         self._msg_parts: list[bytes | bytearray] | None = None
@@ -252,11 +380,16 @@ class Connection:
 
     # ------------------------------------------------------------------ input
 
-    def receive_data(self, data: bytes) -> list[Event]:
-        """Feed bytes from the peer; return the events they complete."""
+    def receive_data(self, data: bytes, now: float = 0.0) -> list[Event]:
+        """Feed bytes from the peer; return the events they complete.
+
+        ``now`` is the driver's clock (seconds, monotonic); deadlines come
+        out on the same clock.  Frame parsing alone does not need it.
+        """
         events: list[Event] = []
         if self._read_state == _DISCARD:
             return events
+        self._now = now
         if self._buf:
             data = self._buf + data
             self._buf = b""
@@ -317,7 +450,7 @@ class Connection:
                     return events
                 payload = apply_mask(data[pos : pos + length], mask)
                 pos += length
-                self._control_frame(opcode, payload, events)
+                self._control_frame(opcode, payload, events, now)
                 if self._read_state == _DISCARD:
                     return events
                 continue
@@ -325,6 +458,7 @@ class Connection:
                 self._msg_opcode = opcode
                 self._msg_compressed = bool(b0 & 0x40)
                 self._msg_size = 0
+                self._msg_frames = 1
             if fin and opcode != OP_CONTINUATION and end - pos >= length:
                 # Fast path: a whole unfragmented message is here.
                 payload = apply_mask(data[pos : pos + length], mask)
@@ -432,18 +566,24 @@ class Connection:
             return None
         if opcode > OP_BINARY:
             return CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode}"
+        limit = self.max_payload
         if opcode == OP_CONTINUATION:
             if not self._msg_opcode:
                 return CloseCode.PROTOCOL_ERROR, "continuation frame without a message"
             if b0 & 0x40:
                 # RFC 7692 §6.1: RSV1 only on a message's first frame.
                 return CloseCode.PROTOCOL_ERROR, "RSV1 set on a continuation frame"
+            self._msg_frames += 1
+            if limit > 0 and self._msg_frames > max(1024, limit >> 6):
+                # Empty or tiny fragments would cost CPU without counting
+                # toward max_payload: a message has at most one frame per
+                # 64 bytes of it (RFC 6455 §10.4, limits on frames).
+                return CloseCode.MESSAGE_TOO_BIG, f"message in over {max(1024, limit >> 6)} frames"
         else:
             if self._msg_opcode:
                 return CloseCode.PROTOCOL_ERROR, "new message before the last one ended"
             if b0 & 0x40 and self.codec is None:
                 return CloseCode.PROTOCOL_ERROR, "RSV1 set without a negotiated extension"
-        limit = self.max_payload
         if limit > 0 and not (b0 & 0x40 or (opcode == OP_CONTINUATION and self._msg_compressed)):
             # RFC 6455 §10.4: refuse before buffering anything of it.
             size = self._msg_size if opcode == OP_CONTINUATION else 0
@@ -523,42 +663,202 @@ class Connection:
             self._fail(events, CloseCode.INVALID_PAYLOAD, f"cannot decompress: {exc}")
         return None
 
-    def _control_frame(self, opcode: int, payload: bytes, events: list[Event]) -> None:
+    def _control_frame(self, opcode: int, payload: bytes, events: list[Event], now: float) -> None:
         if opcode == OP_PING:
             events.append(Ping(payload))
+            self._on_ping(payload, now, events)
         elif opcode == OP_PONG:
             events.append(Pong(payload))
+            if payload == self._ping_payload:
+                self._ping_payload = None
+                self._pong_deadline = None
+                self._update_deadline()
         else:
             try:
                 code, reason = parse_close_payload(payload)
             except InvalidClosePayload as exc:
                 self._fail(events, exc.code, exc.reason)
                 return
-            self._read_state = _DISCARD
-            self._buf = b""
-            self._msg_parts = None
-            self._utf8 = None
-            self.direct_payload = None
+            self._stop_reading()
+            self.close_code = code
+            self.close_reason = reason
+            self._pong_deadline = None
+            self._deferred_pong = self._deferred_pong_at = None
             if self.state == ConnectionState.CLOSE_SENT:
+                # It answers our Close: the handshake is complete.
                 self.state = ConnectionState.CLOSED
+                self._set_end(EndMode.CLOSE, now)
             else:
+                # Our reply is made when the driver next asks for data to
+                # send, so that what the application sends in answer to the
+                # messages before this Close still goes out before it.
                 self.state = ConnectionState.CLOSE_RECEIVED
+                self._reply_code = CloseReceived(code, reason).reply_code
+                self._close_deadline = now + self.limits.close_timeout
+                self._update_deadline()
             events.append(CloseReceived(code, reason))
 
-    def _fail(self, events: list[Event], code: int, reason: str) -> list[Event]:
-        self.failed = True
+    def _on_ping(self, payload: bytes, now: float, events: list[Event]) -> None:
+        if self.state != ConnectionState.OPEN:
+            # Closing: no pong is due (RFC 6455 §5.5.2 asks for one "unless
+            # it already received a Close frame"; after ours none is useful).
+            return
+        guard = self._guard
+        if guard is None:
+            lim = self.limits
+            guard = self._guard = PingFloodGuard(
+                lim.ping_burst, lim.ping_rate, lim.ping_flood_limit
+            )
+        verdict = guard.on_ping(now)
+        if verdict == PingFloodGuard.ANSWER:
+            self._out.append(build_frame(OP_PONG, payload))
+            self.pending = True
+        elif verdict == PingFloodGuard.DEFER:
+            # Coalesce: only the latest ping of a burst gets its pong (RFC 6455 §5.5.3).
+            self._deferred_pong = payload
+            if self._deferred_pong_at is None:
+                self._deferred_pong_at = now + guard.seconds_until_token()
+                self._update_deadline()
+        else:
+            self._fail(events, CloseCode.POLICY_VIOLATION, "ping flood")
+
+    def _stop_reading(self) -> None:
         self._read_state = _DISCARD
         self._buf = b""
         self._msg_parts = None
         self._utf8 = None
         self.direct_payload = None
+
+    def _fail(self, events: list[Event], code: int, reason: str) -> list[Event]:
+        """Fail the connection (RFC 6455 §7.1.7): our Close with ``code``,
+        then stop writing and linger until the peer hangs up or the close
+        timeout passes."""
+        self.failed = True
+        self._stop_reading()
         events.append(ProtocolError(code, reason))
+        self.close_code = code
+        self.close_reason = reason
+        self._pong_deadline = None
+        self._deferred_pong = self._deferred_pong_at = None
+        if self.state == ConnectionState.OPEN or self.state == ConnectionState.CLOSE_RECEIVED:
+            self._reply_code = None
+            self._out.append(_close_frame(code, reason))
+        self.state = ConnectionState.CLOSED
+        self._set_end(EndMode.HALF_CLOSE, self._now)
         return events
 
     @property
     def receiving(self) -> bool:
         """False once a Close frame arrived or the peer broke the protocol."""
         return self._read_state != _DISCARD
+
+    def receive_eof(self, now: float = 0.0) -> None:
+        """The peer will send nothing more (TCP FIN, HTTP/2 END_STREAM).
+
+        Before both Close frames passed, the connection is over without a
+        closing handshake: reported as 1006.  Either way the transport is
+        closed after what is queued (the peer may still read it).
+        """
+        self._stop_reading()
+        if self.state == ConnectionState.OPEN or self.state == ConnectionState.CLOSE_SENT:
+            # (After the peer's Close our reply is still due: that ends well.)
+            self.close_code = int(CloseCode.ABNORMAL)
+            self.close_reason = ""
+            self.state = ConnectionState.CLOSED
+            self._pong_deadline = None
+            self._deferred_pong = self._deferred_pong_at = None
+        if self.end == EndMode.NONE or self.end == EndMode.HALF_CLOSE:
+            self._set_end(EndMode.CLOSE, now)
+
+    # ---------------------------------------------------------- the driver
+
+    def data_to_send(self) -> list[bytes]:
+        """The frames the connection decided to send on its own, in order.
+
+        Also clears :attr:`pending`; the driver then reads :attr:`end` and
+        :attr:`deadline`.
+        """
+        self.pending = False
+        if self.state == ConnectionState.CLOSE_RECEIVED:
+            # Answer the peer's Close (RFC 6455 §5.5.1): the handshake is
+            # complete, and the server closes the TCP connection first.
+            self._out.append(_close_frame(self._reply_code, ""))
+            self.state = ConnectionState.CLOSED
+            self.end = EndMode.CLOSE
+            self.pending = False
+        out = self._out
+        if not out:
+            return out
+        self._out = []
+        return out
+
+    def on_deadline(self, now: float) -> None:
+        """The time :attr:`deadline` named has come (or passed)."""
+        if self._close_deadline is not None and now >= self._close_deadline:
+            self._close_deadline = None
+            if self.state != ConnectionState.CLOSED:
+                # RFC 6455 §7.1.1 waited long enough for the peer's Close.
+                self.close_code = int(CloseCode.ABNORMAL)
+                self.close_reason = ""
+                self.state = ConnectionState.CLOSED
+            self._stop_reading()
+            self._reply_code = None
+            self.end = EndMode.ABORT
+            self.pending = True
+        if self._pong_deadline is not None and now >= self._pong_deadline:
+            self._pong_deadline = None
+            self._ping_payload = None
+            if self.state == ConnectionState.OPEN:
+                self._out.append(self.send_close(CloseCode.INTERNAL_ERROR, "pong timeout", now))
+                self.pending = True
+        pong_at = self._deferred_pong_at
+        if pong_at is not None and now >= pong_at:
+            self._deferred_pong_at = None
+            guard = self._guard
+            payload = self._deferred_pong
+            if payload is not None and guard is not None and self.state == ConnectionState.OPEN:
+                if guard.take_deferred(now):
+                    self._deferred_pong = None
+                    self._out.append(build_frame(OP_PONG, payload))
+                    self.pending = True
+                else:
+                    self._deferred_pong_at = now + guard.seconds_until_token()
+        self._update_deadline()
+
+    def connection_lost(self) -> CloseResult:
+        """The transport is gone: how the close is reported.
+
+        Clean only when both Close frames passed (or we failed the
+        connection and said why); otherwise 1006 (RFC 6455 §7.1.5).
+        """
+        self._stop_reading()
+        self._close_deadline = self._pong_deadline = self._deferred_pong_at = None
+        self.deadline = None
+        if self.state != ConnectionState.CLOSED or self.close_code == CloseCode.ABNORMAL:
+            self.state = ConnectionState.CLOSED
+            return CloseResult(int(CloseCode.ABNORMAL), self.close_reason, False)
+        return CloseResult(self.close_code, self.close_reason, True)
+
+    def _set_end(self, mode: EndMode, now: float) -> None:
+        self.end = mode
+        self.pending = True
+        # Whatever is left to flush, the transport is gone by then.
+        self._close_deadline = now + self.limits.close_timeout
+        self._update_deadline()
+
+    def _update_deadline(self) -> None:
+        best: float | None = None
+        for t in (self._close_deadline, self._pong_deadline, self._deferred_pong_at):
+            if t is not None and (best is None or t < best):
+                best = t
+        if best != self.deadline:
+            self.deadline = best
+            self.pending = True
+
+    @property
+    def awaiting_pong(self) -> bool:
+        """A ping sent with a pong timeout has not been answered yet."""
+        return self._pong_deadline is not None
 
     # ----------------------------------------------------------------- output
 
@@ -581,42 +881,66 @@ class Connection:
             raise ConnectionClosedError("the closing handshake has started")
         return build_frame_header(OP_TEXT if text else OP_BINARY, length)
 
-    def send_ping(self, payload: bytes = b"") -> bytes:
+    def send_ping(self, payload: bytes = b"", now: float = 0.0, pong_timeout: float = 0.0) -> bytes:
+        """A Ping frame; with ``pong_timeout > 0`` the connection is closed
+        with 1011 unless a Pong with the same payload comes within it.
+
+        A new ping replaces the one still waiting (and its deadline).
+        """
         if len(payload) > MAX_CONTROL_PAYLOAD:
             raise ValueError("a ping payload is at most 125 bytes")
         if self.state == ConnectionState.CLOSE_SENT or self.state == ConnectionState.CLOSED:
             raise ConnectionClosedError("the closing handshake has started")
+        if pong_timeout > 0:
+            self._ping_payload = payload
+            self._pong_deadline = now + pong_timeout
+        else:
+            self._ping_payload = None
+            self._pong_deadline = None
+        self._update_deadline()
         return build_frame(OP_PING, payload)
 
     def send_pong(self, payload: bytes) -> bytes:
+        """An unsolicited Pong (a heartbeat, RFC 6455 §5.5.3); b"" once closing."""
         if self.state == ConnectionState.CLOSE_SENT or self.state == ConnectionState.CLOSED:
             return b""
         return build_frame(OP_PONG, payload)
 
-    def send_close(self, code: int | None = CloseCode.NORMAL, reason: str = "") -> bytes:
-        """Our Close frame, or ``b""`` if we sent one already (RFC 6455 §5.5.1)."""
+    def send_close(
+        self, code: int | None = CloseCode.NORMAL, reason: str = "", now: float = 0.0
+    ) -> bytes:
+        """Start the closing handshake: our Close frame, or ``b""`` if we sent
+        one already (RFC 6455 §5.5.1).  The peer has ``close_timeout`` to answer."""
         state = self.state
         if state == ConnectionState.CLOSE_SENT or state == ConnectionState.CLOSED:
             return b""
-        self.state = (
-            ConnectionState.CLOSED
-            if state == ConnectionState.CLOSE_RECEIVED or self._read_state == _DISCARD
-            else ConnectionState.CLOSE_SENT
-        )
-        if reason or code is None:
-            return build_frame(OP_CLOSE, close_payload(code, reason))
-        # A code without a reason (every reply to a peer's Close): a few
-        # codes come back all the time, their frames are made once.
-        frame = _CLOSE_FRAMES.get(code)
-        if frame is None:
-            frame = build_frame(OP_CLOSE, close_payload(code))
-            if len(_CLOSE_FRAMES) < 64:
-                _CLOSE_FRAMES[code] = frame
-        return frame
+        self._pong_deadline = None
+        self._deferred_pong = self._deferred_pong_at = None
+        if state == ConnectionState.CLOSE_RECEIVED:
+            # The application closes before our automatic reply went out:
+            # this is the reply.
+            self._reply_code = None
+            self.state = ConnectionState.CLOSED
+            self.end = EndMode.CLOSE
+            self.pending = True
+        else:
+            self.state = ConnectionState.CLOSE_SENT
+            self._close_deadline = now + self.limits.close_timeout
+        self._update_deadline()
+        return _close_frame(code, reason)
 
 
-_CLOSE_FRAMES: dict[int, bytes] = {}
+_CLOSE_FRAMES: dict[int, bytes] = {}  # a cache: the few usual codes, framed once
 
 
-class ConnectionClosedError(Exception):
-    """A message or ping was sent after the closing handshake started."""
+def _close_frame(code: int | None, reason: str) -> bytes:
+    if reason or code is None:
+        return build_frame(OP_CLOSE, close_payload(code, reason))
+    # A code without a reason (every reply to a peer's Close): a few codes
+    # come back all the time, their frames are made once.
+    frame = _CLOSE_FRAMES.get(code)
+    if frame is None:
+        frame = build_frame(OP_CLOSE, close_payload(code))
+        if len(_CLOSE_FRAMES) < 64:
+            _CLOSE_FRAMES[code] = frame
+    return frame

@@ -69,8 +69,10 @@ class Http1Link(FramedLink):
         conn: Connection,
         config: LinkConfig,
         loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        bulk_congestion: str | None = None,
     ) -> None:
-        super().__init__(conn, config, loop)
+        super().__init__(conn, config, loop, bulk_congestion=bulk_congestion)
         self.transport = transport
         # uvloop's writelines() hands all pieces to one writev() and keeps
         # what the kernel did not take without copying it; asyncio's (3.11)
@@ -578,14 +580,19 @@ class Http1Protocol(asyncio.Protocol):
         response += b"\r\n\r\n"
         self._cancel_timer()
         config = admission.config
-        conn = Connection(max_payload=config.max_payload, codec=admission.codec)
-        link = Http1Link(transport, conn, config, self.server._event_loop())
+        conn = Connection(max_payload=config.max_payload, codec=admission.codec, limits=config)
+        cc = server.loopback_congestion
+        link = Http1Link(
+            transport,
+            conn,
+            config,
+            self.server._event_loop(),
+            bulk_congestion=cc if cc is not None and is_loopback(self.peer[0]) else None,
+        )
         transport.set_write_buffer_limits(high=config.write_high, low=config.write_low)
         self.link = link
         self._parser = None
-        if server.loopback_congestion is not None and is_loopback(self.peer[0]):
-            link._bulk_cc = server.loopback_congestion
-        link._queue(response)
+        link.queue_frame(response)
         # Like bytes_written (which counts the 101), bytes_read counts the
         # request; ``rest`` is counted when the link reads it below.
         link.bytes_read = self._bytes_in - len(rest)

@@ -205,9 +205,15 @@ class Http2Link(FramedLink):
     __slots__ = ("_proto", "_stream")
 
     def __init__(
-        self, proto: Http2Protocol, stream: _Stream, conn: Connection, config: LinkConfig
+        self,
+        proto: Http2Protocol,
+        stream: _Stream,
+        conn: Connection,
+        config: LinkConfig,
+        *,
+        bulk_congestion: str | None = None,
     ) -> None:
-        super().__init__(conn, config)
+        super().__init__(conn, config, bulk_congestion=bulk_congestion)
         self._proto = proto
         self._stream = stream
 
@@ -558,11 +564,11 @@ class Http2Protocol(asyncio.Protocol):
             return
         stream.responded = True
         config = admission.config
-        conn = Connection(max_payload=config.max_payload, codec=admission.codec)
-        link = Http2Link(self, stream, conn, config)
+        conn = Connection(max_payload=config.max_payload, codec=admission.codec, limits=config)
         cc = self.server.loopback_congestion
-        if cc is not None and is_loopback(self.peer[0]):
-            link._bulk_cc = cc
+        link = Http2Link(
+            self, stream, conn, config, bulk_congestion=cc if is_loopback(self.peer[0]) else None
+        )
         stream.link = link
         stream.kind = _WEBSOCKET
         self._transmit()

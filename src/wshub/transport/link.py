@@ -22,16 +22,14 @@ from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from ..errors import WebSocketProtocolError
-from ..policy import PingFloodGuard
 from ..protocol.connection import (
-    CloseReceived,
     Connection,
     ConnectionClosedError,
+    ConnectionLimits,
     ConnectionState,
+    EndMode,
     Event,
     MessageCodec,
-    Ping,
-    Pong,
     ProtocolError,
 )
 from ..protocol.frames import CloseCode
@@ -59,8 +57,6 @@ class LinkListener(Protocol):
     def on_message(self, data: str | bytes) -> bool:
         """A whole message.  Return False to hold further events until ``link.release()``."""
         ...
-
-    def on_pong(self, payload: bytes) -> None: ...
 
     def on_error(self, exc: Exception) -> None: ...
 
@@ -91,7 +87,20 @@ class Link(Protocol):
 
     def send_message(self, payload: bytes, text: bool) -> bool: ...
 
-    def ping(self, payload: bytes) -> bool: ...
+    @property
+    def can_ping(self) -> bool:
+        """False where the carrier cannot send a Ping (ASGI)."""
+        ...
+
+    @property
+    def awaiting_pong(self) -> bool:
+        """A ping sent with a pong timeout is still unanswered."""
+        ...
+
+    def ping(self, payload: bytes, pong_timeout: float = 0.0) -> bool:
+        """Send a Ping; with ``pong_timeout > 0`` close with 1011 unless the
+        matching Pong comes within it."""
+        ...
 
     def close(self, code: int = 1000, reason: str = "") -> bool: ...
 
@@ -166,20 +175,25 @@ class UpgradeHandler(Protocol):
         """Judge an upgrade; raise ``HandshakeError`` (403, 429 ...) to refuse it."""
         ...
 
+    def connection_opened(self, peer_ip: str) -> str | None:
+        """Count a new TCP connection from ``peer_ip`` under the per-IP limit.
 
-class LinkConfig:
-    """Per-connection limits the hub hands to each link (one object, shared)."""
+        Returns the key it is counted under, for :meth:`connection_closed`
+        (None: not counted, e.g. a trusted proxy's); raises
+        ``HandshakeError(429)`` if the address is over the limit.
+        """
+        ...
 
-    __slots__ = (
-        "close_timeout",
-        "max_payload",
-        "ping_burst",
-        "ping_flood_limit",
-        "ping_rate",
-        "write_high",
-        "write_limit",
-        "write_low",
-    )
+    def connection_closed(self, key: str) -> None:
+        """Give back what :meth:`connection_opened` counted under ``key``."""
+        ...
+
+
+class LinkConfig(ConnectionLimits):
+    """Per-connection limits the hub hands to each link (one object, shared):
+    the core's (:class:`ConnectionLimits`) and the driver's buffers."""
+
+    __slots__ = ("max_payload", "write_high", "write_limit", "write_low")
 
     def __init__(
         self,
@@ -193,14 +207,16 @@ class LinkConfig:
         ping_rate: float = 8.0,
         ping_flood_limit: int = 128,
     ) -> None:
+        super().__init__(
+            close_timeout=close_timeout,
+            ping_burst=ping_burst,
+            ping_rate=ping_rate,
+            ping_flood_limit=ping_flood_limit,
+        )
         self.max_payload = max_payload
-        self.close_timeout = close_timeout
         self.write_high = write_high
         self.write_low = write_low
         self.write_limit = write_limit
-        self.ping_burst = ping_burst
-        self.ping_rate = ping_rate
-        self.ping_flood_limit = ping_flood_limit
 
 
 _PLAIN_KEY = "plain"
@@ -212,7 +228,6 @@ def is_loopback(ip: str) -> bool:
     return ip.startswith(("127.", "::ffff:127.")) or ip == "::1"
 
 
-_ABNORMAL = int(CloseCode.ABNORMAL)
 _OPEN = ConnectionState.OPEN
 _LARGE = 64 * 1024  # payloads from this size on are written without being copied
 
@@ -283,13 +298,17 @@ def _flusher_for(loop: asyncio.AbstractEventLoop) -> _WriteFlusher:
 
 
 class FramedLink:
-    """A :class:`Link` that speaks RFC 6455 frames over a byte pipe.
+    """A :class:`Link` that speaks RFC 6455 frames over a byte pipe: the driver
+    of one :class:`~wshub.protocol.connection.Connection`.
 
-    Subclasses implement the pipe: ``_write``, ``_write_many``, ``_end``
-    (close the pipe after flushing), ``_kill`` (drop it now),
-    ``_pause_reading``, ``_resume_reading``, ``_buffered`` (bytes queued but
-    not yet sent) and the socket options.  They call :meth:`data_received`,
-    :meth:`eof_received` and :meth:`connection_lost`.
+    The connection decides (replies, timeouts, when and how the transport
+    ends); this class moves bytes, keeps the one timer the connection's
+    deadline asks for, batches writes per loop iteration and applies flow
+    control.  Subclasses implement the pipe: ``_write``, ``_write_many``,
+    ``_end`` (close the pipe after flushing), ``_half_close``, ``_kill``
+    (drop it now), ``_pause_reading``, ``_resume_reading``, ``_buffered``
+    (bytes queued but not yet sent) and ``_socket_transport``.  They call
+    :meth:`data_received`, :meth:`eof_received` and :meth:`connection_lost`.
     """
 
     # True where the pipe calls pause_writing() whenever more than
@@ -301,20 +320,17 @@ class FramedLink:
         "_batch",
         "_batched",
         "_bulk_cc",
-        "_close_code",
-        "_close_reason",
-        "_close_timer",
         "_closed",
-        "_deferred_pong",
-        "_deferred_timer",
         "_drain_waiters",
         "_end_after_flush",
+        "_ended",
         "_flusher",
         "_held",
         "_loop",
         "_pending",
-        "_ping_guard",
         "_shut",
+        "_timer",
+        "_timer_at",
         "_user_paused",
         "_write_paused",
         "broadcast_key",
@@ -325,8 +341,15 @@ class FramedLink:
         "listener",
     )
 
+    can_ping = True
+
     def __init__(
-        self, conn: Connection, config: LinkConfig, loop: asyncio.AbstractEventLoop | None = None
+        self,
+        conn: Connection,
+        config: LinkConfig,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        bulk_congestion: str | None = None,
     ) -> None:
         self.conn = conn
         self.config = config
@@ -340,8 +363,8 @@ class FramedLink:
         self._batched = 0
         self._shut = False
         # A congestion control to switch to before the first large message
-        # (set by the transport for a peer on this host), or None.
-        self._bulk_cc: str | None = None
+        # (HttpServer's opt-in loopback_congestion, for a peer on this host).
+        self._bulk_cc = bulk_congestion
         self._flusher = _flusher_for(self._loop)
         # Set when the pipe is to be closed once the queued frames are out.
         self._end_after_flush: Callable[[], None] | None = None
@@ -355,13 +378,11 @@ class FramedLink:
         self._user_paused = False
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] | None = None
-        self._close_timer: asyncio.TimerHandle | None = None
-        self._close_code = _ABNORMAL
-        self._close_reason = ""
+        # The one timer, at the connection's deadline.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._ended = EndMode.NONE  # what was done with the pipe so far
         self._closed = False
-        self._ping_guard: PingFloodGuard | None = None
-        self._deferred_pong: bytes | None = None
-        self._deferred_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ pipe (abstract)
 
@@ -436,13 +457,14 @@ class FramedLink:
 
     # ------------------------------------------------------------------ output
 
-    def _queue(self, data: bytes) -> bool:
+    def queue_frame(self, data: bytes) -> bool:
         """Queue frame bytes for the end of this loop iteration; False if
         this link writes nothing more.
 
         Frames are written at the end of the loop iteration, all of a
         connection's frames in one call: a broadcast of eight messages costs
-        each receiver one write, not eight.
+        each receiver one write, not eight.  (Also how the transport sends
+        the 101 before the first frame.)
         """
         if self._closed or self._shut:
             return False
@@ -461,7 +483,7 @@ class FramedLink:
 
     def _send(self, data: bytes) -> bool:
         """Queue frame bytes; return False above the high-water mark."""
-        if not self._queue(data):
+        if not self.queue_frame(data):
             return False
         if not data:
             return True
@@ -473,16 +495,14 @@ class FramedLink:
     def _overflow(self, buffered: int) -> None:
         # The peer does not read and the buffer passed its hard cap: close
         # with 1008 instead of letting the server's memory grow (the close
-        # frame is tiny; if even that is not read, the close timer aborts).
-        if self.conn.state != ConnectionState.OPEN:
+        # frame is tiny; if even that is not read, the close deadline aborts).
+        if self.conn.state != _OPEN:
             return  # already closing: one log line, one Close frame
         log.warning(
             "closing a client whose write buffer reached %d bytes (write_limit %d)",
             buffered,
             self.config.write_limit,
         )
-        self._close_code = CloseCode.POLICY_VIOLATION
-        self._close_reason = "write buffer limit exceeded"
         self._start_close(CloseCode.POLICY_VIOLATION, "write buffer limit exceeded")
 
     def flush_batch(self) -> None:
@@ -535,7 +555,7 @@ class FramedLink:
         # not use (it asks the transport for its buffer size).
         if self._closed or self.conn.state != _OPEN:
             raise ConnectionClosedError("the closing handshake has started")
-        self._queue(frame)
+        self.queue_frame(frame)
 
     def send_message(self, payload: bytes, text: bool) -> bool:
         conn = self.conn
@@ -548,11 +568,18 @@ class FramedLink:
             return self._send(payload)
         return self._send(conn.send_message(payload, text))
 
-    def ping(self, payload: bytes) -> bool:
-        return self._send(self.conn.send_ping(payload))
+    @property
+    def awaiting_pong(self) -> bool:
+        return self.conn.awaiting_pong
+
+    def ping(self, payload: bytes, pong_timeout: float = 0.0) -> bool:
+        ok = self._send(self.conn.send_ping(payload, self._loop.time(), pong_timeout))
+        self._pump()
+        return ok
 
     def close(self, code: int = 1000, reason: str = "") -> bool:
-        if self._closed or self.conn.state in (ConnectionState.CLOSE_SENT, ConnectionState.CLOSED):
+        state = self.conn.state
+        if self._closed or state == ConnectionState.CLOSE_SENT or state == ConnectionState.CLOSED:
             return False
         self._start_close(code, reason)
         if self._user_paused:
@@ -565,18 +592,61 @@ class FramedLink:
         if not self._closed:
             self._kill()
 
-    def _start_close(self, code: int | None, reason: str) -> None:
-        data = self.conn.send_close(code, reason)
-        if data:
-            self._queue(data)
-        if self.conn.state == ConnectionState.CLOSED:
-            # We answered the peer's Close, or failed the connection: the
-            # server closes the TCP connection first (RFC 6455 §7.1.1).
-            self._finish_after_close()
-        elif self._close_timer is None:
-            self._close_timer = self._loop.call_later(
-                self.config.close_timeout, self._close_timed_out
-            )
+    def _start_close(self, code: int, reason: str) -> None:
+        self.queue_frame(self.conn.send_close(code, reason, self._loop.time()))
+        self._pump()
+
+    # ------------------------------------------------- what the core decided
+
+    def _pump(self) -> None:
+        """Do what the connection asks: its frames, the end of the pipe, its timer."""
+        conn = self.conn
+        if conn.end == EndMode.ABORT:
+            if self._ended != EndMode.ABORT:
+                self._ended = EndMode.ABORT
+                log.info("close timeout: dropping the connection")
+                self._cancel_timer()
+                self._kill()
+            return
+        if self._pending is None:
+            # (While events are held back, so is what the core sends in
+            # answer to them: a Close reply after the messages before it.)
+            frames = conn.data_to_send()
+            for frame in frames:
+                self.queue_frame(frame)
+            end = conn.end
+            if end != self._ended and end != EndMode.NONE:
+                self._ended = end
+                if end == EndMode.CLOSE:
+                    self._end_when_flushed(self._end)
+                else:
+                    # A failed connection: unread input may still arrive;
+                    # closing now could turn into a reset that destroys our
+                    # Close frame in flight, so stop writing and linger.
+                    self._end_when_flushed(self._shut_and_linger)
+        deadline = conn.deadline
+        if deadline != self._timer_at:
+            self._cancel_timer()
+            if deadline is not None and not self._closed:
+                self._timer_at = deadline
+                self._timer = self._loop.call_at(deadline, self._deadline_passed)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = None
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if not self._closed:
+            conn = self.conn
+            was_open = conn.state == _OPEN
+            conn.on_deadline(self._loop.time())
+            if was_open and conn.state != _OPEN:
+                log.info("no pong within the timeout: closing the client with 1011")
+            self._pump()
 
     def _end_when_flushed(self, end: Callable[[], None]) -> None:
         # Frames still queued (our Close among them) go out first, at the end
@@ -587,40 +657,24 @@ class FramedLink:
         else:
             end()
 
-    def _finish_after_close(self) -> None:
-        if not self.conn.failed:
-            self._end_when_flushed(self._end)
-        else:
-            # A failed connection: unread input may still arrive; closing now
-            # could turn into a reset that destroys our Close frame in
-            # flight, so stop writing and linger until the peer hangs up.
-            self._end_when_flushed(self._shut_and_linger)
-            if self._close_timer is None:
-                self._close_timer = self._loop.call_later(
-                    self.config.close_timeout, self._close_timed_out
-                )
-
     def _shut_and_linger(self) -> None:
         self._half_close()
         self._shut = True
-
-    def _close_timed_out(self) -> None:
-        self._close_timer = None
-        if not self._closed:
-            log.info("close timeout: dropping the connection")
-            self._kill()
 
     # ------------------------------------------------------------------- input
 
     def data_received(self, data: bytes) -> None:
         self.bytes_read += len(data)
+        conn = self.conn
         try:
-            events = self.conn.receive_data(data)
+            events = conn.receive_data(data, self._loop.time())
         except Exception as exc:  # a bug, not the peer's fault: never crash the server
             self._internal_error(exc)
             return
         if events:
             self._deliver(events)
+        if conn.pending:
+            self._pump()
 
     def window_filled(self, n: int) -> None:
         """``n`` bytes were received into ``conn.read_window()``."""
@@ -664,28 +718,15 @@ class FramedLink:
                     # resume() (not _hold(), which waits for release()).
                     self._pending = events[i:]
                     return
-            elif type(ev) is Ping:
-                self._on_ping(ev.payload)
-            elif type(ev) is Pong:
-                if listener is not None:
-                    listener.on_pong(ev.payload)
-            elif type(ev) is CloseReceived:
-                self._close_code = ev.code
-                self._close_reason = ev.reason
-                self._start_close_reply(ev)
             elif type(ev) is ProtocolError:
-                log.info("protocol error from client: %d %s", ev.code, ev.reason)
+                # The core already failed the connection (our Close is on
+                # its way); tell the application why.
+                if ev.code == CloseCode.POLICY_VIOLATION:
+                    log.warning("closing a client with %d: %s", ev.code, ev.reason)
+                else:
+                    log.info("protocol error from client: %d %s", ev.code, ev.reason)
                 self._report_error(WebSocketProtocolError(ev.code, ev.reason))
-                self._close_code = ev.code
-                self._close_reason = ev.reason
-                self._start_close(ev.code, ev.reason)
-
-    def _start_close_reply(self, ev: CloseReceived) -> None:
-        if self.conn.state == ConnectionState.CLOSED:
-            # It answers our Close: the handshake is complete.
-            self._end_when_flushed(self._end)
-        else:
-            self._start_close(ev.reply_code, "")
+            # Ping, Pong and CloseReceived: the core answered them already.
 
     def _hold(self, rest: list[Event]) -> None:
         self._pending = rest
@@ -713,56 +754,12 @@ class FramedLink:
             self._pending = None
             if pending:
                 self._dispatch(pending)
+            if self._pending is None and not self._closed:
+                self._pump()
             if self._held or self._user_paused:
                 return
         if not self._closed:
             self._resume_reading()
-
-    def _on_ping(self, payload: bytes) -> None:
-        if self.conn.state != ConnectionState.OPEN:
-            # Closing (e.g. for this very flood): no pong is due, and the rest
-            # of a flood already read must not log and report it again.
-            return
-        guard = self._ping_guard
-        if guard is None:
-            cfg = self.config
-            guard = self._ping_guard = PingFloodGuard(
-                cfg.ping_burst, cfg.ping_rate, cfg.ping_flood_limit
-            )
-        verdict = guard.on_ping(self._loop.time())
-        if verdict == PingFloodGuard.ANSWER:
-            self._send(self.conn.send_pong(payload))
-        elif verdict == PingFloodGuard.DEFER:
-            # Coalesce: only the latest ping of a burst gets its pong (RFC 6455 §5.5.3).
-            self._deferred_pong = payload
-            if self._deferred_timer is None:
-                self._deferred_timer = self._loop.call_later(
-                    guard.seconds_until_token(), self._answer_deferred
-                )
-        else:
-            log.warning("ping flood: closing the client with 1008")
-            self._report_error(WebSocketProtocolError(CloseCode.POLICY_VIOLATION, "ping flood"))
-            self._close_code = CloseCode.POLICY_VIOLATION
-            self._close_reason = "ping flood"
-            self._start_close(CloseCode.POLICY_VIOLATION, "ping flood")
-            # Read no more of the flood: parsing it until the peer hangs up
-            # would still cost CPU that other clients need; the close timer
-            # ends the connection if the peer does not.
-            self._pause_reading()
-
-    def _answer_deferred(self) -> None:
-        self._deferred_timer = None
-        payload = self._deferred_pong
-        guard = self._ping_guard
-        if payload is None or guard is None or self._closed:
-            return
-        if guard.take_deferred(self._loop.time()):
-            self._deferred_pong = None
-            self._send(self.conn.send_pong(payload))
-        else:
-            self._deferred_timer = self._loop.call_later(
-                guard.seconds_until_token(), self._answer_deferred
-            )
 
     def _report_error(self, exc: Exception) -> None:
         if self.listener is not None:
@@ -770,29 +767,25 @@ class FramedLink:
 
     def eof_received(self) -> None:
         """The peer will send no more (TCP FIN / END_STREAM)."""
-        if self.conn.state != ConnectionState.CLOSED:
+        conn = self.conn
+        if conn.state != ConnectionState.CLOSED and conn.state != ConnectionState.CLOSE_RECEIVED:
             log.debug("peer closed without a closing handshake")
-        self._end_when_flushed(self._end)
+        conn.receive_eof(self._loop.time())
+        self._pump()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._closed:
             return
         self._closed = True
-        for handle in (self._close_timer, self._deferred_timer):
-            if handle is not None:
-                handle.cancel()
-        self._close_timer = self._deferred_timer = None
+        self._cancel_timer()
         self._wake_drain_waiters()
-        was_clean = self.conn.state == ConnectionState.CLOSED and self._close_code != 1006
-        code = self._close_code
-        if not was_clean and self.conn.state != ConnectionState.CLOSED:
-            code = CloseCode.ABNORMAL
+        result = self.conn.connection_lost()
         listener = self.listener
         if listener is not None:
             try:
-                if exc is not None and isinstance(exc, Exception) and not was_clean:
+                if exc is not None and isinstance(exc, Exception) and not result.was_clean:
                     listener.on_error(exc)
-                listener.on_close(code, self._close_reason, was_clean)
+                listener.on_close(result.code, result.reason, result.was_clean)
             finally:
                 # The listener (the hub's client record) points back at this
                 # link: drop our side of the cycle so that both, and the
@@ -840,14 +833,14 @@ class FramedLink:
 
     @property
     def is_open(self) -> bool:
-        return not self._closed and self.conn.state == ConnectionState.OPEN
+        return not self._closed and self.conn.state == _OPEN
 
     @property
     def ready_state(self) -> ReadyState:
         if self._closed:
             return "closed"
         state = self.conn.state
-        if state == ConnectionState.OPEN:
+        if state == _OPEN:
             return "open"
         if state == ConnectionState.CLOSE_SENT:
             return "readOnly"
