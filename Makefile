@@ -11,7 +11,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 SHARED ?= ../shared
 
-.PHONY: demo test lint docs pytest conformance-gate conformance-docs system-deps node-deps venv fuzz conformance clean
+.PHONY: demo test lint docs pytest conformance-gate conformance-docs system-deps node-deps venv fuzz conformance clean bench bench-quick
 
 venv: $(VENV)/.stamp-deps
 
@@ -82,6 +82,14 @@ fuzz: venv
 
 conformance: venv
 	$(PY) tools/conformance.py
+
+# The project's own benchmark (bench/README.md, docs/performance.md): bench/run.py
+# after `make -C bench setup` (bench/.venv, bench/node, the C load generator).
+# make bench: 3 trials (~15 min); make bench-quick: 1 trial (a few minutes);
+# options: make bench BENCH_ARGS="--servers wshub,websockets --scenarios S1 --nice -10"
+bench bench-quick:
+	@$(MAKE) --no-print-directory -C bench setup PYTHON=$(PYTHON)
+	$(PYTHON) bench/run.py $(if $(filter bench-quick,$@),--quick) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) tests/node/node_modules .mypy_cache .ruff_cache .pytest_cache reports
