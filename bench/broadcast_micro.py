@@ -4,7 +4,7 @@
 broadcasts 8 messages and then flushes (one write per link, as the event
 loop would at the end of the iteration). Prints the best of several runs
 in microseconds per delivery.  A CPU-time yardstick for the hub's fan-out
-path, independent of the kernel; the real figure is the shared benchmark's S7.
+path, independent of the kernel; the real figure is S7 of ``make bench``.
 """
 
 from __future__ import annotations

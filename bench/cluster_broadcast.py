@@ -6,11 +6,12 @@ For each node count: a fresh redis-server (loopback, no persistence), that
 many ``wshub serve --mode broadcast --deflate off --backplane URL`` processes,
 receivers spread evenly over the nodes and one sender on node 0.  The sender
 sends 64-byte text messages and keeps at most ``--window`` messages not yet
-delivered to every receiver (as the shared benchmark's S7 does).  Printed:
+delivered to every receiver (as S7 of ``make bench`` does).  Printed:
 deliveries/s to all receivers, and to the receivers on other nodes than the
 sender's (cross-node).  Everything, the load generator included, shares the
 machine, so the figures say how the pieces compare, not what a cluster of
-real machines would do.
+real machines would do.  ``make bench`` measures the same with the C load
+generator, pinned (scenarios C1 and C2 of bench/run.py).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Our own CPU cost per echoed message, in-process (no sockets, no kernel).
 
-Like the shared benchmark's echo scenarios: an Http1Protocol with a fake
+Like the echo scenarios of ``make bench``: an Http1Protocol with a fake
 transport is upgraded (optionally with permessage-deflate, no context
 takeover, as S4 offers it), then fed reads of ``--per-read`` masked frames;
 an echo handler sends each message back.  Prints microseconds per message
 (best of 5) and, with --profile, the functions that take the time.  The
-real figures are S1-S4 of the shared benchmark.
+real figures are S1-S4 of ``make bench``.
 
     python bench/echo_micro.py --deflate --size 4096 --per-read 4   # ~S4
 """

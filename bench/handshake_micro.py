@@ -1,7 +1,7 @@
 """Our own CPU cost per WebSocket handshake, in-process (no sockets, no kernel).
 
-Drives Http1Protocol with a fake transport through what the shared
-benchmark's S5 does per cycle: upgrade request -> 101, a masked Close ->
+Drives Http1Protocol with a fake transport through what S5 of
+``make bench`` does per cycle: upgrade request -> 101, a masked Close ->
 our Close, connection lost.  Prints microseconds per cycle (best of 5) and,
 with --profile, the functions that take the time.  The real figure is S5.
 """
