@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging as _logging
 import os as _os
 from importlib.util import find_spec as _find_spec
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from ._version import __version__
 from .errors import (
@@ -19,12 +21,40 @@ from .errors import (
     WebSocketProtocolError,
     WsHubError,
 )
-from .http import Request, Response
-from .hub import CloseEvent, WebSocket
 from .protocol.deflate import DeflateOptions
 from .protocol.frames import ACCELERATED as _ACCELERATED
 from .protocol.frames import CloseCode
-from .transport.server import HttpServer
+
+if _TYPE_CHECKING:
+    from .http import Request, Response
+    from .hub import CloseEvent, WebSocket
+    from .transport.server import HttpServer
+
+# The server side is imported on first use (PEP 562), so that importing the
+# sans-I/O layer (wshub.protocol) loads no asyncio server, httptools or h2.
+_LAZY = {
+    "CloseEvent": "wshub.hub",
+    "HttpServer": "wshub.transport.server",
+    "Request": "wshub.http",
+    "Response": "wshub.http",
+    "WebSocket": "wshub.hub",
+}
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wshub' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 if not _ACCELERATED and not _os.environ.get("WSHUB_NO_EXTENSIONS"):
     # Said once per process, here, where the package is first imported: an

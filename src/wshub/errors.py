@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .protocol.connection import ConnectionClosedError
+from .protocol.errors import ConnectionClosedError, WsHubError
 from .protocol.handshake import HandshakeError
 
 __all__ = [
@@ -12,10 +12,6 @@ __all__ = [
     "WebSocketProtocolError",
     "WsHubError",
 ]
-
-
-class WsHubError(Exception):
-    """Base class of wshub's own errors."""
 
 
 class ClientNotFound(WsHubError, KeyError):

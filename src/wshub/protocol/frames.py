@@ -8,6 +8,7 @@ holds the stateless pieces that the reader, the writer and the tests share.
 from __future__ import annotations
 
 import enum
+import importlib
 import os
 import struct
 import sys
@@ -275,7 +276,7 @@ itself, which handles every frame the scanner leaves to it.
 ACCELERATED = False
 if not os.environ.get("WSHUB_NO_EXTENSIONS"):
     try:
-        from wshub import _speedups  # type: ignore[attr-defined]
+        _speedups = importlib.import_module("wshub._speedups")
     except ImportError:
         pass
     else:

@@ -15,6 +15,8 @@ import binascii
 import hashlib
 import re
 
+from .errors import WsHubError
+
 __all__ = [
     "SUPPORTED_VERSIONS",
     "HandshakeError",
@@ -36,7 +38,7 @@ _VERSION_HEADER = ("Sec-WebSocket-Version", "13, 8")
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-class HandshakeError(Exception):
+class HandshakeError(WsHubError):
     """The request cannot be upgraded; answer with ``status``.
 
     ``reason`` is a short, safe text for the response body and the log line;

@@ -10,6 +10,7 @@ checks that the request is well-formed and writes what the hub decided.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import socket
 from typing import TYPE_CHECKING, Any, cast
@@ -46,7 +47,7 @@ _LAZY: Any = object()
 # _speedups.c), or None on the pure-Python path: then httptools reads all.
 _parse_upgrade_head: Any = None
 if frames.ACCELERATED:
-    from .. import _speedups  # type: ignore[attr-defined]
+    _speedups = importlib.import_module("wshub._speedups")
 
     _parse_upgrade_head = _speedups.parse_upgrade_head
 
