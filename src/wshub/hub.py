@@ -520,6 +520,26 @@ class WebSocket:
             raise
         return _Admission(self, client_id, key, url_text, path, response_headers, codec)
 
+    def connection_opened(self, peer_ip: str) -> str | None:
+        """Count a TCP connection of the attached server (transport → hub).
+
+        Every connection counts under ``limit_by_ip`` from the moment it is
+        accepted, plain HTTP included; a trusted proxy's are not counted
+        here (its clients are told apart by their forwarding headers, at
+        the upgrade).  Raises HandshakeError(429) past the limit.  This
+        guards this process: ``cluster_limit_by_ip`` applies at the upgrade.
+        """
+        if self._trusted.trusts(peer_ip):
+            return None
+        key = ip_key(peer_ip)
+        if not self._per_ip.try_acquire(key, self._limit_by_ip):
+            raise HandshakeError(429, "too many connections from this address")
+        return key
+
+    def connection_closed(self, key: str) -> None:
+        """The connection counted under ``key`` is gone (or became a client)."""
+        self._per_ip.release(key)
+
     def _pick_id(self, cookie_header: str | None) -> str:
         if self._session_expires > 0:
             value = parse_cookie(cookie_header, self._cookie_name)

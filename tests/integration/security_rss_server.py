@@ -51,7 +51,8 @@ async def main() -> None:
         body = {
             **memory(),
             "clients": len(ws.clients),
-            "per_ip": len(ws._per_ip),
+            # Connections counted under limit_by_ip, less the one asking.
+            "per_ip": ws._per_ip.count("127.0.0.1") - 1,
             "overflows": counter.count,
             "write_limit": ws._link_config.write_limit,
         }

@@ -268,6 +268,10 @@ class Http1Protocol(asyncio.Protocol):
         "_req",
         "_sniff",
         "_timer",
+        "_write_mark",
+        "_write_paused",
+        "_write_timer",
+        "ip_slot",
         "link",
         "peer",
         "server",
@@ -294,6 +298,14 @@ class Http1Protocol(asyncio.Protocol):
         self._headers_done = False
         self._body_too_big = False
         self._timer: asyncio.TimerHandle | None = None
+        # Plain HTTP: the transport's write buffer is over its high-water
+        # mark (the peer does not read what we answered); the watch on it.
+        self._write_paused = False
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._write_mark = 0
+        # The key this connection is counted under in the hub's per-IP
+        # table until it is upgraded or lost (see HttpServer._connection_made).
+        self.ip_slot: str | None = None
         # Reads large frames in place; None over TLS (the TLS layer reads
         # into its own buffers anyway) and until the first large frame.
         self._direct: _DirectReader | None = None
@@ -311,12 +323,11 @@ class Http1Protocol(asyncio.Protocol):
             transport.get_extra_info("ssl_object") if self.server._ssl is not None else None
         )
         self.tls = ssl_object is not None
-        self.server._connection_made(self)
-        if (
-            ssl_object is not None
-            and ssl_object.selected_alpn_protocol() == "h2"
-            and self.server._switch_to_h2(self, b"")
-        ):
+        h2 = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
+        if not self.server._connection_made(self):
+            self._over_limit(h2)
+            return
+        if h2 and self.server._switch_to_h2(self, b""):
             return
         # httptools' parser is made on first need: the usual upgrade request
         # is read by the C accelerator in one call (see data_received).
@@ -362,10 +373,6 @@ class Http1Protocol(asyncio.Protocol):
                 self._sniff = None
                 if data.startswith(_H2_PREFACE) and self.server._switch_to_h2(self, data):
                     return
-            if self._raw_size > 2 * self.server.max_header_size + 65536:
-                # Bytes that never form a request head (slowloris, garbage).
-                self._refuse(431, "request header too large")
-                return
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -376,6 +383,12 @@ class Http1Protocol(asyncio.Protocol):
             self._refuse(400, f"malformed HTTP request: {_short(exc)}")
             return
         except _RequestRefused:
+            return
+        if not self._headers_done and self._raw_size > 2 * self.server.max_header_size + 65536:
+            # Bytes that never form a request head (slowloris, garbage).  Looked
+            # at after parsing: a complete request resets the count, so one read
+            # of many small pipelined requests is not taken for one huge head.
+            self._refuse(431, "request header too large")
             return
         self._process_queue()
 
@@ -405,13 +418,40 @@ class Http1Protocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.link is not None:
             self.link.pause_writing()
+            return
+        # Plain HTTP: the peer does not read our answers as fast as it sends
+        # requests (pipelining).  Answer no more and read no more until the
+        # buffer drains, so what we hold is bounded by the buffer's limit,
+        # not by the number of requests; and the peer must take some of it
+        # within write_timeout.
+        self._write_paused = True
+        if not self._closing:
+            self._cancel_timer()
+            self._update_reading()
+        self._watch_writes()
 
     def resume_writing(self) -> None:
         if self.link is not None:
             self.link.resume_writing()
+            return
+        self._write_paused = False
+        if self._closing:
+            return
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        self._update_reading()
+        if not self._busy:
+            if self._queue:
+                self._process_queue()
+            if not self._queue and not self._busy and not self._closing:
+                self._start_timer()  # idle (keep-alive) from here
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         self._closing = True
         self.server._connection_lost(self)
         if self.link is not None:
@@ -511,7 +551,7 @@ class Http1Protocol(asyncio.Protocol):
                 self._close()
 
     def _process_queue(self) -> None:
-        while self._queue and not self._busy and not self._closing:
+        while self._queue and not self._busy and not self._closing and not self._write_paused:
             req = self._queue.pop(0)
             if is_websocket_upgrade(req.headers):
                 # An upgrade that httptools did not flag (e.g. no "Connection:
@@ -561,6 +601,10 @@ class Http1Protocol(asyncio.Protocol):
                 peer=self.peer,
                 scheme="wss" if self.tls else "ws",
             )
+            # From here the hub counts this connection as its client (under
+            # the client's address, which forwarding headers may tell): give
+            # back the connection's own count first, so it is counted once.
+            server._release_ip_slot(self)
             admission = hub.admit(request)
         except HandshakeError as exc:
             self._refuse(exc.status, exc.reason, exc.headers, what="refused WebSocket upgrade")
@@ -626,8 +670,7 @@ class Http1Protocol(asyncio.Protocol):
         # An async handler: read nothing more until it has answered.
         self._busy = True
         self._cancel_timer()
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._update_reading()
         answer.add_done_callback(lambda task: self._handler_done(req, task))
 
     def _handler_done(self, req: _ParsedRequest, task: asyncio.Future[Response]) -> None:
@@ -636,7 +679,7 @@ class Http1Protocol(asyncio.Protocol):
             return
         self._respond(req, finished_response(task))
         if self.transport is not None and not self._closing:
-            self.transport.resume_reading()
+            self._update_reading()
             self._process_queue()
 
     def _respond(self, req: _ParsedRequest, response: Response) -> None:
@@ -655,10 +698,11 @@ class Http1Protocol(asyncio.Protocol):
         if not keep_alive:
             head.append("Connection: close")
         transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
-        if keep_alive:
-            self._start_timer()
-        else:
+        if not keep_alive:
             self._close()
+        elif not self._write_paused:
+            self._start_timer()
+        # else: the write watch runs; the idle timer starts once it drains
 
     def _refuse(
         self,
@@ -693,10 +737,91 @@ class Http1Protocol(asyncio.Protocol):
         self._close()
 
     def _close(self) -> None:
+        """Close once what was written is sent, or abort after write_timeout."""
         self._closing = True
         self._cancel_timer()
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            if transport.get_write_buffer_size():
+                self._watch_writes()
+
+    def _over_limit(self, h2: bool) -> None:
+        """Over the per-IP limit at connect: 429 (not over TLS h2) and close.
+
+        Our side is shut at once, but what the client sends meanwhile is
+        read and dropped for a moment: closing with unread input would make
+        the kernel reset the connection, which can destroy the 429 in flight.
+        """
+        log.info("%s: refused connection: 429 too many connections from this address", self.peer[0])
+        self._closing = True
+        self._parser = None
+        transport = self.transport
+        assert transport is not None
+        if h2:
+            self._close()
+            return
+        body = b"too many connections from this address\n"
+        transport.write(
+            b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        if transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except (OSError, RuntimeError):
+                self._close()
+                return
+            linger = min(1.0, self.server.write_timeout)
+            self._timer = self.server._event_loop().call_later(linger, self._close)
+        else:
+            self._close()
+
+    def _update_reading(self) -> None:
+        """Plain HTTP: read while neither a handler nor a full write buffer holds us."""
+        transport = self.transport
+        if transport is None or self.link is not None or transport.is_closing():
+            return
+        want = not self._busy and not self._write_paused
+        if want != transport.is_reading():
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
+    def _watch_writes(self) -> None:
+        """The peer must take some of what we wrote within write_timeout
+        (all of it, once we are closing), or the connection is aborted."""
+        transport = self.transport
+        if transport is None or self._write_timer is not None:
+            return
+        self._write_mark = transport.get_write_buffer_size()
+        self._write_timer = self.server._event_loop().call_later(
+            self.server.write_timeout, self._write_check
+        )
+
+    def _write_check(self) -> None:
+        self._write_timer = None
+        transport = self.transport
+        if transport is None or self.link is not None:
+            return
+        size = transport.get_write_buffer_size()
+        if not self._closing:
+            if not self._write_paused:
+                return
+            if size < self._write_mark:
+                self._watch_writes()  # slow, but it reads: keep watching
+                return
+        elif not size and transport.is_closing():
+            return  # sent: connection_lost is on its way
+        log.info(
+            "%s: peer did not read what we sent within %.1fs (%d bytes left): aborted",
+            self.peer[0],
+            self.server.write_timeout,
+            size,
+        )
+        self._closing = True
+        transport.abort()
 
 
 class _RequestRefused(Exception):

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import HandshakeError
 from ..http import Handler
 from .http1 import Http1Protocol
 
@@ -56,9 +57,22 @@ class HttpServer:
 
     Limits (all per connection): ``handshake_timeout`` seconds to complete
     the TLS handshake, and then to send a complete request head
-    (slowloris), ``max_header_size`` bytes of request line and headers,
+    (slowloris; also how long a keep-alive connection may sit idle between
+    requests), ``max_header_size`` bytes of request line and headers,
     ``max_headers`` header fields (431 past either), ``max_body_size``
-    bytes of a plain request's body (413).
+    bytes of a plain request's body (413).  ``write_timeout`` seconds: a
+    plain-HTTP peer whose answers pile up (it sends requests but does not
+    read) must take some of them within this time, and a closed connection
+    may wait this long for what it still has to send; then it is aborted.
+    Meanwhile no more of its requests are read: what a connection holds is
+    bounded by the transport's write buffer limit, not by how many requests
+    it pipelines.
+
+    With a hub attached, every connection counts under its
+    ``limit_by_ip`` from the moment it is accepted, plain HTTP included (an
+    HTTP/1.1 upgrade then counts as the hub's client, once); past the limit
+    it gets ``429`` and is closed.  Connections from the hub's
+    ``trusted_proxies`` are counted per client at the upgrade only.
 
     ``loopback_congestion`` (Linux; benchmark tuning, off by default):
     before the first uncompressed message of 64 KiB or more to a WebSocket
@@ -84,10 +98,13 @@ class HttpServer:
         max_header_size: int = 16 * 1024,
         max_headers: int = 100,
         max_body_size: int = 1024 * 1024,
+        write_timeout: float = 30.0,
         loopback_congestion: str | None = None,
     ) -> None:
         if handshake_timeout < 0:
             raise ValueError("handshake_timeout must be >= 0")
+        if not write_timeout > 0:
+            raise ValueError("write_timeout must be > 0")
         if loopback_congestion is not None and (
             not isinstance(loopback_congestion, str)
             or not loopback_congestion.isascii()
@@ -102,6 +119,7 @@ class HttpServer:
         self.max_header_size = int(max_header_size)
         self.max_headers = int(max_headers)
         self.max_body_size = int(max_body_size)
+        self.write_timeout = float(write_timeout)
         # Congestion control for WebSocket connections from this host once
         # they send a large message (see FramedLink._tune_for_bulk).
         self.loopback_congestion = loopback_congestion
@@ -227,7 +245,10 @@ class HttpServer:
         for proto in list(self._connections):
             t = proto.transport
             if t is not None:
-                t.abort() if proto.link is not None else t.close()
+                if proto.link is not None:
+                    t.abort()
+                else:
+                    proto._close()  # what is written is sent, within write_timeout
         for srv in self._servers:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
@@ -280,11 +301,30 @@ class HttpServer:
 
     # ------------------------------------------------------ connection table
 
-    def _connection_made(self, proto: Http1Protocol) -> None:
+    def _connection_made(self, proto: Http1Protocol) -> bool:
+        """A new connection; False if its address is over the hub's per-IP limit."""
         self._connections.add(proto)
+        hub = self.websocket
+        if hub is not None:
+            try:
+                proto.ip_slot = hub.connection_opened(proto.peer[0])
+            except HandshakeError:
+                return False
+        return True
 
     def _connection_lost(self, proto: Http1Protocol) -> None:
         self._connections.discard(proto)
+        self._release_ip_slot(proto)
+
+    def _release_ip_slot(self, proto: Http1Protocol) -> None:
+        """Give back the per-IP count of ``proto`` (lost, or upgraded: then
+        the hub's admission counts it)."""
+        key = proto.ip_slot
+        if key is not None:
+            proto.ip_slot = None
+            hub = self.websocket
+            if hub is not None:
+                hub.connection_closed(key)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
