@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .errors import ConnectionClosedError, HandshakeError, WebSocketProtocolError
+from .protocol.connection import Connection, ConnectionState, EndMode
 from .protocol.frames import CloseCode
 from .protocol.handshake import Headers, UpgradeInfo, add_header
 from .transport.link import LinkConfig, LinkListener, ReadyState, UpgradeRequest
@@ -134,6 +135,11 @@ class AsgiLink:
     Created by :class:`AsgiApp` after ``websocket.accept``; :meth:`run` is the
     connection's life: it reads with ``receive()`` and hands messages to the
     listener, while a sender task writes what the hub queued.
+
+    The ASGI server frames the messages; the lifecycle (the closing
+    handshake, its timeout, how the close is reported) is the same
+    :class:`~wshub.protocol.connection.Connection` core that HTTP/1.1 and
+    HTTP/2 drive, fed the Close the ASGI server decoded.
     """
 
     can_ping = False  # ASGI has no ping: the hub sends none, the ASGI server keeps alive
@@ -153,14 +159,16 @@ class AsgiLink:
         self._go.set()
         self._held = False
         self._user_paused = False
-        self._close_sent = False
+        self.conn = Connection(max_payload=config.max_payload, limits=config)
         self._finished = False
         self._send_failed = False
-        self._close_code: int = CloseCode.ABNORMAL
-        self._close_reason = ""
+        # What our Close said: some ASGI servers (Hypercorn) report the
+        # peer's echo of it without its code.
+        self._sent_code: int = CloseCode.NORMAL
+        self._sent_reason = ""
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._done = asyncio.Event()  # the connection is over (on_close was called)
-        self._close_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._backlog: deque[tuple[str | bytes, int]] = deque()  # read ahead while held
         self._backlog_bytes = 0
 
@@ -182,6 +190,11 @@ class AsgiLink:
 
     def queue_prepared(self, frame: bytes) -> None:
         self.send_prepared(frame)
+
+    @property
+    def _close_sent(self) -> bool:
+        state = self.conn.state
+        return state == ConnectionState.CLOSE_SENT or state == ConnectionState.CLOSED
 
     def send_message(self, payload: bytes, text: bool) -> bool:
         if self._close_sent or self._finished:
@@ -265,23 +278,38 @@ class AsgiLink:
         return True
 
     def _send_close(self, code: int, reason: str) -> None:
-        self._close_sent = True
-        self._close_code = code
-        self._close_reason = reason
+        # The core starts the closing handshake and its deadline; the ASGI
+        # server makes the frame from this message.
+        self.conn.send_close(code, reason, asyncio.get_running_loop().time())
+        self._sent_code = code
+        self._sent_reason = reason
         self._enqueue({"type": "websocket.close", "code": code, "reason": reason}, 0)
-        loop = asyncio.get_running_loop()
-        self._close_timer = loop.call_later(self.config.close_timeout, self._close_timed_out)
+        self._follow_core()
 
-    def _close_timed_out(self) -> None:
-        self._close_timer = None
+    def _follow_core(self) -> None:
+        """Keep the one timer at the core's deadline; end when it says abort."""
+        conn = self.conn
+        if conn.end == EndMode.ABORT:
+            if not self._finished:
+                log.info("close timeout: the ASGI server did not report the disconnect")
+                self._finish()
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if conn.deadline is not None and not self._finished:
+            self._timer = asyncio.get_running_loop().call_at(conn.deadline, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
         if not self._finished:
-            log.info("close timeout: the ASGI server did not report the disconnect")
-            self._finish(CloseCode.ABNORMAL, "", False)
+            self.conn.on_deadline(asyncio.get_running_loop().time())
+            self._follow_core()
 
     def abort(self) -> None:
         """Give the connection back to the ASGI server now (it drops it)."""
         if not self._finished:
-            self._finish(CloseCode.ABNORMAL, "", False)
+            self._finish()
 
     # ------------------------------------------------------------------- input
 
@@ -336,7 +364,7 @@ class AsgiLink:
             for task in (reader, done_wait):
                 task.cancel()
             if not self._finished:  # cancelled from outside (server shutdown)
-                self._finish(CloseCode.ABNORMAL, "", False)
+                self._finish()
             self._wake_sender.set()
             if not sender.done():
                 # A close we queued still goes out; anything else is moot.
@@ -392,7 +420,7 @@ class AsgiLink:
             raise
         except Exception as exc:
             log.info("ASGI receive failed: %r", exc)
-            self._finish(CloseCode.ABNORMAL, "", False)
+            self._finish()
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()
@@ -423,13 +451,17 @@ class AsgiLink:
             ):
                 code = CloseCode.ABNORMAL
             reason = str(message.get("reason") or "")
-            was_clean = code != CloseCode.ABNORMAL
-            if self._close_sent and was_clean:
-                # We started the closing handshake: report our code and
-                # reason, which the peer echoes (RFC 6455 §5.5.1) and which
-                # some servers (Hypercorn) do not pass on.
-                code, reason = self._close_code, self._close_reason
-            self._finish(code, reason, was_clean)
+            if code != CloseCode.ABNORMAL:
+                # Both Close frames passed (the ASGI server answered the
+                # peer's, or the peer answered ours).
+                conn = self.conn
+                if conn.state == ConnectionState.CLOSE_SENT:
+                    # Report our code and reason, which the peer echoes (RFC
+                    # 6455 §5.5.1) and some servers (Hypercorn) do not pass on.
+                    code, reason = self._sent_code, self._sent_reason
+                conn.receive_close(code, reason, asyncio.get_running_loop().time())
+                conn.data_to_send()  # the reply: the ASGI server sent it already
+            self._finish()
 
     def _deliver(self, data: str | bytes, size: int) -> None:
         listener = self.listener
@@ -444,14 +476,15 @@ class AsgiLink:
         if not listener.on_message(data):
             self.hold()
 
-    def _finish(self, code: int, reason: str, was_clean: bool) -> None:
+    def _finish(self) -> None:
+        """The connection is over: report it as the core says."""
         if self._finished:
             return
         self._finished = True
-        self._close_code = code
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-            self._close_timer = None
+        result = self.conn.connection_lost()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         # Whatever is still queued can no longer reach the client; what was
         # read ahead is dropped, as a socket's unread input is.
         self._backlog.clear()
@@ -464,7 +497,7 @@ class AsgiLink:
         listener = self.listener
         if listener is not None:
             self.listener = None  # the client record points back at us: no cycle
-            listener.on_close(code, reason, was_clean)
+            listener.on_close(result.code, result.reason, result.was_clean)
 
 
 def _payload_size(data: str | bytes) -> int:

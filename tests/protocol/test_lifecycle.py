@@ -339,3 +339,22 @@ def test_empty_fragments_cannot_run_forever() -> None:
 def test_small_limits_still_allow_1024_frames() -> None:
     conn = Connection(max_payload=1024)
     assert conn.receive_data(fragmented(1024, b"")) == [b""]
+
+
+# ----------------------------------- a Close decoded elsewhere (the ASGI driver)
+
+
+def test_a_close_decoded_by_someone_else_drives_the_same_lifecycle() -> None:
+    conn = Connection(limits=LIMITS)
+    conn.receive_close(4001, "bye", 1.0)
+    assert conn.state == CLOSE_RECEIVED and conn.deadline == 11.0
+    [reply] = conn.data_to_send()
+    assert close_code_of(reply) == 4001 and conn.end == EndMode.CLOSE
+    lost = conn.connection_lost()
+    assert (lost.code, lost.reason, lost.was_clean) == (4001, "bye", True)
+    # Our Close answered: clean, with the code the peer echoed.
+    conn = Connection(limits=LIMITS)
+    conn.send_close(1001, "going", 0.0)
+    conn.receive_close(1001, "going", 0.5)
+    assert conn.state == CLOSED and conn.end == EndMode.CLOSE
+    assert conn.connection_lost().was_clean

@@ -679,24 +679,29 @@ class Connection:
             except InvalidClosePayload as exc:
                 self._fail(events, exc.code, exc.reason)
                 return
-            self._stop_reading()
-            self.close_code = code
-            self.close_reason = reason
-            self._pong_deadline = None
-            self._deferred_pong = self._deferred_pong_at = None
-            if self.state == ConnectionState.CLOSE_SENT:
-                # It answers our Close: the handshake is complete.
-                self.state = ConnectionState.CLOSED
-                self._set_end(EndMode.CLOSE, now)
-            else:
-                # Our reply is made when the driver next asks for data to
-                # send, so that what the application sends in answer to the
-                # messages before this Close still goes out before it.
-                self.state = ConnectionState.CLOSE_RECEIVED
-                self._reply_code = CloseReceived(code, reason).reply_code
-                self._close_deadline = now + self.limits.close_timeout
-                self._update_deadline()
+            self.receive_close(code, reason, now)
             events.append(CloseReceived(code, reason))
+
+    def receive_close(self, code: int, reason: str, now: float = 0.0) -> None:
+        """The peer's Close arrived (here from a frame, or decoded by someone
+        else: an ASGI server).  ``code`` is 1005 for a Close without one."""
+        self._stop_reading()
+        self.close_code = code
+        self.close_reason = reason
+        self._pong_deadline = None
+        self._deferred_pong = self._deferred_pong_at = None
+        if self.state == ConnectionState.CLOSE_SENT:
+            # It answers our Close: the handshake is complete.
+            self.state = ConnectionState.CLOSED
+            self._set_end(EndMode.CLOSE, now)
+        elif self.state == ConnectionState.OPEN:
+            # Our reply is made when the driver next asks for data to send,
+            # so that what the application sends in answer to the messages
+            # before this Close still goes out before it.
+            self.state = ConnectionState.CLOSE_RECEIVED
+            self._reply_code = None if code == CloseCode.NO_STATUS else code
+            self._close_deadline = now + self.limits.close_timeout
+            self._update_deadline()
 
     def _on_ping(self, payload: bytes, now: float, events: list[Event]) -> None:
         if self.state != ConnectionState.OPEN:
