@@ -19,9 +19,12 @@
  *   parse_upgrade_head(data, max_size, max_fields) -> tuple | None
  *       The common WebSocket upgrade request, whole in one read, parsed in
  *       one call: (target, headers, end).  Anything unusual (not GET, not
- *       HTTP/1.1, incomplete, a body, folded lines, odd bytes, over the
- *       limits ...) gives None and goes to httptools as before, which also
- *       makes every refusal.  The pure-Python path always uses httptools.
+ *       HTTP/1.1, not an origin-form target, incomplete, a body, folded
+ *       lines, odd bytes, over the limits ...) gives None and goes to
+ *       httptools as before, which also makes every refusal.  What it
+ *       accepts, httptools accepts with the same fields (a differential
+ *       fuzz test holds it to that).  The pure-Python path always uses
+ *       httptools.
  *
  *   PayloadBuffer(total, initial, mask)
  *       The payload of one large frame, read straight into the bytes object
@@ -279,7 +282,8 @@ is_tchar(unsigned char c)
     return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
 }
 
-/* RFC 3986 unreserved, reserved and '%': what every HTTP parser accepts. */
+/* RFC 3986 unreserved, reserved and '%': what every HTTP parser accepts in
+ * a path, query or fragment (llhttp takes any VCHAR there). */
 static int
 is_target_char(unsigned char c)
 {
@@ -323,6 +327,41 @@ init_known_names(void)
     return 0;
 }
 
+/* Whether a Connection field value has the token "upgrade" in the plainest
+ * spelling: a comma-separated element that is "upgrade" (any case) with
+ * only spaces around it.  llhttp then flags the request as an upgrade too. */
+static int
+has_upgrade_token(const unsigned char *v, Py_ssize_t n)
+{
+    Py_ssize_t i = 0, start, stop;
+    while (i <= n) {
+        while (i < n && v[i] == ' ') {
+            i++;
+        }
+        start = i;
+        while (i < n && v[i] != ',') {
+            i++;
+        }
+        stop = i;
+        while (stop > start && v[stop - 1] == ' ') {
+            stop--;
+        }
+        if (stop - start == 7) {
+            char low[7];
+            int k;
+            for (k = 0; k < 7; k++) {
+                unsigned char c = v[start + k];
+                low[k] = (char)((c >= 'A' && c <= 'Z') ? c + 32 : c);
+            }
+            if (memcmp(low, "upgrade", 7) == 0) {
+                return 1;
+            }
+        }
+        i++; /* past the ',' (or the end) */
+    }
+    return 0;
+}
+
 /* A new reference to the str for this lower-case name. */
 static PyObject *
 field_name(const char *lower, Py_ssize_t n)
@@ -342,6 +381,7 @@ parse_upgrade_head(PyObject *self, PyObject *args)
 {
     Py_buffer view;
     Py_ssize_t max_size, max_fields, pos, end, head_end, nfields = 0;
+    int upgrade_field = 0, connection_upgrade = 0;
     const unsigned char *b;
     PyObject *headers = NULL, *target = NULL, *result = NULL;
 
@@ -361,11 +401,13 @@ parse_upgrade_head(PyObject *self, PyObject *args)
     if (head_end < 0) {
         goto fallback;
     }
-    /* Request line: "GET " target " HTTP/1.1\r\n" */
-    if (head_end < 16 || memcmp(b, "GET ", 4) != 0) {
+    /* Request line: "GET " target " HTTP/1.1\r\n", the target in origin-form
+     * (RFC 9112 §3.2.1).  "*", absolute-form and whatever does not start
+     * with "/" ("?x", "chat", "[x]") are httptools' to accept or refuse. */
+    if (head_end < 16 || memcmp(b, "GET /", 5) != 0) {
         goto fallback;
     }
-    pos = 4;
+    pos = 5;
     while (pos < head_end && is_target_char(b[pos])) {
         pos++;
     }
@@ -426,6 +468,15 @@ parse_upgrade_head(PyObject *self, PyObject *args)
             || (k == 17 && memcmp(lower, "transfer-encoding", 17) == 0)) {
             goto fallback; /* a body: httptools' business */
         }
+        if (head_end < end) {
+            /* Bytes follow the head: see below. */
+            if (k == 7 && memcmp(lower, "upgrade", 7) == 0 && value_end > value_start) {
+                upgrade_field = 1; /* llhttp flags an Upgrade only with a value */
+            }
+            else if (k == 10 && memcmp(lower, "connection", 10) == 0 && !connection_upgrade) {
+                connection_upgrade = has_upgrade_token(b + value_start, value_end - value_start);
+            }
+        }
         name = field_name(lower, k);
         if (name == NULL) {
             goto error;
@@ -461,6 +512,12 @@ parse_upgrade_head(PyObject *self, PyObject *args)
         Py_DECREF(value);
     }
     if (pos + 2 != head_end) {
+        goto fallback;
+    }
+    if (head_end < end && !(upgrade_field && connection_upgrade)) {
+        /* Bytes after the head go to the WebSocket only if httptools, too,
+         * would stop there for an upgrade; otherwise it reads them as the
+         * next request, and it is for httptools to say what follows. */
         goto fallback;
     }
     result = Py_BuildValue("(OOn)", target, headers, head_end);
