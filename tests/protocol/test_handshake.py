@@ -86,6 +86,50 @@ def test_other_versions_get_426_with_the_versions_we_speak(version: str) -> None
     assert error.reason
 
 
+# Digits of other scripts: str.isdigit() says yes to all of them, int() reads
+# "١٣" (Arabic-Indic), full-width "\uff11\uff13" and "߁߃" (NKo) as 13 and
+# refuses "¹³" (superscripts) with a ValueError.  None of them is a version.
+UNICODE_DIGITS = [
+    "١٣", "۱۳", "१३", "\uff11\uff13", "߁߃", "¹³", "١٣, 8", "٨", "1\uff13", "\uff1013",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("version", UNICODE_DIGITS)
+def test_other_scripts_digits_are_not_a_version(version: str) -> None:
+    # Issue #15: these got a 101 as version 13 (or a 500 for "¹³").  RFC
+    # 6455 §4.4: a version we do not speak gets 426 and the ones we do, as
+    # "abc" or "7" above.
+    error = refused(sec_websocket_version=version)
+    assert error.status == 426
+    assert ("Sec-WebSocket-Version", "13, 8") in error.headers
+
+
+@pytest.mark.parametrize("version", ["013", "+13", "1_3", " 13\x0b", "13\xa0", "13 13"])
+def test_only_the_exact_spelling_of_a_version(version: str) -> None:
+    # int() takes all of these but the last; only OWS (SP, HTAB) is trimmed.
+    assert refused(sec_websocket_version=version).status == 426
+    info = check_http1_upgrade("GET", "1.1", headers(sec_websocket_version=" 8\t"))
+    assert info.version == 8
+
+
+@settings(max_examples=300, deadline=None)
+@given(version=st.text(max_size=6) | st.sampled_from(UNICODE_DIGITS))
+def test_any_version_text_is_13_8_or_426(version: str) -> None:
+    try:
+        info = check_http1_upgrade("GET", "1.1", headers(sec_websocket_version=version))
+    except HandshakeError as exc:
+        assert exc.status == 426
+        assert version.strip(" \t") not in ("13", "8")
+    else:
+        assert version.strip(" \t") == str(info.version) and info.version in (13, 8)
+    h2 = {"sec-websocket-version": version}
+    try:
+        assert check_h2_connect("CONNECT", "websocket", h2).version == 13
+        assert version.strip(" \t") == "13"
+    except HandshakeError as exc:
+        assert exc.status == 426
+
+
 @pytest.mark.parametrize(
     ("overrides", "status", "words"),
     [

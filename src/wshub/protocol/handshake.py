@@ -115,15 +115,22 @@ def _origin(headers: Headers) -> str | None:
     return origin
 
 
+# The exact spellings of SUPPORTED_VERSIONS (RFC 6455 §4.1: no leading zero).
+# Compared as strings: int() and str.isdigit() also take other scripts' digits
+# ("١٣" is 13 to int(); "¹³".isdigit() but int() refuses it).
+_VERSION_TEXT = {str(v): v for v in SUPPORTED_VERSIONS}
+
+
 def _version(headers: Headers) -> int:
     value = headers.get("sec-websocket-version")
     if value is None:
         raise HandshakeError(400, "missing Sec-WebSocket-Version", [_VERSION_HEADER])
-    value = value.strip()
-    if not value.isdigit() or int(value) not in SUPPORTED_VERSIONS:
-        # RFC 6455 §4.2.2 point 4: 426 and the versions we speak.
+    version = _VERSION_TEXT.get(value.strip(" \t"))
+    if version is None:
+        # RFC 6455 §4.2.2 point 4 and §4.4: 426 and the versions we speak,
+        # for any value that is not one of them (as "abc" or "7" always got).
         raise HandshakeError(426, "unsupported WebSocket version", [_VERSION_HEADER])
-    return int(value)
+    return version
 
 
 def check_http1_upgrade(
@@ -170,7 +177,7 @@ def check_h2_connect(method: str, protocol: str | None, headers: Headers) -> Upg
     if protocol.lower() != "websocket":
         raise HandshakeError(501, f"unsupported :protocol {protocol[:40]!r}")
     value = headers.get("sec-websocket-version")
-    if value is None or value.strip() != "13":
+    if value is None or value.strip(" \t") != "13":
         raise HandshakeError(
             426, "unsupported WebSocket version", [("sec-websocket-version", "13")]
         )
