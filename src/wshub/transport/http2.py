@@ -22,7 +22,9 @@ paused streams can never starve their siblings.
 Abuse (CVE-2023-44487 rapid reset, SETTINGS/PING/PRIORITY floods, too many
 concurrent streams, a peer that does not read) ends the connection with a
 GOAWAY and a log line; memory stays bounded by the windows and the stream
-limit below.
+limit below.  A plain request must be complete within the server's
+``handshake_timeout`` (408 + RST_STREAM), and the request bodies held by one
+connection are capped (BODY_BUFFER_FACTOR), not each stream's alone.
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ TRANSPORT_HARD_LIMIT = 4 * 1024 * 1024
 ERROR_LINGER = 1.0
 # A connection without streams for this long is closed (GOAWAY).
 IDLE_TIMEOUT = 120.0
+# Plain requests: the bodies being received on one connection are held up
+# to this many times max_body_size in all; a stream whose DATA would pass
+# that is refused (REFUSED_STREAM, which a client may retry), so many
+# streams cannot each buffer max_body_size.
+BODY_BUFFER_FACTOR = 2
 # Token buckets (burst, per second) for frames that cost us work but carry
 # nothing a well-behaved client sends in bulk.
 RESET_BUDGET = (200.0, 100.0)  # RST_STREAM from the peer (rapid reset)
@@ -153,6 +160,7 @@ class _Stream:
 
     __slots__ = (
         "body",
+        "deadline",
         "end_pending",
         "eof_pending",
         "finish_link",
@@ -197,6 +205,8 @@ class _Stream:
         self.read_paused = False
         self.eof_pending = False
         self.linger: asyncio.TimerHandle | None = None
+        # A plain request must be complete (END_STREAM) by then.
+        self.deadline: asyncio.TimerHandle | None = None
 
 
 class Http2Link(FramedLink):
@@ -268,6 +278,8 @@ class Http2Protocol(asyncio.Protocol):
         self._receiving = False
         self._seen_request = False
         self._timer: asyncio.TimerHandle | None = None
+        # Bytes of plain request bodies held by this connection's streams.
+        self._body_held = 0
         now = self._loop.time()
         self._resets = _Budget(*RESET_BUDGET, now)
         self._settings = _Budget(*SETTINGS_BUDGET, now)
@@ -372,7 +384,12 @@ class Http2Protocol(asyncio.Protocol):
         if not self._lost:
             self._transmit()
             self._lost = True
-            self.transport.close()
+            transport = self.transport
+            transport.close()
+            if transport.get_write_buffer_size():
+                # A peer that does not read: close() would wait for it forever.
+                self._cancel_timer()
+                self._timer = self._loop.call_later(self.server.write_timeout, transport.abort)
 
     def _maybe_finish(self) -> None:
         if self._lost:
@@ -530,6 +547,13 @@ class Http2Protocol(asyncio.Protocol):
             self._connect(stream, ended)
         elif ended:
             self._dispatch(stream)
+        elif _declared_length(stream.headers) > server.max_body_size:
+            self._refuse(stream, 413, "request body too large")
+        elif server.handshake_timeout > 0:
+            # Like a request head on HTTP/1.1: the whole request in time.
+            stream.deadline = self._loop.call_later(
+                server.handshake_timeout, self._request_timed_out, stream
+            )
 
     def _connect(self, stream: _Stream, ended: bool) -> None:
         hub = self.server.websocket
@@ -576,8 +600,13 @@ class Http2Protocol(asyncio.Protocol):
 
     def _dispatch(self, stream: _Stream) -> None:
         """The request is complete: ask the handler."""
+        if stream.deadline is not None:
+            stream.deadline.cancel()
+            stream.deadline = None
         if stream.responded:
             return
+        body = bytes(stream.body)
+        self._release_body(stream)
         handler = self.server.handler
         if handler is None:
             self._respond(stream, Response.text(404, "Not Found\n"))
@@ -586,12 +615,11 @@ class Http2Protocol(asyncio.Protocol):
             method=stream.method,
             target=stream.pseudo.get(":path", "/"),
             headers=stream.headers,
-            body=bytes(stream.body),
+            body=body,
             client=self.peer,
             tls=self.tls,
             http_version="2",
         )
-        stream.body = bytearray()
         stream.responded = True  # from here the handler answers
         answer = call_handler(handler, request)
         if isinstance(answer, Response):
@@ -599,6 +627,32 @@ class Http2Protocol(asyncio.Protocol):
             return
         stream.task = answer
         answer.add_done_callback(lambda task: self._handler_done(stream, task))
+
+    def _request_timed_out(self, stream: _Stream) -> None:
+        stream.deadline = None
+        if self._lost or self._dead or self.streams.get(stream.id) is not stream:
+            return
+        if stream.responded or stream.kind != _REQUEST:
+            return
+        log.info(
+            "%s: HTTP/2 request (stream %d) not complete within %.1fs: reset",
+            self.peer[0],
+            stream.id,
+            self.server.handshake_timeout,
+        )
+        self._refuse(stream, 408, "request timeout")
+        if self.streams.get(stream.id) is stream:
+            # Its body may wait for a window the peer never opens: no more.
+            self._reset(stream, ErrorCodes.CANCEL)
+        if not self.streams:
+            # Nothing else on this connection: close it (GOAWAY) now rather
+            # than after IDLE_TIMEOUT, or it could go on doing just this.
+            self.goaway("request timeout")
+        self._transmit()
+
+    def _release_body(self, stream: _Stream) -> None:
+        self._body_held -= len(stream.body)
+        stream.body = bytearray()
 
     def _handler_done(self, stream: _Stream, task: asyncio.Future[Response]) -> None:
         stream.task = None
@@ -689,10 +743,22 @@ class Http2Protocol(asyncio.Protocol):
             return
         self._ack(stream_id, size)
         if stream.kind == _REQUEST and not stream.responded:
-            if len(stream.body) + len(data) > self.server.max_body_size:
+            server = self.server
+            if len(stream.body) + len(data) > server.max_body_size:
+                self._release_body(stream)
                 self._refuse(stream, 413, "request body too large")
                 return
+            if self._body_held + len(data) > BODY_BUFFER_FACTOR * server.max_body_size:
+                log.info(
+                    "%s: HTTP/2 request bodies over %d bytes on one connection: stream %d refused",
+                    self.peer[0],
+                    BODY_BUFFER_FACTOR * server.max_body_size,
+                    stream_id,
+                )
+                self._reset(stream, ErrorCodes.REFUSED_STREAM)
+                return
             stream.body += data
+            self._body_held += len(data)
 
     def _ack(self, stream_id: int, size: int) -> None:
         if size > 0 and not self._lost:
@@ -895,6 +961,11 @@ class Http2Protocol(asyncio.Protocol):
         if stream.linger is not None:
             stream.linger.cancel()
             stream.linger = None
+        if stream.deadline is not None:
+            stream.deadline.cancel()
+            stream.deadline = None
+        if stream.body:
+            self._release_body(stream)
         if stream.task is not None:
             stream.task.cancel()
             stream.task = None
@@ -904,3 +975,9 @@ class Http2Protocol(asyncio.Protocol):
         if stream.link is not None and stream.write_paused:
             stream.write_paused = False
             stream.link.resume_writing()
+
+
+def _declared_length(headers: Headers) -> int:
+    """A request's content-length, or -1 when it has none we can read."""
+    value = headers.get("content-length", "")
+    return int(value) if value.isdigit() and len(value) < 20 else -1

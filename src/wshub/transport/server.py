@@ -66,7 +66,11 @@ class HttpServer:
     may wait this long for what it still has to send; then it is aborted.
     Meanwhile no more of its requests are read: what a connection holds is
     bounded by the transport's write buffer limit, not by how many requests
-    it pipelines.
+    it pipelines.  Over HTTP/2 a plain request must be complete (END_STREAM)
+    within ``handshake_timeout`` too (408 and RST_STREAM; a connection with
+    nothing else open is then closed), and the bodies one connection holds
+    are capped at twice ``max_body_size`` (past it: RST_STREAM
+    REFUSED_STREAM, which a client may retry).
 
     With a hub attached, every connection counts under its
     ``limit_by_ip`` from the moment it is accepted, plain HTTP included (an
