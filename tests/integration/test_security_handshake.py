@@ -2,8 +2,10 @@
 
 Origin look-alikes (403), per-IP limits (429) with IPv6 /64s and forwarded
 headers, slowloris (408), oversized heads (431), garbage (400), big bodies
-(413).  Each refusal: the right status, exactly one log line, no traceback,
-and the bystander's echo still works.
+(413), malformed targets, versions and hosts (400/426, never 500, with the
+C upgrade reader and with httptools alike).  Each refusal: the right
+status, exactly one log line, no traceback, and the bystander's echo still
+works.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 import websockets
 
 from tests.conftest import Running, StartServer, wait_for
+from tests.integration.h2_client_support import H2Client
 from tests.integration.security_support import (
     Bystander,
     echo,
@@ -26,6 +29,7 @@ from tests.integration.security_support import (
     wshub_lines,
 )
 from wshub import HttpServer, WebSocket
+from wshub.transport import http1
 
 
 @pytest.fixture(autouse=True)
@@ -302,3 +306,107 @@ async def test_garbage_after_upgrade_gets_a_close_code(
     lines = wshub_lines(caplog)
     assert len(lines) == 1 and "1002" in lines[0], lines
     await bystander.close()
+
+
+# ------------------------------------------ malformed input: 400/426, never 500
+
+# Issue #15: the first read of a connection is offered to the C reader
+# (_speedups.parse_upgrade_head), everything else is parsed by httptools.
+# Both must give the same answer, so each case below runs with either.
+
+
+@pytest.fixture(params=["c-reader", "httptools"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "c-reader":
+        if http1._parse_upgrade_head is None:
+            pytest.skip("no C accelerator on this path (WSHUB_NO_EXTENSIONS=1)")
+    else:
+        monkeypatch.setattr(http1, "_parse_upgrade_head", None)
+    return str(request.param)
+
+
+def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not bad, [r.getMessage() for r in bad]
+
+
+@pytest.mark.parametrize("target", ["?x", "chat", ";/a", "[x]", "[::1]", "@a", "%2F"])
+async def test_targets_httptools_refuses_get_400_from_either_reader(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture, reader: str, target: str
+) -> None:
+    # The C reader took any run of URI characters as the target: "?x",
+    # "chat" and ";/a" got a 101 there and a 400 from httptools; "[x]" made
+    # the URL "ws://host[x]", which urlsplit refuses: a 500 and a traceback.
+    srv = await start_server()
+    echo(srv)
+    await assert_refused_once(srv, caplog, upgrade(host_of(srv), path=target), 400)
+    assert_no_traceback(caplog)
+    assert srv.ws.clients == []
+
+
+@pytest.mark.parametrize(
+    ("raw_version", "status"),
+    [
+        ("¹³".encode("latin-1"), 426),  # str.isdigit(), but int() raises: was a 500
+        ("²".encode("latin-1"), 426),
+        ("١٣".encode(), 426),  # UTF-8 read as latin-1: not digits at all
+        (b"013", 426),
+        (b"13", 101),
+    ],
+)
+async def test_version_other_than_13_or_8_is_426_never_500(
+    start_server: StartServer,
+    caplog: pytest.LogCaptureFixture,
+    reader: str,
+    raw_version: bytes,
+    status: int,
+) -> None:
+    srv = await start_server()
+    echo(srv)
+    data = upgrade(host_of(srv)).replace(b"Version: 13\r\n", b"Version: " + raw_version + b"\r\n")
+    if status == 101:
+        reply, _reader, writer = await http_raw(srv, data)
+        assert reply.status == 101
+        writer.close()
+    else:
+        await assert_refused_once(srv, caplog, data, status)
+        reply = await refused(srv, data)
+        assert reply.headers.get("sec-websocket-version") == "13, 8"
+    assert_no_traceback(caplog)
+
+
+@pytest.mark.parametrize("host", ["[::1", "a]", "[::1]]", "[[::1]", "]a[", "[x]", "a[b]"])
+async def test_host_with_unbalanced_brackets_is_400_never_500(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture, reader: str, host: str
+) -> None:
+    # urlsplit raises ValueError for these (unbalanced, or not an address
+    # inside): it reached the transport as a 500 with a traceback.
+    srv = await start_server()
+    echo(srv)
+    await assert_refused_once(srv, caplog, upgrade(host), 400)
+    assert_no_traceback(caplog)
+    # With an Origin too (the same-origin check reads the Host first).
+    origin = [("Origin", f"http://127.0.0.1:{srv.port}")]
+    await assert_refused_once(srv, caplog, upgrade(host, extra=origin), 400)
+    assert_no_traceback(caplog)
+
+
+@pytest.mark.parametrize("authority", ["[::1", "a]", "[::1]]", "[x]:80", "a[b]"])
+async def test_http2_authority_with_unbalanced_brackets_is_400_never_500(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture, authority: str
+) -> None:
+    srv = await start_server()
+    echo(srv)
+    client = await H2Client.connect("127.0.0.1", srv.port, tls=False)
+    try:
+        caplog.clear()
+        sid = await client.open_ws("/", authority=authority, scheme="http")
+        assert (await client.response(sid)).status == 400
+        lines = wshub_lines(caplog)
+        assert len(lines) <= 1 and all("400" in line for line in lines), lines
+        assert_no_traceback(caplog)
+        # The connection goes on: a well-formed stream on it is served.
+        sid = await client.open_ws("/", authority=f"127.0.0.1:{srv.port}", scheme="http")
+        assert (await client.response(sid)).status == 200
+    finally:
+        await client.close()
