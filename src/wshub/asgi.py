@@ -72,11 +72,12 @@ from collections.abc import Awaitable, Callable, Hashable, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from .errors import ConnectionClosedError, HandshakeError, WebSocketProtocolError
+from .errors import ConnectionClosedError, WebSocketProtocolError
 from .protocol.connection import Connection, ConnectionState, EndMode
 from .protocol.frames import CloseCode
-from .protocol.handshake import Headers, UpgradeInfo, add_header
-from .transport.link import LinkConfig, LinkListener, ReadyState, UpgradeRequest
+from .protocol.handshake import Headers, add_header
+from .transport.link import LinkConfig, LinkListener, ReadyState
+from .transport.upgrade import Refusal, RequestHead, judge_upgrade
 
 if TYPE_CHECKING:
     from .hub import WebSocket
@@ -102,8 +103,8 @@ _TEXT_TAG = b"t"
 _BINARY_TAG = b"b"
 
 
-def _request_from_scope(scope: Scope) -> UpgradeRequest:
-    """Build the hub's view of an upgrade from an ASGI ``websocket`` scope."""
+def _request_from_scope(scope: Scope) -> RequestHead:
+    """What the upgrade pipeline needs of an ASGI ``websocket`` scope."""
     headers: Headers = {}
     for raw_name, raw_value in scope.get("headers") or ():
         name = bytes(raw_name).decode("latin-1").lower()
@@ -124,9 +125,14 @@ def _request_from_scope(scope: Scope) -> UpgradeRequest:
     client = scope.get("client")
     peer = (str(client[0]), int(client[1])) if client else ("", 0)
     scheme = "wss" if scope.get("scheme") == "wss" else "ws"
-    origin = headers.get("origin") or headers.get("sec-websocket-origin")
-    info = UpgradeInfo(13, None, origin, "")
-    return UpgradeRequest(target=target, headers=headers, info=info, peer=peer, scheme=scheme)
+    return RequestHead(
+        method="GET",
+        target=target,
+        http_version=str(scope.get("http_version") or "1.1"),
+        headers=headers,
+        peer=peer,
+        scheme=scheme,
+    )
 
 
 class AsgiLink:
@@ -590,26 +596,20 @@ class AsgiApp:
         if first.get("type") != "websocket.connect":
             return  # disconnected before the handshake: nothing to do
         try:
-            request = _request_from_scope(scope)
+            head = _request_from_scope(scope)
         except Exception:
             log.exception("malformed ASGI websocket scope")
-            await self._refuse(scope, send, HandshakeError(400, "malformed request"))
+            await self._refuse(scope, send, Refusal(400, "malformed request"))
             return
-        peer = request.peer[0] or "?"
-        try:
-            admission = self.hub.admit(request)
-        except HandshakeError as exc:
-            log.info("%s: refused WebSocket upgrade: %d %s", peer, exc.status, exc.reason)
-            await self._refuse(scope, send, exc)
+        verdict = judge_upgrade(self.hub, head, carrier="asgi")
+        if isinstance(verdict, Refusal):
+            await self._refuse(scope, send, verdict)
             return
-        except Exception:
-            log.exception("%s: internal error in the WebSocket handshake", peer)
-            await self._refuse(scope, send, HandshakeError(500, "internal server error"))
-            return
+        admission = verdict
+        peer = head.peer[0] or "?"
         headers = [
             (name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in admission.response_headers
-            if name.lower() != "sec-websocket-extensions"
         ]
         try:
             await send({"type": "websocket.accept", "headers": headers})
@@ -625,18 +625,21 @@ class AsgiApp:
         finally:
             self._links.discard(link)
 
-    async def _refuse(self, scope: Scope, send: Send, exc: HandshakeError) -> None:
+    async def _refuse(self, scope: Scope, send: Send, refused: Refusal) -> None:
         extensions = scope.get("extensions") or {}
         if _DENIAL_EXTENSION in extensions:
-            body = f"{exc.status} {exc.reason}\n".encode()
-            headers = [(b"content-type", b"text/plain; charset=utf-8")]
-            headers.extend(
-                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers
-            )
+            # The same answer as over HTTP/1.1 and HTTP/2, framed by the ASGI server.
+            headers = [
+                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in refused.headers
+            ]
             await send(
-                {"type": "websocket.http.response.start", "status": exc.status, "headers": headers}
+                {
+                    "type": "websocket.http.response.start",
+                    "status": refused.status,
+                    "headers": headers,
+                }
             )
-            await send({"type": "websocket.http.response.body", "body": body})
+            await send({"type": "websocket.http.response.body", "body": refused.body})
         else:
-            code = _REFUSAL_CLOSE_CODES.get(exc.status, CloseCode.POLICY_VIOLATION)
-            await send({"type": "websocket.close", "code": int(code), "reason": exc.reason})
+            code = _REFUSAL_CLOSE_CODES.get(refused.status, CloseCode.POLICY_VIOLATION)
+            await send({"type": "websocket.close", "code": int(code), "reason": refused.reason})

@@ -62,7 +62,7 @@ async def test_refusal_with_denial_extension_sends_the_status() -> None:
     assert peer.sent[0]["status"] == 403
     assert peer.sent[1] == {
         "type": "websocket.http.response.body",
-        "body": b"403 origin not allowed\n",
+        "body": b"origin not allowed\n",
     }
 
 

@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from ..http import Request, Response, call_handler, finished_response, reason_phrase
+from ..http import Request, Response, call_handler, finished_response
 from ..policy import valid_host
 from ..protocol import frames
 from ..protocol.connection import Connection
 from ..protocol.handshake import (
-    HandshakeError,
     Headers,
     accept_key_bytes,
     add_header,
-    check_http1_upgrade,
     is_websocket_upgrade,
 )
-from .link import FramedLink, LinkConfig, UpgradeRequest, is_loopback
+from ..protocol.http import frame_http1, switching_protocols
+from .link import FramedLink, LinkConfig, is_loopback
+from .upgrade import Refusal, RequestHead, judge_upgrade
 
 if TYPE_CHECKING:
     from .server import HttpServer
@@ -223,11 +223,6 @@ class _DirectReader(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self._proto.resume_writing()
 
-
-_SWITCHING = (
-    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Accept: "
-)
 
 # Hand the transport to a _DirectReader only for this much left to read.
 _DIRECT_READ_MIN = 16384
@@ -589,40 +584,29 @@ class Http1Protocol(asyncio.Protocol):
     ) -> None:
         # is_upgrade: is_websocket_upgrade(headers) is known to be true.
         server = self.server
-        hub = server.websocket
-        try:
-            info = check_http1_upgrade(method, http_version, headers, is_upgrade)
-            if hub is None:
-                raise HandshakeError(404, "no WebSocket endpoint on this server")
-            request = UpgradeRequest(
-                target=target,
-                headers=headers,
-                info=info,
-                peer=self.peer,
-                scheme="wss" if self.tls else "ws",
-            )
-            # From here the hub counts this connection as its client (under
-            # the client's address, which forwarding headers may tell): give
-            # back the connection's own count first, so it is counted once.
-            server._release_ip_slot(self)
-            admission = hub.admit(request)
-        except HandshakeError as exc:
-            self._refuse(exc.status, exc.reason, exc.headers, what="refused WebSocket upgrade")
+        # From here the hub counts this connection as its client (under the
+        # client's address, which forwarding headers may tell): give back the
+        # connection's own count first, so that it is counted once.
+        server._release_ip_slot(self)
+        head = RequestHead(
+            method=method,
+            target=target,
+            http_version=http_version,
+            headers=headers,
+            peer=self.peer,
+            scheme="wss" if self.tls else "ws",
+        )
+        verdict = judge_upgrade(server.websocket, head, carrier="http/1.1", is_upgrade=is_upgrade)
+        if isinstance(verdict, Refusal):
+            self._send_refusal(verdict)
             return
-        except Exception:
-            log.exception("%s: internal error in the WebSocket handshake", self.peer[0])
-            self._refuse(500, "internal server error", logged=True)
-            return
+        admission = verdict
         transport = self.transport
-        assert transport is not None and info.key is not None
+        key = headers.get("sec-websocket-key")
+        assert transport is not None and key is not None
         if transport.is_closing():
             admission.cancel()
             return
-        response = _SWITCHING + accept_key_bytes(info.key)
-        extra = admission.response_headers
-        if extra:
-            response += "".join([f"\r\n{k}: {v}" for k, v in extra]).encode("latin-1")
-        response += b"\r\n\r\n"
         self._cancel_timer()
         config = admission.config
         conn = Connection(max_payload=config.max_payload, codec=admission.codec, limits=config)
@@ -637,7 +621,9 @@ class Http1Protocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=config.write_high, low=config.write_low)
         self.link = link
         self._parser = None
-        link.queue_frame(response)
+        link.queue_frame(
+            switching_protocols(accept_key_bytes(key.strip()), admission.response_headers)
+        )
         # Like bytes_written (which counts the 101), bytes_read counts the
         # request; ``rest`` is counted when the link reads it below.
         link.bytes_read = self._bytes_in - len(rest)
@@ -687,17 +673,15 @@ class Http1Protocol(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         keep_alive = req.keep_alive and req.http_version == "1.1"
-        head = [f"HTTP/1.1 {response.status} {reason_phrase(response.status)}"]
-        names = set()
-        for k, v in response.headers:
-            names.add(k.lower())
-            head.append(f"{k}: {v}")
-        body = b"" if req.method == "HEAD" else response.body
-        if "content-length" not in names and response.status not in (204, 304):
-            head.append(f"Content-Length: {len(response.body)}")
-        if not keep_alive:
-            head.append("Connection: close")
-        transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        transport.write(
+            frame_http1(
+                response.status,
+                response.headers,
+                response.body,
+                method=req.method,
+                keep_alive=keep_alive,
+            )
+        )
         if not keep_alive:
             self._close()
         elif not self._write_paused:
@@ -705,35 +689,28 @@ class Http1Protocol(asyncio.Protocol):
         # else: the write watch runs; the idle timer starts once it drains
 
     def _refuse(
-        self,
-        status: int,
-        reason: str,
-        headers: list[tuple[str, str]] | None = None,
-        *,
-        what: str = "refused request",
-        logged: bool = False,
+        self, status: int, reason: str, *, what: str = "refused request", logged: bool = False
     ) -> None:
         """Answer with an error status and close (the connection is not reusable).
 
         Every refusal leaves exactly one log line (here, unless the caller
         already logged it with ``logged=True``).
         """
-        transport = self.transport
-        if transport is None or self._closing:
+        if self.transport is None or self._closing:
             return
         if not logged:
             log.info("%s: %s: %d %s", self.peer[0], what, status, reason)
+        self._send_refusal(Refusal(status, reason))
+
+    def _send_refusal(self, refused: Refusal) -> None:
+        transport = self.transport
+        if transport is None or self._closing:
+            return
         self._closing = True
         self._parser = None
-        body = (reason + "\n").encode("utf-8", "replace")
-        head = [
-            f"HTTP/1.1 {status} {reason_phrase(status)}",
-            "Content-Type: text/plain; charset=utf-8",
-            f"Content-Length: {len(body)}",
-            "Connection: close",
-        ]
-        head.extend(f"{k}: {v}" for k, v in headers or ())
-        transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        transport.write(
+            frame_http1(refused.status, refused.headers, refused.body, keep_alive=False)
+        )
         self._close()
 
     def _close(self) -> None:
@@ -761,10 +738,9 @@ class Http1Protocol(asyncio.Protocol):
         if h2:
             self._close()
             return
-        body = b"too many connections from this address\n"
+        refused = Refusal(429, "too many connections from this address")
         transport.write(
-            b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            frame_http1(refused.status, refused.headers, refused.body, keep_alive=False)
         )
         if transport.can_write_eof():
             try:

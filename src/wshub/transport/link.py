@@ -133,7 +133,7 @@ class Link(Protocol):
 class UpgradeRequest:
     """A valid WebSocket upgrade, whatever HTTP version carried it, for the hub to judge."""
 
-    __slots__ = ("headers", "info", "peer", "scheme", "target")
+    __slots__ = ("headers", "http_version", "info", "method", "peer", "scheme", "target")
 
     def __init__(
         self,
@@ -143,12 +143,16 @@ class UpgradeRequest:
         info: UpgradeInfo,
         peer: tuple[str, int],
         scheme: str,
+        method: str = "GET",
+        http_version: str = "1.1",
     ) -> None:
         self.target = target  # the request target as sent: "/path?query"
         self.headers = headers  # lower-case names (":authority" folded into "host")
         self.info = info
         self.peer = peer  # (ip, port) of the TCP peer
         self.scheme = scheme  # "ws" or "wss"
+        self.method = method  # "GET" (HTTP/1.1), "CONNECT" (HTTP/2)
+        self.http_version = http_version  # "1.1", "2", or what the ASGI server says
 
 
 class Admission(Protocol):

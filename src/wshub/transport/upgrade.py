@@ -1,0 +1,129 @@
+"""One upgrade pipeline for HTTP/1.1, HTTP/2 and ASGI: request → admission | refusal.
+
+Each carrier parses its request its own way, then hands the same
+:class:`RequestHead` to :func:`judge_upgrade`, which validates it for that
+HTTP version (RFC 6455 §4.2.1, RFC 8441 §4), asks the hub attached to the
+server, and returns either the hub's :class:`~wshub.transport.link.Admission`
+(the response fields to send, then ``open(link)`` or ``cancel()``) or a
+:class:`Refusal` (status, fields, body) to frame with
+:mod:`wshub.protocol.http`.  Nothing here does I/O or keeps state: every
+refusal is decided, and logged once, in this one place.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..protocol.handshake import (
+    HandshakeError,
+    Headers,
+    UpgradeInfo,
+    check_h2_connect,
+    check_http1_upgrade,
+)
+from ..protocol.http import refusal
+from .link import Admission, UpgradeHandler, UpgradeRequest
+
+__all__ = ["Refusal", "RequestHead", "judge_upgrade"]
+
+log = logging.getLogger("wshub")
+
+
+class RequestHead:
+    """What a carrier read of an upgrade request."""
+
+    __slots__ = ("headers", "http_version", "method", "peer", "protocol", "scheme", "target")
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        target: str,
+        http_version: str,
+        headers: Headers,
+        peer: tuple[str, int],
+        scheme: str,
+        protocol: str | None = None,
+    ) -> None:
+        self.method = method
+        self.target = target  # as sent: "/path?query"
+        self.http_version = http_version  # "1.0", "1.1", "2" (ASGI: the scope's)
+        self.headers = headers  # lower-case names; ":authority" folded into "host"
+        self.peer = peer  # (ip, port) of the TCP peer
+        self.scheme = scheme  # "ws" or "wss"
+        self.protocol = protocol  # HTTP/2's :protocol pseudo-header
+
+
+class Refusal:
+    """A refused upgrade: answer with ``status``, ``headers`` and ``body``."""
+
+    __slots__ = ("body", "headers", "reason", "status")
+
+    def __init__(
+        self, status: int, reason: str, extra: list[tuple[str, str]] | None = None
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers, self.body = refusal(status, reason, extra)
+
+    def __repr__(self) -> str:
+        return f"Refusal({self.status}, {self.reason!r})"
+
+
+def _check(head: RequestHead, carrier: str, ended: bool, is_upgrade: bool) -> UpgradeInfo:
+    if carrier == "http/1.1":
+        return check_http1_upgrade(head.method, head.http_version, head.headers, is_upgrade)
+    if carrier == "h2":
+        info = check_h2_connect(head.method, head.protocol, head.headers)
+        if ended:
+            raise HandshakeError(400, "extended CONNECT with END_STREAM")
+        return info
+    # ASGI: the server validated the handshake (version 13) and negotiates
+    # extensions itself, framing every message: the hub answers no offer.
+    headers = head.headers
+    origin = headers.get("origin") or headers.get("sec-websocket-origin")
+    return UpgradeInfo(13, None, origin, "")
+
+
+def judge_upgrade(
+    handler: UpgradeHandler | None,
+    head: RequestHead,
+    *,
+    carrier: str,
+    ended: bool = False,
+    is_upgrade: bool = False,
+) -> Admission | Refusal:
+    """Validate ``head`` for its ``carrier`` ("http/1.1", "h2" or "asgi") and
+    let ``handler`` (the hub) admit it.
+
+    ``ended``: HTTP/2's request stream ended with the headers (an error for
+    a CONNECT).  ``is_upgrade``: the HTTP/1.1 caller already saw
+    ``Upgrade: websocket``.  Malformed input is a 4xx; a bug is a 500 with
+    the traceback in the log, never on the wire.
+    """
+    try:
+        info = _check(head, carrier, ended, is_upgrade)
+        if handler is None:
+            raise HandshakeError(404, "no WebSocket endpoint on this server")
+        request = UpgradeRequest(
+            target=head.target,
+            headers=head.headers,
+            info=info,
+            peer=head.peer,
+            scheme=head.scheme,
+            method=head.method,
+            http_version=head.http_version,
+        )
+        return handler.admit(request)
+    except HandshakeError as exc:
+        log.info(
+            "%s: refused WebSocket upgrade (%s): %d %s",
+            head.peer[0] or "?",
+            carrier,
+            exc.status,
+            exc.reason,
+        )
+        return Refusal(exc.status, exc.reason, exc.headers)
+    except Exception:
+        log.exception("%s: internal error in the WebSocket handshake", head.peer[0] or "?")
+        return Refusal(500, "internal server error")
