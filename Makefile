@@ -9,9 +9,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
-SHARED ?= ../shared
 
-.PHONY: demo test lint docs pytest conformance-gate conformance-docs system-deps node-deps venv fuzz conformance clean bench bench-quick
+.PHONY: demo test lint docs pytest conformance-setup conformance-gate conformance-docs system-deps node-deps venv fuzz conformance clean bench bench-quick
 
 venv: $(VENV)/.stamp-deps
 
@@ -67,11 +66,16 @@ pytest: venv node-deps
 	@WSHUB_NO_EXTENSIONS=1 $(VENV)/bin/pytest -q -m "not conformance" tests/protocol \
 	  --ignore=tests/protocol/test_accelerator.py $(PYTEST_ARGS); $(PYTEST_RUN)
 
+# Autobahn|Testsuite's wstest (Python 2.7) in .cache/autobahn, pinned in
+# tools/autobahn/requirements-py2.txt; a second run only checks it.
+conformance-setup: venv
+	@$(PY) tools/autobahn/wstest_env.py >/dev/null
+
 # The Autobahn gate takes minutes: `make test` runs it beside the other tests.
-conformance-gate: venv
+conformance-gate: venv conformance-setup
 	@$(VENV)/bin/pytest -m conformance -s -p no:cacheprovider tests/conformance; $(PYTEST_RUN)
 
-conformance-docs: venv
+conformance-docs: venv conformance-setup
 	$(PY) tools/conformance.py --pure-selection full --write-docs docs/conformance.md
 
 test: system-deps venv node-deps lint docs
@@ -80,7 +84,7 @@ test: system-deps venv node-deps lint docs
 fuzz: venv
 	WSHUB_FUZZ_EXAMPLES=20000 $(VENV)/bin/pytest -q tests -m fuzz -p no:randomly
 
-conformance: venv
+conformance: venv conformance-setup
 	$(PY) tools/conformance.py
 
 # The project's own benchmark (bench/README.md, docs/performance.md): bench/run.py

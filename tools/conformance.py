@@ -3,11 +3,11 @@
 
 Strict: every case must be OK or INFORMATIONAL in both ``behavior`` and
 ``behaviorClose``; NON-STRICT, UNIMPLEMENTED, FAILED, UNCLEAN, WRONG CODE or
-a case that did not run fails the gate.  Uses the shared harness in
-``../shared/tools/autobahn`` (it installs wstest on first use).
+a case that did not run fails the gate.  wstest (Python 2.7 code) is installed
+inside the repository by ``tools/autobahn/wstest_env.py`` on first use.
 
     tools/conformance.py                      # all 517 cases, deflate on, every code path
-    tools/conformance.py --smoke              # the harness' ~300-case smoke selection
+    tools/conformance.py --smoke              # ~300 cases: no 9.*, 12.*/13.* sub-cases 1-5
     tools/conformance.py --cases '1.*,2.*'    # a selection
     tools/conformance.py --write-docs docs/conformance.md
 
@@ -17,6 +17,11 @@ built, the suite runs twice at once, with it (all cases) and with
 large-payload compression sub-cases 12.x.6-18 / 13.x.6-18, which alone take
 most of a run: ``--pure-selection full`` adds them), so both stay conformant
 within CI's time.
+
+Each run writes to ``reports/autobahn/<path>/``: ``fuzzingclient.json`` (the
+spec given to wstest), ``expected-cases.json`` (the case ids it selects, as
+wstest resolves them), ``wstest.log``, ``run-info.json`` and wstest's own
+``reports/servers/index.json`` (+ one JSON/HTML report per case).
 """
 
 from __future__ import annotations
@@ -24,18 +29,23 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import datetime
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("WSHUB_SHARED", ROOT.parent / "shared"))
-AUTOBAHN = SHARED / "tools" / "autobahn"
+sys.path.insert(0, str(ROOT / "tools" / "autobahn"))
+import wstest_env  # noqa: E402
+
 PASSING = {"OK", "INFORMATIONAL"}
 GROUP_NAMES = {
     "1": "Framing",
@@ -59,6 +69,68 @@ GROUP_NAMES = {
 # in the same way as the smaller sub-cases; large payloads on the pure path
 # are still covered by group 9 (up to 16 MiB).  --pure-selection full runs all.
 REDUCED_EXCLUDES = [f"{g}.{s}.{c}" for g in (12, 13) for s in range(1, 10) for c in range(6, 19)]
+# --smoke: a quick look while developing (~300 cases): no group 9, and of
+# 12.*/13.* only the sub-cases 1-5 (payloads of 16 B to 4 KiB).
+SMOKE_EXCLUDES = ["9.*", *REDUCED_EXCLUDES]
+AGENT = "wshub"
+
+# Run by wstest's own Python 2.7: the case ids a fuzzingclient spec selects,
+# resolved by the suite's CaseSet (the code wstest itself selects cases with),
+# in suite order.  Used to tell a case that did not run from one that passed.
+SELECTED_CASES_PY2 = """\
+import json, sys
+from autobahntestsuite import case
+from autobahntestsuite.caseset import CaseSet
+with open(sys.argv[1]) as f:
+    spec = json.load(f)
+suite = CaseSet(case.CaseSetname, case.CaseBasename, case.Cases,
+                case.CaseCategories, case.CaseSubCategories)
+ids = suite.parseSpecCases(spec)
+unknown = sorted(set(ids) - set(suite.CasesById))
+if unknown:
+    sys.exit("no such case: " + ", ".join(unknown))
+print(json.dumps(ids))
+"""
+
+# Child processes still running (servers, wstest): stopped if the run is interrupted.
+_children: set[subprocess.Popen[bytes]] = set()
+_children_lock = threading.Lock()
+
+
+_stopping = threading.Event()
+
+
+def _started(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    with _children_lock:
+        _children.add(proc)
+    if _stopping.is_set():  # started just as the run was interrupted
+        stop(proc)
+        raise RuntimeError("interrupted")
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    with _children_lock:
+        _children.discard(proc)
+
+
+def stop_all() -> None:
+    _stopping.set()
+    with _children_lock:
+        running = list(_children)
+    for proc in running:
+        stop(proc)
+
+
+def log(msg: str) -> None:
+    print(f"conformance: {msg}", file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -87,8 +159,82 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15
     raise RuntimeError(f"wshub serve did not listen on port {port} within {timeout}s")
 
 
+def write_spec(out: Path, port: int, cases: list[str], excludes: list[str]) -> Path:
+    """The fuzzingclient spec for one run (wstest writes its reports below ``out``)."""
+    spec = {
+        "options": {"failByDrop": False},
+        "outdir": "./reports/servers",
+        "servers": [{"agent": AGENT, "url": f"ws://127.0.0.1:{port}"}],
+        "cases": cases,
+        "exclude-cases": excludes,
+        "exclude-agent-cases": {},
+    }
+    path = out / "fuzzingclient.json"
+    path.write_text(json.dumps(spec, indent=2) + "\n")
+    return path
+
+
+def selected_cases(wstest: wstest_env.Wstest, spec: Path) -> list[str]:
+    proc = subprocess.run(
+        [str(wstest.python), "-c", SELECTED_CASES_PY2, str(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"cannot resolve the case selection: {proc.stderr.strip()[-500:]}")
+    ids: list[str] = json.loads(proc.stdout)
+    return ids
+
+
+def split_patterns(text: str | None) -> list[str]:
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def run_wstest(
+    wstest: wstest_env.Wstest, name: str, out: Path, spec: Path, ncases: int, timeout: float
+) -> tuple[int, float]:
+    """Run ``wstest -m fuzzingclient``; return its exit code and wall time.
+
+    Progress goes to stderr once a minute, read from the "Running test case ID"
+    lines of ``wstest.log``.  wstest writes index.json only at the end.
+    """
+    log_path = out / "wstest.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    started = time.monotonic()
+    with open(log_path, "wb") as log_file:
+        proc = _started(
+            subprocess.Popen(
+                [str(wstest.wstest), "-m", "fuzzingclient", "-s", str(spec)],
+                cwd=out,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    next_report = started + 60
+    try:
+        while proc.poll() is None:
+            now = time.monotonic()
+            if timeout and now - started > timeout:
+                log(f"{name}: wstest still running after {timeout:.0f} s: stopping it")
+                break
+            if now >= next_report:
+                next_report += 60
+                lines = log_path.read_bytes().decode(errors="replace").splitlines()
+                at = [line for line in lines if line.startswith("Running test case ID")]
+                current = at[-1].split()[4] if at else "-"
+                log(f"{name}: {now - started:.0f} s, case {len(at)}/{ncases} ({current})")
+            time.sleep(0.5)
+    finally:
+        stop(proc)
+    return proc.returncode, time.monotonic() - started
+
+
 def run_variant(
-    name: str, pure: bool, args: argparse.Namespace, out_root: Path
+    name: str, pure: bool, args: argparse.Namespace, out_root: Path, wstest: wstest_env.Wstest
 ) -> dict[str, object]:
     """Start a server, run the suite against it, return the judged result."""
     out = out_root / name
@@ -98,8 +244,24 @@ def run_variant(
         env["WSHUB_NO_EXTENSIONS"] = "1"
     else:
         env.pop("WSHUB_NO_EXTENSIONS", None)
-    log_path = out_root / f"{name}-server.log"
-    out_root.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("run-info.json", "expected-cases.json", "wstest.log"):
+        (out / stale).unlink(missing_ok=True)
+    reports = out / "reports" / "servers"
+    shutil.rmtree(reports, ignore_errors=True)
+    reports.mkdir(parents=True, exist_ok=True)
+
+    excludes = split_patterns(args.exclude)
+    if args.smoke:
+        excludes += SMOKE_EXCLUDES
+    if pure and args.pure_selection == "reduced":
+        excludes += REDUCED_EXCLUDES
+    spec = write_spec(out, port, split_patterns(args.cases) or ["*"], excludes)
+    expected = selected_cases(wstest, spec)
+    (out / "expected-cases.json").write_text(json.dumps(expected) + "\n")
+    if not expected:
+        raise RuntimeError(f"the selection {args.cases or '*'} (less {excludes}) has no case")
+
     cmd = [
         sys.executable,
         "-m",
@@ -114,40 +276,43 @@ def run_variant(
         "--log-level",
         "warning",
     ]
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(out_root / f"{name}-server.log", "wb") as server_log:
+        server = _started(
+            subprocess.Popen(
+                cmd, env=env, stdin=subprocess.DEVNULL, stdout=server_log, stderr=subprocess.STDOUT
+            )
+        )
     try:
         wait_listening(port, server)
-        run_cmd = [str(AUTOBAHN / "run"), "--agent", "wshub", f"127.0.0.1:{port}", str(out)]
-        if args.smoke:
-            run_cmd.insert(1, "--smoke")
-        excludes = [args.exclude] if args.exclude else []
-        if pure and args.pure_selection == "reduced":
-            excludes.append(",".join(REDUCED_EXCLUDES))
-        for pattern in excludes:
-            run_cmd[1:1] = ["--exclude", pattern]
-        if args.cases:
-            run_cmd.append(args.cases)
-        started = time.monotonic()
-        proc = subprocess.run(run_cmd, capture_output=True, text=True)
-        wall = time.monotonic() - started
+        log(f"{name}: {len(expected)} cases against ws://127.0.0.1:{port} ({wstest.version})")
+        started_utc = datetime.datetime.now(datetime.timezone.utc)
+        rc, wall = run_wstest(wstest, name, out, spec, len(expected), args.timeout)
         alive = server.poll() is None
     finally:
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        stop(server)
+    info = {
+        "url": f"ws://127.0.0.1:{port}",
+        "agent": AGENT,
+        "pure": pure,
+        "cases": split_patterns(args.cases) or ["*"],
+        "exclude": excludes,
+        "cases_selected": len(expected),
+        "wstest": wstest.version,
+        "wstest_exit": rc,
+        "duration_s": round(wall, 1),
+        "started_utc": started_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    (out / "run-info.json").write_text(json.dumps(info, indent=2) + "\n")
+    log(f"{name}: wstest exited with {rc} after {wall:.1f} s")
     result = judge(out)
+    tail = (out / "wstest.log").read_bytes().decode(errors="replace")[-1500:]
     result.update(
         name=name,
         pure=pure,
         wall_s=round(wall, 1),
         server_alive=alive,
-        harness_exit=proc.returncode,
-        harness_tail=proc.stdout[-1500:] + proc.stderr[-1500:],
+        wstest_exit=rc,
+        wstest_tail=tail,
     )
     return result
 
@@ -232,6 +397,12 @@ def write_docs(path: Path, results: list[dict[str, object]], args: argparse.Name
         " path every case but the large-payload compression sub-cases 12.x.6-18 and 13.x.6-18;"
         " `--pure-selection full` runs those too.",
         "",
+        "The suite is the repository's own: `tools/autobahn/wstest_env.py` installs wstest"
+        " (Python 2.7 code) into a virtualenv under `.cache/autobahn/` on first use, with"
+        " autobahntestsuite and every package it needs pinned in"
+        " `tools/autobahn/requirements-py2.txt`; `tools/conformance.py` writes the"
+        " fuzzingclient spec, runs wstest and judges its `index.json`.",
+        "",
         "This page is generated by `make conformance-docs` (`tools/conformance.py --write-docs`).",
         "",
     ]
@@ -260,7 +431,7 @@ def write_docs(path: Path, results: list[dict[str, object]], args: argparse.Name
     parts += [
         "## Reference results of other libraries",
         "",
-        "Measured on the same machine with the same harness (all 517 cases):"
+        "Measured on the same machine with the same wstest (all 517 cases):"
         " `websockets` 17.4 has 7 FAILED (7.1.5, 9.3.1-9.3.3, 9.4.1-9.4.3) and 11 NON-STRICT;"
         " Node `ws` 8.23 has 4 FAILED (9.3/9.4: its fragment-count limit) and 4 NON-STRICT (6.4.x);"
         " the seed library fails 131 cases and never closes cleanly.",
@@ -283,7 +454,9 @@ def main() -> int:
     )
     p.add_argument("--cases", help="comma-separated case patterns (default: all)")
     p.add_argument("--exclude", help="comma-separated case patterns to leave out")
-    p.add_argument("--smoke", action="store_true", help="the harness' smoke selection")
+    p.add_argument(
+        "--smoke", action="store_true", help="~300 cases: no 9.*, of 12.*/13.* sub-cases 1-5"
+    )
     p.add_argument("--deflate", choices=["on", "off"], default="on")
     p.add_argument(
         "--paths",
@@ -297,6 +470,13 @@ def main() -> int:
         default="reduced",
         help="cases for the pure-Python path (reduced: all but 12.x.6-18 and 13.x.6-18)",
     )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=3600,
+        help="stop wstest after this many seconds per path (0: no limit; default 3600)",
+    )
+    p.add_argument("--python2", help="the Python 2.7 to install wstest with (default: search)")
     p.add_argument("--out", default=str(ROOT / "reports" / "autobahn"), help="report folder")
     p.add_argument("--write-docs", metavar="FILE", help="write the summary page (Markdown)")
     p.add_argument(
@@ -306,9 +486,6 @@ def main() -> int:
     )
     args = p.parse_args()
 
-    if not (AUTOBAHN / "run").exists():
-        print(f"conformance: the Autobahn harness is missing at {AUTOBAHN}", file=sys.stderr)
-        return 2
     paths = args.paths
     if paths == "auto":
         paths = "both" if has_accelerator() else "default"
@@ -327,11 +504,28 @@ def main() -> int:
             res.update(name=name, pure=pure, wall_s=info.get("duration_s"), server_alive=True)
             results.append(res)
     else:
-        # The harness installs wstest on first use; do it once before running in parallel.
-        subprocess.run([str(AUTOBAHN / "setup")], check=True, capture_output=True)
-        with concurrent.futures.ThreadPoolExecutor(len(variants)) as pool:
-            futures = [pool.submit(run_variant, n, pure, args, out_root) for n, pure in variants]
+        # Installs wstest on first use (once, before the paths run in parallel).
+        try:
+            wstest = wstest_env.ensure(python2=args.python2)
+        except wstest_env.SetupError as exc:
+            print(f"conformance: cannot install Autobahn|Testsuite (wstest): {exc}")
+            print("conformance: FAIL (the suite could not be installed)")
+            return 2
+        # SIGTERM (e.g. from a test runner's timeout) stops the servers and wstest too.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        pool = concurrent.futures.ThreadPoolExecutor(len(variants))
+        try:
+            futures = [
+                pool.submit(run_variant, n, pure, args, out_root, wstest) for n, pure in variants
+            ]
             results = [f.result() for f in futures]
+        except RuntimeError as exc:
+            print(f"conformance: {exc}")
+            print("conformance: FAIL")
+            return 2
+        finally:
+            stop_all()
+            pool.shutdown()
     ok = True
     for res in results:
         print(
@@ -340,12 +534,15 @@ def main() -> int:
         )
         if res.get("error"):
             print(f"   {res['error']}")
-            print(res.get("harness_tail", ""))
+            print(res.get("wstest_tail", ""))
         else:
             print(table(res))
         for b in res["bad"][:40]:  # type: ignore[index]
             print("   NOT PASSING", b)
+        if res.get("wstest_exit"):
+            print(f"   wstest exited with {res['wstest_exit']}")
         ok = ok and bool(res["ok"]) and bool(res.get("server_alive"))
+        ok = ok and not res.get("wstest_exit")
     if args.write_docs:
         write_docs(Path(args.write_docs), results, args)
         print(f"wrote {args.write_docs}")
