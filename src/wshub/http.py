@@ -11,9 +11,10 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
+
+from .protocol.http import reason_phrase
 
 __all__ = [
     "Handler",
@@ -25,13 +26,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("wshub")
-
-
-def reason_phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
 
 
 class Request:
@@ -127,6 +121,10 @@ Handler = Callable[[Request], "HandlerResult | Awaitable[HandlerResult]"]
 def coerce_response(value: object) -> Response:
     """Turn what a handler returned into a :class:`Response`."""
     if isinstance(value, Response):
+        status = value.status
+        if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 999:
+            # A 1xx cannot be a final answer (RFC 9110 §15.2), on either HTTP version.
+            raise TypeError(f"a handler answered status {status!r}; it must be 200-999")
         return value
     if value is None:
         return Response.text(204, "")

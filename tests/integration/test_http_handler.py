@@ -121,3 +121,48 @@ async def test_keep_alive_deadline_restarts_after_each_response(
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing sent
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("status", [204, 304])
+async def test_no_body_statuses_carry_no_body_on_either_version(
+    start_server: StartServer, status: int
+) -> None:
+    # RFC 9110 §15.3.5 / §15.4.5: whatever the handler gives, a 204 or 304
+    # has no body; on HTTP/1.1 one would be read as the start of the next
+    # response.  Both versions are framed by the same rule.
+    srv = await start_server(handler=lambda request: Response(b"must not be sent", status))
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n\r\n".encode()
+    writer.write(request * 2)  # pipelined: the second answer follows the first head
+    data = b""
+    while data.count(b"\r\n\r\n") < 2:
+        data += await asyncio.wait_for(reader.read(65536), 5)
+    writer.close()
+    heads = data.split(b"\r\n\r\n")
+    assert heads[0].startswith(f"HTTP/1.1 {status} ".encode())
+    assert heads[1].startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"must not be sent" not in data and b"content-length" not in data.lower()
+    async with httpx.AsyncClient(base_url=srv.http_url, http1=False, http2=True) as client:
+        r = await client.get("/")
+        assert (r.http_version, r.status_code, r.content) == ("HTTP/2", status, b"")
+        assert "content-length" not in r.headers
+
+
+@pytest.mark.parametrize("version", ["http1", "h2c"])
+async def test_head_gets_the_length_and_no_body(start_server: StartServer, version: str) -> None:
+    srv = await start_server(handler=lambda request: Response(b"twelve bytes"))
+    http2 = version == "h2c"
+    async with httpx.AsyncClient(base_url=srv.http_url, http1=not http2, http2=http2) as client:
+        r = await client.head("/")
+        assert (r.status_code, r.content, r.headers["content-length"]) == (200, b"", "12")
+
+
+@pytest.mark.parametrize("version", ["http1", "h2c"])
+async def test_an_informational_status_from_a_handler_is_a_500(
+    start_server: StartServer, version: str
+) -> None:
+    srv = await start_server(handler=lambda request: Response(b"", 101))
+    http2 = version == "h2c"
+    async with httpx.AsyncClient(base_url=srv.http_url, http1=not http2, http2=http2) as client:
+        r = await client.get("/")
+        assert r.status_code == 500

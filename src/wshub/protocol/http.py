@@ -30,7 +30,7 @@ __all__ = [
 
 # Fields a response must not carry over HTTP/2 (RFC 9113 §8.2.2).
 _CONNECTION_SPECIFIC = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
+    {"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"}
 )
 # Fields computed here from the body (RFC 9112 §6).
 _FRAMING = frozenset({"content-length", "transfer-encoding"})

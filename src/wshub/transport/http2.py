@@ -47,8 +47,10 @@ from hyperframe.frame import GoAwayFrame
 from ..http import Request, Response, call_handler, finished_response
 from ..policy import valid_host
 from ..protocol.connection import Connection
-from ..protocol.handshake import HandshakeError, Headers, add_header, check_h2_connect
-from .link import FramedLink, LinkConfig, UpgradeRequest, is_loopback
+from ..protocol.handshake import Headers, add_header
+from ..protocol.http import frame_http2
+from .link import FramedLink, LinkConfig, is_loopback
+from .upgrade import Refusal, RequestHead, judge_upgrade
 
 if TYPE_CHECKING:
     from .http1 import Http1Protocol
@@ -86,11 +88,6 @@ RESET_BUDGET = (200.0, 100.0)  # RST_STREAM from the peer (rapid reset)
 SETTINGS_BUDGET = (64.0, 10.0)
 PING_BUDGET = (64.0, 10.0)
 NOISE_BUDGET = (1000.0, 500.0)  # PRIORITY, empty DATA, unknown frames
-
-# RFC 9113 §8.2.2: connection-specific fields must not appear in HTTP/2.
-_CONNECTION_SPECIFIC = frozenset(
-    ("connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te")
-)
 
 # The HTTP/2 connections of each server, for the GOAWAY at shutdown.
 _sessions: weakref.WeakKeyDictionary[HttpServer, set[Http2Protocol]] = weakref.WeakKeyDictionary()
@@ -556,31 +553,20 @@ class Http2Protocol(asyncio.Protocol):
             )
 
     def _connect(self, stream: _Stream, ended: bool) -> None:
-        hub = self.server.websocket
-        try:
-            info = check_h2_connect("CONNECT", stream.pseudo.get(":protocol"), stream.headers)
-            if hub is None:
-                raise HandshakeError(404, "no WebSocket endpoint on this server")
-            if ended:
-                raise HandshakeError(400, "extended CONNECT with END_STREAM")
-            request = UpgradeRequest(
-                target=stream.pseudo.get(":path", "/"),
-                headers=stream.headers,
-                info=info,
-                peer=self.peer,
-                scheme="wss" if self.tls else "ws",
-            )
-            admission = hub.admit(request)
-        except HandshakeError as exc:
-            log.info(
-                "%s: refused WebSocket over HTTP/2: %d %s", self.peer[0], exc.status, exc.reason
-            )
-            self._refuse(stream, exc.status, exc.reason, exc.headers)
+        head = RequestHead(
+            method=stream.method,
+            target=stream.pseudo.get(":path", "/"),
+            http_version="2",
+            headers=stream.headers,
+            peer=self.peer,
+            scheme="wss" if self.tls else "ws",
+            protocol=stream.pseudo.get(":protocol"),
+        )
+        verdict = judge_upgrade(self.server.websocket, head, carrier="h2", ended=ended)
+        if isinstance(verdict, Refusal):
+            self._send_refusal(stream, verdict)
             return
-        except Exception:
-            log.exception("%s: internal error in the HTTP/2 WebSocket handshake", self.peer[0])
-            self._refuse(stream, 500, "internal server error")
-            return
+        admission = verdict
         headers = [(":status", "200")]
         headers.extend((k.lower(), v) for k, v in admission.response_headers)
         if not self._send_headers(stream, headers, end=False):
@@ -662,38 +648,18 @@ class Http2Protocol(asyncio.Protocol):
         self._transmit()
 
     def _respond(self, stream: _Stream, response: Response) -> None:
-        status = response.status
-        if not 200 <= status <= 999:
-            log.error("the HTTP handler answered status %d, not allowed over HTTP/2", status)
-            response = Response.text(500, "Internal Server Error\n")
-            status = 500
-        headers = [(":status", str(status))]
-        names = set()
-        for k, v in response.headers:
-            name = k.lower()
-            if name in _CONNECTION_SPECIFIC:
-                continue
-            names.add(name)
-            headers.append((name, v))
-        if "content-length" not in names and status not in (204, 304):
-            headers.append(("content-length", str(len(response.body))))
-        body = b"" if stream.method == "HEAD" or status in (204, 304) else response.body
+        headers, body = frame_http2(
+            response.status, response.headers, response.body, method=stream.method
+        )
         self._answer(stream, headers, body)
 
-    def _refuse(
-        self,
-        stream: _Stream,
-        status: int,
-        reason: str,
-        extra: list[tuple[str, str]] | None = None,
-    ) -> None:
-        body = (reason + "\n").encode("utf-8", "replace")
-        headers = [
-            (":status", str(status)),
-            ("content-type", "text/plain; charset=utf-8"),
-            ("content-length", str(len(body))),
-        ]
-        headers.extend((k.lower(), v) for k, v in extra or ())
+    def _refuse(self, stream: _Stream, status: int, reason: str) -> None:
+        """Answer a malformed or unwelcome request with an error status (one log line)."""
+        log.info("%s: refused HTTP/2 request: %d %s", self.peer[0], status, reason)
+        self._send_refusal(stream, Refusal(status, reason))
+
+    def _send_refusal(self, stream: _Stream, refused: Refusal) -> None:
+        headers, body = frame_http2(refused.status, refused.headers, refused.body)
         self._answer(stream, headers, body)
 
     def _answer(self, stream: _Stream, headers: list[tuple[str, str]], body: bytes) -> None:
