@@ -559,7 +559,8 @@ def test_context_takeover_on_send() -> None:
 def test_control_frames_are_never_compressed() -> None:
     _, codec = negotiate("permessage-deflate", DeflateOptions(min_size=0))
     conn = Connection(codec=codec)
-    for frame in (conn.send_ping(b"p" * 100), conn.send_pong(b"q" * 100)):
+    conn.receive_data(client_frame(0x9, b"q" * 100))
+    for frame in (conn.send_ping(b"p" * 100), *conn.data_to_send()):
         b0, _, payload = parse_server_frame(frame)
         assert not b0 & 0x40
         assert payload in (b"p" * 100, b"q" * 100)

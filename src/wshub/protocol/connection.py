@@ -105,7 +105,7 @@ _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 
 
 class Ping:
-    """A Ping frame arrived; answer with ``send_pong(payload)``."""
+    """A Ping frame arrived (the connection answers it, within the flood guard's limits)."""
 
     __slots__ = ("payload",)
 
@@ -301,7 +301,6 @@ class Connection:
         "_frame_left",
         "_frame_mask",
         "_frame_masked_pos",
-        "_frame_opcode",
         "_guard",
         "_msg_compressed",
         "_msg_frames",
@@ -360,7 +359,6 @@ class Connection:
         self._buf = b""
         self._read_state = _HEADER
         # The frame being read (payload not yet complete).
-        self._frame_opcode = 0
         self._frame_fin = False
         self._frame_left = 0
         self._frame_mask = b""
@@ -486,7 +484,6 @@ class Connection:
                 self.direct_payload = PayloadBuffer(length, initial, mask)
                 self._read_state = _DIRECT
                 continue
-            self._frame_opcode = opcode
             self._frame_fin = bool(fin)
             self._frame_left = length
             self._frame_mask = mask
@@ -752,11 +749,6 @@ class Connection:
         self._set_end(EndMode.HALF_CLOSE, self._now)
         return events
 
-    @property
-    def receiving(self) -> bool:
-        """False once a Close frame arrived or the peer broke the protocol."""
-        return self._read_state != _DISCARD
-
     def receive_eof(self, now: float = 0.0) -> None:
         """The peer will send nothing more (TCP FIN, HTTP/2 END_STREAM).
 
@@ -904,12 +896,6 @@ class Connection:
             self._pong_deadline = None
         self._update_deadline()
         return build_frame(OP_PING, payload)
-
-    def send_pong(self, payload: bytes) -> bytes:
-        """An unsolicited Pong (a heartbeat, RFC 6455 §5.5.3); b"" once closing."""
-        if self.state == ConnectionState.CLOSE_SENT or self.state == ConnectionState.CLOSED:
-            return b""
-        return build_frame(OP_PONG, payload)
 
     def send_close(
         self, code: int | None = CloseCode.NORMAL, reason: str = "", now: float = 0.0

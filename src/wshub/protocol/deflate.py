@@ -307,11 +307,6 @@ class PerMessageDeflate:
                 return None
         return out
 
-    def reset(self) -> None:
-        """Free both zlib objects (e.g. when the connection closes)."""
-        self._deflater = None
-        self._inflater = None
-
     def __repr__(self) -> str:
         return (
             f"PerMessageDeflate(server: {self.server_window_bits} bits"

@@ -38,8 +38,6 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
 
-DATA_OPCODES = frozenset((OP_CONTINUATION, OP_TEXT, OP_BINARY))
-CONTROL_OPCODES = frozenset((OP_CLOSE, OP_PING, OP_PONG))
 
 # RFC 6455 §5.5: control frames carry at most 125 bytes of payload.
 MAX_CONTROL_PAYLOAD = 125

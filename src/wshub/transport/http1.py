@@ -249,7 +249,6 @@ class Http1Protocol(asyncio.Protocol):
     """Serves one HTTP/1.1 connection; becomes a WebSocket after an upgrade."""
 
     __slots__ = (
-        "_body_too_big",
         "_busy",
         "_bytes_in",
         "_closing",
@@ -291,7 +290,6 @@ class Http1Protocol(asyncio.Protocol):
         self._sniff: bytes | None = None
         self._header_count = 0
         self._headers_done = False
-        self._body_too_big = False
         self._timer: asyncio.TimerHandle | None = None
         # Plain HTTP: the transport's write buffer is over its high-water
         # mark (the peer does not read what we answered); the watch on it.
@@ -458,7 +456,6 @@ class Http1Protocol(asyncio.Protocol):
         self._req = _ParsedRequest()
         self._header_count = 0
         self._headers_done = False
-        self._body_too_big = False
 
     def on_url(self, url: bytes) -> None:
         assert self._req is not None
@@ -496,7 +493,6 @@ class Http1Protocol(asyncio.Protocol):
         req = self._req
         assert req is not None
         if len(req.body) + len(body) > self.server.max_body_size:
-            self._body_too_big = True
             self._refuse(413, "request body too large")
             raise _RequestRefused
         req.body += body
