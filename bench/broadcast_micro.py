@@ -13,9 +13,9 @@ import asyncio
 import time
 
 from wshub import WebSocket
-from wshub.hub import _Client
 from wshub.protocol.connection import Connection
-from wshub.transport.link import FramedLink
+from wshub.protocol.handshake import UpgradeInfo
+from wshub.transport.link import FramedLink, LinkConfig, UpgradeRequest
 
 
 class CountingTransport:
@@ -32,8 +32,8 @@ class CountingTransport:
 
 
 class MemoryLink(FramedLink):
-    def __init__(self, conn: Connection, config: object, transport: CountingTransport) -> None:
-        super().__init__(conn, config)  # type: ignore[arg-type]
+    def __init__(self, conn: Connection, config: LinkConfig, transport: CountingTransport) -> None:
+        super().__init__(conn, config)
         self.transport = transport
 
     def _write(self, data: bytes) -> None:
@@ -47,17 +47,23 @@ class MemoryLink(FramedLink):
 
 
 async def main(receivers: int = 500, rounds: int = 200, window: int = 8) -> None:
-    ws = WebSocket(ping_delay=0)
-    links = [
-        MemoryLink(Connection(), ws._link_config, CountingTransport()) for _ in range(receivers)
-    ]
-    for i, link in enumerate(links):
-        client = _Client.__new__(_Client)
-        client.hub = ws
-        client.id = f"c{i}"
-        client.link = link
-        client.event = "message"
-        ws._clients[client.id] = client
+    ws = WebSocket(ping_delay=0, limit_by_ip=0)
+    links = []
+    for i in range(receivers):
+        # Each receiver is admitted and opened the way a transport does it.
+        admission = ws.admit(
+            UpgradeRequest(
+                target="/",
+                headers={"host": "127.0.0.1"},
+                info=UpgradeInfo(13, None, None, ""),
+                peer=("127.0.0.1", 40000 + i),
+                scheme="ws",
+            )
+        )
+        link = MemoryLink(Connection(), admission.config, CountingTransport())
+        admission.open(link)
+        links.append(link)
+    assert len(ws.clients) == receivers
     message = "x" * 64
     best = float("inf")
     for _ in range(5):

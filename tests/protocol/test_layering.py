@@ -30,7 +30,8 @@ def test_importing_the_protocol_layer_loads_no_server() -> None:
 
 def test_the_package_root_still_offers_the_server_side() -> None:
     assert wshub.HttpServer.__module__ == "wshub.transport.server"
-    assert wshub.WebSocket.__module__ == "wshub.hub"
+    assert wshub.WebSocket.__module__ == "wshub.hub.facade"  # re-exported by wshub.hub
+    assert wshub.CloseEvent.__module__ == "wshub.hub.events"
     assert {"HttpServer", "WebSocket", "Request", "Response", "CloseEvent"} <= set(dir(wshub))
 
 

@@ -1,0 +1,20 @@
+"""The hub: :class:`WebSocket`, the public facade, and its parts.
+
+=============  ==========================================================
+``facade``     :class:`WebSocket`: the user's API, composed of the parts
+``options``    the validated options (and the per-link limits)
+``admission``  origin, per-IP counting, client IDs and cookies, extension
+               negotiation: an upgrade's yes (a reserved slot) or no
+``events``     handlers (``on`` / ``off``), running them, ``"error"``
+``registry``   the local clients, send/broadcast, backplane routing
+``pings``      the periodic ping timer
+=============  ==========================================================
+"""
+
+from __future__ import annotations
+
+from .admission import split_target
+from .events import CloseEvent
+from .facade import WebSocket
+
+__all__ = ["CloseEvent", "WebSocket", "split_target"]

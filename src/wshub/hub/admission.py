@@ -1,0 +1,214 @@
+"""Admission: the hub's yes or no to an upgrade, and the per-IP count.
+
+:class:`AdmissionControl` judges a well-formed upgrade (Host, target,
+origin, per-IP limit, here or over the cluster), negotiates the extension,
+picks the client ID (the session cookie's, when valid and free) and answers
+with a :class:`PendingClient`: the response headers and a reserved slot
+that ``open(link)`` turns into a client of the registry.  It also counts
+every TCP connection of the attached server under ``limit_by_ip``.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlsplit
+
+from ..backplane import Backplane
+from ..errors import HandshakeError
+from ..policy import ClientIds, PerIpCounter, client_ip, ip_key, parse_cookie, valid_host
+from ..protocol.connection import MessageCodec
+from ..protocol.deflate import negotiate_extensions
+from ..transport.link import Link, LinkConfig, UpgradeRequest
+from .options import HubOptions
+from .registry import Registry
+
+__all__ = ["AdmissionControl", "PendingClient", "split_target"]
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """``(path, query)`` of a request target: they come from the target alone.
+
+    Origin-form ``/path?query`` (what clients send) is read without
+    urlsplit; absolute-form ``ws://host/path?query`` through it.  A fragment
+    is dropped, and so are tabs and line breaks (as urlsplit does).  Raises
+    ValueError for anything else (``*``, a bare word ...).
+    """
+    if "\t" in target or "\r" in target or "\n" in target:
+        target = target.replace("\t", "").replace("\r", "").replace("\n", "")
+    if target.startswith("/"):
+        path, _, query = target.partition("#")[0].partition("?")
+        return path, query
+    if "://" in target:
+        parts = urlsplit(target)
+        if parts.scheme and parts.netloc:
+            return parts.path or "/", parts.query
+    raise ValueError("not an origin-form or absolute-form request target")
+
+
+class PendingClient:
+    """A reserved slot (ID, per-IP count) waiting for its link: the hub's
+    :class:`~wshub.transport.link.Admission`."""
+
+    __slots__ = (
+        "_control",
+        "_done",
+        "client_id",
+        "codec",
+        "config",
+        "ip_key",
+        "path",
+        "response_headers",
+        "url_text",
+    )
+
+    def __init__(
+        self,
+        control: AdmissionControl,
+        client_id: str,
+        key: str,
+        url_text: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        codec: MessageCodec | None,
+        config: LinkConfig,
+    ) -> None:
+        self._control = control
+        self.client_id = client_id
+        self.ip_key = key
+        self.url_text = url_text
+        self.path = path
+        self.response_headers = headers
+        self.codec = codec
+        self.config = config
+        self._done = False
+
+    def open(self, link: Link) -> None:
+        if self._done:
+            raise RuntimeError("admission already used")
+        self._done = True
+        control = self._control
+        control.reserved.discard(self.client_id)
+        control.registry.open(self.client_id, self.ip_key, self.url_text, self.path, link)
+
+    def cancel(self) -> None:
+        if not self._done:
+            self._done = True
+            control = self._control
+            control.reserved.discard(self.client_id)
+            control.per_ip.release(self.ip_key)
+
+
+class AdmissionControl:
+    """Origin, per-IP limits, client IDs and cookies, extension negotiation."""
+
+    __slots__ = ("_backplane", "_ids", "_options", "per_ip", "registry", "reserved")
+
+    def __init__(
+        self,
+        options: HubOptions,
+        registry: Registry,
+        per_ip: PerIpCounter,
+        backplane: Backplane,
+    ) -> None:
+        self._options = options
+        self._backplane = backplane
+        self._ids = ClientIds()
+        #: Where admitted clients are opened.
+        self.registry = registry
+        #: Connections and clients per IP key (released by the registry
+        #: when a client closes).
+        self.per_ip = per_ip
+        #: IDs admitted but not yet open (or cancelled).
+        self.reserved: set[str] = set()
+
+    def admit(self, request: UpgradeRequest) -> PendingClient:
+        """Judge a well-formed upgrade; raise HandshakeError to refuse it."""
+        options = self._options
+        headers = request.headers
+        tls = request.scheme == "wss"
+        # The URL's path and query come from the target, the host from Host
+        # (":authority"), which must be a host and nothing more: a Host of
+        # "x/admin?" must not turn "/public" into "/admin".
+        host = headers.get("host", "")
+        if not valid_host(host):
+            raise HandshakeError(400, "malformed Host header")
+        try:
+            path, query = split_target(request.target)
+        except ValueError:
+            raise HandshakeError(400, "malformed request target") from None
+        if not options.origin_policy.allows(request.info.origin, headers.get("host"), tls):
+            raise HandshakeError(403, "origin not allowed")
+        peer_ip = request.peer[0]
+        key = ip_key(client_ip(peer_ip, headers, options.trusted))
+        if self._cluster_ip_full(key) or not self.per_ip.try_acquire(key, options.limit_by_ip):
+            raise HandshakeError(429, "too many connections from this address")
+        try:
+            url_text = f"{request.scheme}://{host}{path}"
+            if query:
+                url_text += "?" + query
+            response_headers: list[tuple[str, str]] = []
+            codec: MessageCodec | None = None
+            deflate = options.per_message_deflate
+            if request.info.extensions and deflate is not False:
+                accepted = negotiate_extensions(request.info.extensions, deflate)
+                if accepted is not None:
+                    response_headers.append(("Sec-WebSocket-Extensions", accepted[0]))
+                    codec = accepted[1]
+            client_id = self._pick_id(headers.get("cookie"))
+            self.reserved.add(client_id)
+            expires = options.session_expires
+            if expires > 0:
+                expiry = int(time.time() + expires)
+                cookie = (
+                    f"{options.cookie_name}={options.signer.sign(client_id, expiry)}"
+                    f"{options.cookie_attributes}"
+                )
+                if tls:
+                    cookie += "; Secure"
+                response_headers.append(("Set-Cookie", cookie))
+        except Exception:
+            self.per_ip.release(key)
+            raise
+        return PendingClient(
+            self, client_id, key, url_text, path, response_headers, codec, options.link_config
+        )
+
+    def connection_opened(self, peer_ip: str) -> str | None:
+        """Count a TCP connection under ``limit_by_ip``; the key, or None if not counted.
+
+        A trusted proxy's connections are not counted here (its clients are
+        told apart by their forwarding headers, at the upgrade).  Raises
+        HandshakeError(429) past the limit.
+        """
+        options = self._options
+        if options.trusted.trusts(peer_ip):
+            return None
+        key = ip_key(peer_ip)
+        if not self.per_ip.try_acquire(key, options.limit_by_ip):
+            raise HandshakeError(429, "too many connections from this address")
+        return key
+
+    def connection_closed(self, key: str) -> None:
+        """The connection counted under ``key`` is gone (or became a client)."""
+        self.per_ip.release(key)
+
+    def _cluster_ip_full(self, key: str) -> bool:
+        options = self._options
+        limit = options.limit_by_ip
+        if not options.cluster_limit_by_ip or limit < 1 or self._backplane.is_local:
+            return False
+        return self.per_ip.count(key) + self._backplane.ip_count(key) >= limit
+
+    def _pick_id(self, cookie_header: str | None) -> str:
+        options = self._options
+        if options.session_expires > 0:
+            value = parse_cookie(cookie_header, options.cookie_name)
+            client_id = options.signer.verify(value, time.time())
+            if (
+                client_id is not None
+                and client_id not in self.registry.clients
+                and client_id not in self.reserved
+                and self._backplane.owner(client_id) is None
+            ):
+                return client_id
+        return self._ids.new()

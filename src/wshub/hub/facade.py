@@ -1,0 +1,430 @@
+"""``WebSocket``: clients by ID, events, send/broadcast, socket methods.
+
+The API of the Node library ``@jadsonlucena/websocket``, in Python.  The
+class is a facade over the hub's parts, each in its own module:
+:mod:`~wshub.hub.options` (validated options), :mod:`~wshub.hub.admission`
+(the yes or no to an upgrade, per-IP counting), :mod:`~wshub.hub.events`
+(handlers), :mod:`~wshub.hub.registry` (the local clients, send/broadcast,
+backplane routing) and :mod:`~wshub.hub.pings` (the periodic ping).
+
+The hub never touches a socket or an HTTP version: it judges upgrades
+(:meth:`WebSocket.admit`), then talks to each client through a
+:class:`~wshub.transport.link.Link`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+from urllib.parse import SplitResult
+
+from ..backplane import Backplane, make_backplane
+from ..encodings import Encoding, check_encoding
+from ..policy import PerIpCounter
+from ..protocol.deflate import DeflateOptions
+from ..protocol.frames import is_valid_close_code
+from ..transport.link import UpgradeRequest
+from .admission import AdmissionControl, PendingClient
+from .events import Callback, Events
+from .options import HubOptions, check_number
+from .registry import BackplanePort, Registry, encode_payload
+
+if TYPE_CHECKING:
+    from ..asgi import ASGIApp, AsgiApp
+
+__all__ = ["WebSocket"]
+
+F = TypeVar("F", bound=Callback)
+
+
+class WebSocket:
+    """A WebSocket hub attached to an :class:`~wshub.HttpServer`.
+
+    See ``spec/API.md`` (and the README) for every option, event and method.
+    Durations are in seconds.
+    """
+
+    def __init__(
+        self,
+        server: Any = None,
+        *,
+        allow_origin: str | list[str] | None = None,
+        encoding: Encoding = "utf8",
+        limit_by_ip: int = 256,
+        max_payload: int = 131072 * 20,
+        ping_delay: float = 180.0,
+        pong_timeout: float = 5.0,
+        session_expires: float = 43200.0,
+        per_message_deflate: bool | DeflateOptions = True,
+        secret: bytes | str | None = None,
+        trusted_proxies: Iterable[str] = (),
+        cookie_name: str = "wshub",
+        close_timeout: float = 10.0,
+        write_high: int = 64 * 1024,
+        write_low: int = 16 * 1024,
+        write_limit: int = 1024 * 1024,
+        backplane: str | Backplane | None = None,
+        cluster_limit_by_ip: bool = False,
+    ) -> None:
+        options = self._options = HubOptions(
+            allow_origin=allow_origin,
+            encoding=encoding,
+            limit_by_ip=limit_by_ip,
+            max_payload=max_payload,
+            ping_delay=ping_delay,
+            pong_timeout=pong_timeout,
+            session_expires=session_expires,
+            per_message_deflate=per_message_deflate,
+            secret=secret,
+            trusted_proxies=trusted_proxies,
+            cookie_name=cookie_name,
+            close_timeout=close_timeout,
+            write_high=write_high,
+            write_low=write_low,
+            write_limit=write_limit,
+            cluster_limit_by_ip=cluster_limit_by_ip,
+        )
+        self._backplane: Backplane = make_backplane(backplane)
+        events = self._events = Events()
+        per_ip = PerIpCounter()
+        registry = self._registry = Registry(options, events, per_ip, self._backplane)
+        self._pings = registry.pings
+        self._admission = AdmissionControl(options, registry, per_ip, self._backplane)
+        self._port = BackplanePort(registry, events)
+        self._backplane.bind(self)
+        # The registry's client table, read by send() on every message; and
+        # (for white-box tests) the parts' other tables: the same objects.
+        self._clients = registry.clients
+        self._per_ip = per_ip
+        self._reserved = self._admission.reserved
+        self._link_config = options.link_config
+        self._server = server
+        if server is not None:
+            server.attach(self)
+            if not self._backplane.is_local:
+                server.add_shutdown_hook(self._backplane_stop)
+
+    # ================================================================ options
+
+    @property
+    def allow_origin(self) -> str | list[str] | None:
+        return self._options.allow_origin
+
+    @allow_origin.setter
+    def allow_origin(self, value: str | list[str] | None) -> None:
+        self._options.allow_origin = value
+
+    @property
+    def encoding(self) -> str:
+        return self._options.encoding
+
+    @encoding.setter
+    def encoding(self, value: Encoding) -> None:
+        self._options.encoding = value
+
+    @property
+    def limit_by_ip(self) -> int:
+        return self._options.limit_by_ip
+
+    @limit_by_ip.setter
+    def limit_by_ip(self, value: int) -> None:
+        self._options.limit_by_ip = value
+
+    @property
+    def max_payload(self) -> int:
+        return self._options.max_payload
+
+    @max_payload.setter
+    def max_payload(self, value: int) -> None:
+        self._options.max_payload = value
+
+    @property
+    def ping_delay(self) -> float:
+        return self._options.ping_delay
+
+    @ping_delay.setter
+    def ping_delay(self, value: float) -> None:
+        self._options.ping_delay = value
+        self._pings.restart()
+
+    @property
+    def pong_timeout(self) -> float:
+        return self._options.pong_timeout
+
+    @pong_timeout.setter
+    def pong_timeout(self, value: float) -> None:
+        self._options.pong_timeout = value
+
+    @property
+    def session_expires(self) -> float:
+        return self._options.session_expires
+
+    @session_expires.setter
+    def session_expires(self, value: float) -> None:
+        self._options.session_expires = value
+
+    @property
+    def per_message_deflate(self) -> bool | DeflateOptions:
+        return self._options.per_message_deflate
+
+    @per_message_deflate.setter
+    def per_message_deflate(self, value: bool | DeflateOptions) -> None:
+        self._options.per_message_deflate = value
+
+    @property
+    def secret(self) -> None:
+        """Write-only: the key that signs session cookies."""
+        return None
+
+    @secret.setter
+    def secret(self, value: bytes | str | None) -> None:
+        self._options.secret = value
+
+    @property
+    def trusted_proxies(self) -> list[str]:
+        return self._options.trusted_proxies
+
+    @trusted_proxies.setter
+    def trusted_proxies(self, value: Iterable[str]) -> None:
+        self._options.trusted_proxies = value
+
+    @property
+    def close_timeout(self) -> float:
+        return self._options.close_timeout
+
+    @close_timeout.setter
+    def close_timeout(self, value: float) -> None:
+        self._options.close_timeout = value
+
+    @property
+    def clients(self) -> list[str]:
+        """IDs of the clients connected to this process."""
+        return list(self._clients)
+
+    # ================================================================= events
+
+    @overload
+    def on(self, name: str) -> Callable[[F], F]: ...
+
+    @overload
+    def on(self, name: str, callback: F) -> F: ...
+
+    def on(self, name: str, callback: F | None = None) -> F | Callable[[F], F]:
+        """Register ``callback`` for event ``name`` (or use as ``@ws.on(name)``).
+
+        Names: ``"open"``, ``"message"``, ``"close"``, ``"error"``, or a URL
+        path such as ``"/chat"`` for messages from clients connected there.
+        """
+        events = self._events
+        event = events.event_name(name)
+
+        def register(cb: F) -> F:
+            events.add(event, cb)
+            return cb
+
+        if callback is None:
+            return register
+        return register(callback)
+
+    def off(self, name: str, callback: Callback) -> None:
+        """Remove one registration of ``callback`` for ``name``."""
+        self._events.remove(name, callback)
+
+    # ============================================================== admission
+
+    def admit(self, request: UpgradeRequest) -> PendingClient:
+        """Judge a well-formed upgrade (transport → hub); raise HandshakeError to refuse."""
+        return self._admission.admit(request)
+
+    def connection_opened(self, peer_ip: str) -> str | None:
+        """Count a TCP connection of the attached server (transport → hub).
+
+        Every connection counts under ``limit_by_ip`` from the moment it is
+        accepted, plain HTTP included; a trusted proxy's are not counted
+        here (its clients are told apart by their forwarding headers, at
+        the upgrade).  Raises HandshakeError(429) past the limit.  This
+        guards this process: ``cluster_limit_by_ip`` applies at the upgrade.
+        """
+        return self._admission.connection_opened(peer_ip)
+
+    def connection_closed(self, key: str) -> None:
+        """The connection counted under ``key`` is gone (or became a client)."""
+        self._admission.connection_closed(key)
+
+    # =============================================================== methods
+
+    def send(
+        self,
+        client_id: str,
+        data: str | bytes | bytearray | memoryview,
+        encoding: str | None = None,
+    ) -> bool:
+        """Send one message; False means "slow down" (the buffer is above its high-water mark).
+
+        With a backplane, an ID connected to another node is routed there.
+        """
+        # The local case is the hot path: handled here, with no further call
+        # layer; routing to other nodes is the registry's.
+        try:
+            client = self._clients[client_id]
+        except (KeyError, TypeError):
+            return self._registry.send_remote(client_id, data, encoding)
+        if encoding is not None:
+            check_encoding(encoding)
+        payload, text = encode_payload(data, encoding or client.encoding)
+        return client.link.send_message(payload, text)
+
+    async def drain(self, client_id: str) -> None:
+        """Wait until the client's write buffer is under its low-water mark."""
+        await self._registry.get(client_id).link.drain()
+
+    def broadcast(
+        self,
+        data: str | bytes | bytearray | memoryview,
+        *,
+        path: str | None = None,
+        exclude: Iterable[str] = (),
+    ) -> int:
+        """Send to every open client (or those of one ``path``); return how many.
+
+        A ``str`` is encoded with the hub's ``encoding``.  The frame is built
+        once per group of connections that can share it.
+        """
+        return self._registry.broadcast(data, path, exclude)
+
+    def close(self, client_id: str, code: int = 1000, reason: str = "") -> bool:
+        """Start the closing handshake; False if it had already started."""
+        client = self._registry.get(client_id)
+        if not isinstance(code, int) or not is_valid_close_code(code):
+            raise ValueError(f"{code!r} is not a close code that may be sent")
+        if len(reason.encode("utf-8")) > 123:
+            raise ValueError("close reason longer than 123 bytes")
+        return client.link.close(code, reason)
+
+    def ping(self, client_id: str, pong_timeout: float | None = None) -> bool:
+        """Ping now; close with 1011 if the pong does not come within ``pong_timeout``."""
+        client = self._registry.get(client_id)
+        timeout = (
+            self._options.pong_timeout
+            if pong_timeout is None
+            else check_number("pong_timeout", pong_timeout)
+        )
+        return self._pings.ping(client.link, timeout)
+
+    def url(self, client_id: str) -> SplitResult:
+        """The URL the client asked for (``ws://host/path?query``, ``wss`` under TLS)."""
+        return self._registry.get(client_id).url
+
+    def bytes_read(self, client_id: str) -> int:
+        return self._registry.get(client_id).link.bytes_read
+
+    def bytes_written(self, client_id: str) -> int:
+        return self._registry.get(client_id).link.bytes_written
+
+    def pause(self, client_id: str) -> bool:
+        """Stop reading from this client; returns the new paused state (True)."""
+        link = self._registry.get(client_id).link
+        link.pause()
+        return link.is_paused
+
+    def resume(self, client_id: str) -> bool:
+        """Read from this client again; returns the new paused state (False)."""
+        link = self._registry.get(client_id).link
+        link.resume()
+        return link.is_paused
+
+    def is_paused(self, client_id: str) -> bool:
+        return self._registry.get(client_id).link.is_paused
+
+    def ready_state(self, client_id: str) -> str:
+        """``"opening"``, ``"open"``, ``"readOnly"`` or ``"writeOnly"`` (Node's socket states)."""
+        client = self._registry.get(client_id)
+        state = client.link.ready_state
+        if state == "open" and client.opening:
+            return "opening"
+        return state
+
+    def set_encoding(self, client_id: str, encoding: Encoding = "utf8") -> bool:
+        self._registry.get(client_id).encoding = check_encoding(encoding)
+        return True
+
+    def set_keep_alive(
+        self, client_id: str, enable: bool = False, initial_delay: float = 0.0
+    ) -> bool:
+        link = self._registry.get(client_id).link
+        return link.set_keep_alive(bool(enable), float(initial_delay))
+
+    def set_no_delay(self, client_id: str, no_delay: bool = True) -> bool:
+        return self._registry.get(client_id).link.set_no_delay(bool(no_delay))
+
+    # ================================================================== ASGI
+
+    def asgi(self, app: ASGIApp | None = None) -> AsgiApp:
+        """This hub as an ASGI 3 application (for uvicorn, Hypercorn, Starlette, FastAPI).
+
+        ``"websocket"`` scopes become clients of this hub, with the same
+        admission, events and methods; other scopes go to ``app`` (an ASGI
+        application, e.g. a FastAPI app), or get 404 without one.  What ASGI
+        cannot express is listed in :mod:`wshub.asgi`.
+        """
+        from ..asgi import AsgiApp
+
+        return AsgiApp(self, app)
+
+    # ============================================ cluster (see wshub.backplane)
+
+    @property
+    def backplane(self) -> Backplane:
+        """The backplane that joins this hub to its cluster (read-only)."""
+        return self._backplane
+
+    @property
+    def cluster_limit_by_ip(self) -> bool:
+        """Count ``limit_by_ip`` over every live node of the cluster, not just this one."""
+        return self._options.cluster_limit_by_ip
+
+    @cluster_limit_by_ip.setter
+    def cluster_limit_by_ip(self, value: bool) -> None:
+        self._options.cluster_limit_by_ip = value
+
+    async def cluster_clients(self) -> list[str]:
+        """IDs of the clients connected to every live node (just :attr:`clients` without one)."""
+        return await self._registry.cluster_clients()
+
+    # BackplaneHub: what the backplane calls.
+
+    def _backplane_send(self, client_id: str, data: str | bytes, text: bool) -> bool:
+        return self._port.deliver_send(client_id, data, text)
+
+    def _backplane_broadcast(
+        self, payload: bytes, text: bool, event: str | None, exclude: frozenset[str]
+    ) -> int:
+        return self._port.deliver_broadcast(payload, text, event, exclude)
+
+    def _backplane_local_clients(self) -> list[tuple[str, str, str]]:
+        return self._port.local_clients()
+
+    def _backplane_missing(self, client_id: str) -> None:
+        self._port.client_missing(client_id)
+
+    def _backplane_duplicate(self, client_id: str) -> bool:
+        return self._port.close_duplicate(client_id)
+
+    async def _backplane_start(self) -> None:
+        """Awaited by ``HttpServer.serve`` before it listens (the ASGI adapter: at startup)."""
+        if not self._backplane.is_local:
+            await self._backplane.start()
+
+    async def _backplane_stop(self, code: int = 1001, reason: str = "") -> None:
+        """A shutdown hook: leave the cluster before the clients are closed."""
+        if not self._backplane.is_local:
+            await self._backplane.stop()
+
+    # ============================================================ lifecycle
+
+    def _server_started(self) -> None:
+        self._pings.restart()
+
+    async def _shutdown(self, code: int, reason: str) -> None:
+        """Close every client with ``code`` and wait until they are gone."""
+        await self._registry.close_all(code, reason)

@@ -1,0 +1,308 @@
+"""The hub's clients: who is connected here, and routing to them.
+
+:class:`Registry` keeps the local clients by ID (a :class:`Client` each, the
+link's listener), opens and forgets them, broadcasts to them, and routes
+what is not local through the backplane.  :class:`BackplanePort` is what
+the backplane may call in return (deliver a routed send or broadcast, list
+the local clients, ...): the :class:`~wshub.backplane.BackplaneHub`
+interface, on its own small object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Hashable, Iterable
+from urllib.parse import SplitResult, urlsplit
+
+from ..backplane import Backplane
+from ..encodings import check_encoding, encode_str
+from ..errors import ClientNotFound, ConnectionClosedError
+from ..policy import PerIpCounter
+from ..protocol.frames import CloseCode
+from ..transport.link import Link
+from .events import CloseEvent, Events
+from .options import HubOptions
+from .pings import PingTimer
+
+__all__ = ["BackplanePort", "Client", "Registry", "encode_payload", "event_for_path"]
+
+log = logging.getLogger("wshub")
+
+
+def event_for_path(path: str) -> str:
+    """The event a client of URL path ``path`` sends its messages to."""
+    return "message" if path in ("", "/") else path
+
+
+def encode_payload(data: str | bytes | bytearray | memoryview, encoding: str) -> tuple[bytes, bool]:
+    """``(payload, is_text)`` of what a user sends: a ``str`` through ``encoding``."""
+    if isinstance(data, str):
+        return encode_str(data, encoding)
+    if isinstance(data, bytes):
+        return data, False
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data), False
+    raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
+
+
+class Client:
+    """The hub's record of one connected client; the link's listener."""
+
+    __slots__ = (
+        "encoding",
+        "event",
+        "events",
+        "id",
+        "ip_key",
+        "link",
+        "opening",
+        "registry",
+        "url_text",
+    )
+
+    def __init__(
+        self,
+        registry: Registry,
+        events: Events,
+        client_id: str,
+        link: Link,
+        url_text: str,
+        path: str,
+        ip_key: str,
+        encoding: str,
+    ) -> None:
+        self.registry = registry
+        self.events = events
+        self.id = client_id
+        self.link = link
+        self.url_text = url_text
+        self.ip_key = ip_key
+        self.event = event_for_path(path)
+        self.encoding = encoding
+        # True until the "open" callbacks are done (ready_state "opening").
+        self.opening = True
+
+    @property
+    def url(self) -> SplitResult:
+        return urlsplit(self.url_text)
+
+    # LinkListener
+    def on_message(self, data: str | bytes) -> bool:
+        return self.events.deliver(self, data)
+
+    def on_error(self, exc: Exception) -> None:
+        self.events.emit_error(self.id, exc)
+
+    def on_close(self, code: int, reason: str, was_clean: bool) -> None:
+        self.registry.client_closed(self, CloseEvent(code, reason, was_clean))
+
+
+class Registry:
+    """The clients of this process by ID; local and routed send/broadcast."""
+
+    __slots__ = ("_all_closed", "_backplane", "_events", "_options", "_per_ip", "clients", "pings")
+
+    def __init__(
+        self,
+        options: HubOptions,
+        events: Events,
+        per_ip: PerIpCounter,
+        backplane: Backplane,
+    ) -> None:
+        #: Client ID → :class:`Client`, for every client open on this process.
+        #: The dict itself is never replaced (the hub's ``send`` reads it).
+        self.clients: dict[str, Client] = {}
+        #: The periodic ping of these clients.
+        self.pings = PingTimer(self.clients, options)
+        self._options = options
+        self._events = events
+        self._per_ip = per_ip
+        self._backplane = backplane
+        self._all_closed: asyncio.Event | None = None
+
+    def get(self, client_id: str) -> Client:
+        """The local client ``client_id``; ClientNotFound if it is not connected here."""
+        try:
+            return self.clients[client_id]
+        except (KeyError, TypeError):
+            raise ClientNotFound(client_id) from None
+
+    # --------------------------------------------------------- coming and going
+
+    def open(self, client_id: str, ip_key: str, url_text: str, path: str, link: Link) -> None:
+        """An admitted client is connected through ``link``: register it, run ``"open"``."""
+        client = Client(
+            self, self._events, client_id, link, url_text, path, ip_key, self._options.encoding
+        )
+        self.clients[client_id] = client
+        self._backplane.client_added(client_id, ip_key, client.event)
+        link.listener = client
+        self.pings.ensure_running()
+        if not self._events.emit("open", (client_id,), client_id, lambda: self._opened(client)):
+            # Messages wait until the "open" callbacks are done.
+            link.hold()
+            return
+        client.opening = False
+
+    def _opened(self, client: Client) -> None:
+        client.opening = False
+        if self.clients.get(client.id) is client:
+            client.link.release()
+
+    def client_closed(self, client: Client, event: CloseEvent) -> None:
+        """``client``'s connection ended: forget it, give back its slot, run ``"close"``."""
+        if self.clients.get(client.id) is not client:
+            return
+        del self.clients[client.id]
+        self._backplane.client_removed(client.id, client.ip_key, client.event)
+        self._per_ip.release(client.ip_key)
+        if not self.clients:
+            self.pings.stop()
+            if self._all_closed is not None:
+                self._all_closed.set()
+        self._events.emit("close", (client.id, event), None)
+
+    async def close_all(self, code: int, reason: str) -> None:
+        """Close every client with ``code`` and wait until they are gone."""
+        if not self.clients:
+            return
+        self._all_closed = asyncio.Event()
+        for client in list(self.clients.values()):
+            client.link.close(code, reason)
+        await self._all_closed.wait()
+
+    # ----------------------------------------------------------------- routing
+
+    def send_remote(
+        self, client_id: str, data: str | bytes | bytearray | memoryview, encoding: str | None
+    ) -> bool:
+        """``send`` to an ID that is not local: route it through the backplane.
+
+        Whether the ID exists is decided at once from the backplane's cached
+        cluster registry (ClientNotFound when no live node has it), so
+        ``send`` stays synchronous.  If the client left meanwhile, its node
+        answers and the ``"error"`` event reports ClientNotFound for that ID.
+        """
+        backplane = self._backplane
+        if backplane.is_local or not isinstance(client_id, str):
+            raise ClientNotFound(client_id)
+        if isinstance(data, str) and encoding is None:
+            # The client's own encoding lives on its node: encode there.
+            return backplane.send(client_id, data, True)
+        if encoding is not None:
+            check_encoding(encoding)
+        payload, text = encode_payload(data, encoding or self._options.encoding)
+        return backplane.send(client_id, payload, text)
+
+    def broadcast(
+        self,
+        data: str | bytes | bytearray | memoryview,
+        path: str | None,
+        exclude: Iterable[str],
+    ) -> int:
+        """Send to every open client (or those of one ``path``), here and on other nodes."""
+        payload, text = encode_payload(data, self._options.encoding)
+        excluded = set(exclude) if exclude else None
+        event = None if path is None else event_for_path(path)
+        count = self.broadcast_local(payload, text, event, excluded)
+        if not self._backplane.is_local:
+            # The other nodes need only the excluded IDs that are not here.
+            clients = self.clients
+            remote_excluded = (
+                frozenset(c for c in excluded if c not in clients) if excluded else frozenset()
+            )
+            self._backplane.broadcast(payload, text, event, remote_excluded)
+        return count
+
+    def broadcast_local(
+        self,
+        payload: bytes,
+        text: bool,
+        event: str | None,
+        excluded: set[str] | frozenset[str] | None,
+    ) -> int:
+        """Queue one message for every open local client of ``event`` (None: all) but
+        ``excluded``; return how many.  The frame is built once per group of links
+        that can share it."""
+        frames: dict[Hashable, bytes] = {}
+        # Nearly every receiver shares one key (same extension settings):
+        # the last key and frame are kept at hand.
+        last_key: Hashable | None = None
+        last_frame = b""
+        count = 0
+        for client in list(self.clients.values()):
+            if excluded is not None and client.id in excluded:
+                continue
+            if event is not None and client.event != event:
+                continue
+            link = client.link
+            key = link.broadcast_key
+            try:
+                if key is None:
+                    link.send_message(payload, text)
+                elif key is last_key:
+                    link.queue_prepared(last_frame)  # raises if the client is closing
+                else:
+                    frame = frames.get(key)
+                    if frame is None:
+                        if not link.is_open:
+                            continue
+                        frame = frames[key] = link.prepare(payload, text)
+                    link.queue_prepared(frame)
+                    last_key, last_frame = key, frame
+            except ConnectionClosedError:
+                continue
+            count += 1
+        return count
+
+    async def cluster_clients(self) -> list[str]:
+        """IDs of the clients connected to every live node."""
+        if self._backplane.is_local:
+            return list(self.clients)
+        return await self._backplane.cluster_clients()
+
+
+class BackplanePort:
+    """What the backplane calls on the hub it serves (:class:`~wshub.backplane.BackplaneHub`)."""
+
+    __slots__ = ("_events", "_registry")
+
+    def __init__(self, registry: Registry, events: Events) -> None:
+        self._registry = registry
+        self._events = events
+
+    def deliver_send(self, client_id: str, data: str | bytes, text: bool) -> bool:
+        client = self._registry.clients.get(client_id)
+        if client is None:
+            return False
+        try:
+            if isinstance(data, str):
+                payload, text = encode_str(data, client.encoding)
+            else:
+                payload = data
+            client.link.send_message(payload, text)
+        except ValueError as exc:
+            log.warning("routed send to %s: cannot encode: %s", client_id, exc)
+            self._events.emit_error(client_id, exc)
+        except ConnectionClosedError:
+            pass
+        return True
+
+    def deliver_broadcast(
+        self, payload: bytes, text: bool, event: str | None, exclude: frozenset[str]
+    ) -> int:
+        return self._registry.broadcast_local(payload, text, event, exclude or None)
+
+    def local_clients(self) -> list[tuple[str, str, str]]:
+        return [(c.id, c.ip_key, c.event) for c in self._registry.clients.values()]
+
+    def client_missing(self, client_id: str) -> None:
+        self._events.emit_error(client_id, ClientNotFound(client_id))
+
+    def close_duplicate(self, client_id: str) -> bool:
+        client = self._registry.clients.get(client_id)
+        if client is None:
+            return False
+        client.link.close(CloseCode.TRY_AGAIN_LATER, "session ID opened on another node")
+        return True
