@@ -50,24 +50,33 @@ log = logging.getLogger("wshub.backplane")
 
 
 class BackplaneHub(Protocol):
-    """What a backplane calls on the hub it serves (implemented by ``WebSocket``)."""
+    """What a backplane calls on the hub it serves.
 
-    def _backplane_send(self, client_id: str, data: str | bytes, text: bool) -> bool:
+    Implemented by a small object the hub hands to :meth:`Backplane.bind`
+    (``wshub.hub.registry.BackplanePort``), not by ``WebSocket`` itself.
+    """
+
+    def deliver_send(self, client_id: str, data: str | bytes, text: bool) -> bool:
         """Deliver a routed ``send`` to a local client; False if it is not here."""
+        ...
 
-    def _backplane_broadcast(
+    def deliver_broadcast(
         self, payload: bytes, text: bool, event: str | None, exclude: frozenset[str]
     ) -> int:
         """Deliver a routed broadcast to the local clients; return how many."""
+        ...
 
-    def _backplane_local_clients(self) -> list[tuple[str, str, str]]:
+    def local_clients(self) -> list[tuple[str, str, str]]:
         """``(client_id, ip_key, event)`` of every local client."""
+        ...
 
-    def _backplane_missing(self, client_id: str) -> None:
+    def client_missing(self, client_id: str) -> None:
         """A routed ``send`` found no client with this ID on its node."""
+        ...
 
-    def _backplane_duplicate(self, client_id: str) -> bool:
+    def close_duplicate(self, client_id: str) -> bool:
         """Another node admitted this ID at the same moment: close ours; False if none."""
+        ...
 
 
 class Backplane:
@@ -89,6 +98,7 @@ class Backplane:
         self._hub: BackplaneHub | None = None
 
     def bind(self, hub: BackplaneHub) -> None:
+        """Called once by the hub: ``hub`` is where routed work is delivered."""
         if self._hub is not None and self._hub is not hub:
             raise RuntimeError("this backplane already serves another hub")
         self._hub = hub
@@ -135,7 +145,7 @@ class Backplane:
     async def cluster_clients(self) -> list[str]:
         """Every live node's client IDs."""
         hub = self._hub
-        return [c[0] for c in hub._backplane_local_clients()] if hub is not None else []
+        return [c[0] for c in hub.local_clients()] if hub is not None else []
 
 
 class LocalBackplane(Backplane):
@@ -504,7 +514,7 @@ class RedisBackplane(Backplane):
 
     def _local(self) -> list[tuple[str, str, str]]:
         hub = self._hub
-        return hub._backplane_local_clients() if hub is not None else []
+        return hub.local_clients() if hub is not None else []
 
     @staticmethod
     def _entry(ip_key: str, event: str) -> bytes:
@@ -862,7 +872,7 @@ class RedisBackplane(Backplane):
         # before hearing of the other).  The node with the greater node ID
         # gives way, so exactly one copy stays.
         hub = self._hub
-        if hub is not None and self.node_id > node and hub._backplane_duplicate(client_id):
+        if hub is not None and self.node_id > node and hub.close_duplicate(client_id):
             log.warning(
                 "redis backplane: client %s also opened on node %s: closed our copy",
                 client_id,
@@ -879,7 +889,7 @@ class RedisBackplane(Backplane):
             info = json.loads(meta)
             event = info.get("e")
             exclude = frozenset(info.get("x") or ())
-        self._hub._backplane_broadcast(payload, kind == b"B", event, exclude)
+        self._hub.deliver_broadcast(payload, kind == b"B", event, exclude)
 
     def _on_direct(self, data: bytes) -> None:
         kind, origin, meta, payload = _unpack(data)
@@ -888,10 +898,10 @@ class RedisBackplane(Backplane):
             return
         client_id = meta.decode("utf-8", "replace")
         if kind == b"M":
-            hub._backplane_missing(client_id)
+            hub.client_missing(client_id)
             return
         body: str | bytes = payload.decode("utf-8", "surrogatepass") if kind == b"T" else payload
-        if not hub._backplane_send(client_id, body, kind != b"y"):
+        if not hub.deliver_send(client_id, body, kind != b"y"):
             log.info(
                 "redis backplane: send from node %s to %s: not connected here", origin, client_id
             )

@@ -90,8 +90,8 @@ class WebSocket:
         registry = self._registry = Registry(options, events, per_ip, self._backplane)
         self._pings = registry.pings
         self._admission = AdmissionControl(options, registry, per_ip, self._backplane)
-        self._port = BackplanePort(registry, events)
-        self._backplane.bind(self)
+        # The backplane calls back through a port of its own, not this facade.
+        self._backplane.bind(BackplanePort(registry, events))
         # The registry's client table, read by send() on every message; and
         # (for white-box tests) the parts' other tables: the same objects.
         self._clients = registry.clients
@@ -390,25 +390,6 @@ class WebSocket:
     async def cluster_clients(self) -> list[str]:
         """IDs of the clients connected to every live node (just :attr:`clients` without one)."""
         return await self._registry.cluster_clients()
-
-    # BackplaneHub: what the backplane calls.
-
-    def _backplane_send(self, client_id: str, data: str | bytes, text: bool) -> bool:
-        return self._port.deliver_send(client_id, data, text)
-
-    def _backplane_broadcast(
-        self, payload: bytes, text: bool, event: str | None, exclude: frozenset[str]
-    ) -> int:
-        return self._port.deliver_broadcast(payload, text, event, exclude)
-
-    def _backplane_local_clients(self) -> list[tuple[str, str, str]]:
-        return self._port.local_clients()
-
-    def _backplane_missing(self, client_id: str) -> None:
-        self._port.client_missing(client_id)
-
-    def _backplane_duplicate(self, client_id: str) -> bool:
-        return self._port.close_duplicate(client_id)
 
     async def _backplane_start(self) -> None:
         """Awaited by ``HttpServer.serve`` before it listens (the ASGI adapter: at startup)."""
