@@ -925,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     meta: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine(),
         "load_start": loadavg(),
         "versions": versions(srvs),
