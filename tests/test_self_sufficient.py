@@ -1,10 +1,10 @@
 """The repository stands alone: no file points at a sibling ``shared`` folder.
 
 A fresh clone has nothing beside it, so a reference to the sibling folder
-(by relative path, by the environment variable that used to locate it, or
-as ``<root>.parent / "shared"`` in Python) is a build or test step that works
-only on a machine that happens to have it.  Checked over every file git
-tracks (or, outside a git checkout, every file of the tree but the
+(by relative path, by the environment variable that used to locate it, or as
+the root's parent joined with that name in Python) is a build or test step
+that works only on a machine that happens to have it.  Checked over every
+file git tracks (or, outside a git checkout, every file of the tree but the
 git-ignored kinds: virtualenvs, caches, build output, reports).
 """
 
