@@ -552,7 +552,7 @@ class AsgiApp:
             message = await receive()
             kind = message.get("type")
             if kind == "lifespan.startup":
-                await self.hub._backplane_start()
+                await self.hub.start()
                 await send({"type": "lifespan.startup.complete"})
             elif kind == "lifespan.shutdown":
                 await self._shutdown()
@@ -570,7 +570,7 @@ class AsgiApp:
         async def wrapped(message: Message) -> None:
             kind = message.get("type")
             if kind == "lifespan.startup.complete":
-                await self.hub._backplane_start()
+                await self.hub.start()
             elif kind == "lifespan.shutdown.complete":
                 await self._shutdown()
             await send(message)
@@ -578,7 +578,7 @@ class AsgiApp:
         return wrapped
 
     async def _shutdown(self) -> None:
-        await self.hub._backplane_stop()
+        await self.hub.stop()
         await self._close_all(CloseCode.GOING_AWAY, "server shutting down")
 
     async def _close_all(self, code: int, reason: str) -> None:

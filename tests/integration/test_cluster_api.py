@@ -199,6 +199,6 @@ async def test_hub_served_by_uvicorn_joins_the_cluster(tmp_path: Path) -> None:
     finally:
         uv.should_exit = True
         await asyncio.wait_for(uv_task, 10.0)
-        await asgi_hub._backplane_stop()
+        await asgi_hub.stop()
         await server.close(timeout=2.0)
         redis.stop()

@@ -101,8 +101,6 @@ class WebSocket:
         self._server = server
         if server is not None:
             server.attach(self)
-            if not self._backplane.is_local:
-                server.add_shutdown_hook(self._backplane_stop)
 
     # ================================================================ options
 
@@ -391,21 +389,25 @@ class WebSocket:
         """IDs of the clients connected to every live node (just :attr:`clients` without one)."""
         return await self._registry.cluster_clients()
 
-    async def _backplane_start(self) -> None:
-        """Awaited by ``HttpServer.serve`` before it listens (the ASGI adapter: at startup)."""
+    # ============================== for the server (HttpServer, the ASGI adapter)
+
+    async def start(self) -> None:
+        """Called by the server before it accepts connections (by the ASGI
+        adapter: at lifespan startup): join the cluster, if there is a backplane."""
         if not self._backplane.is_local:
             await self._backplane.start()
 
-    async def _backplane_stop(self, code: int = 1001, reason: str = "") -> None:
-        """A shutdown hook: leave the cluster before the clients are closed."""
+    def server_started(self) -> None:
+        """Called by the server once it listens."""
+        self._pings.restart()
+
+    async def stop(self) -> None:
+        """Called by the server when shutdown begins: leave the cluster while
+        the clients are still connected."""
         if not self._backplane.is_local:
             await self._backplane.stop()
 
-    # ============================================================ lifecycle
-
-    def _server_started(self) -> None:
-        self._pings.restart()
-
-    async def _shutdown(self, code: int, reason: str) -> None:
-        """Close every client with ``code`` and wait until they are gone."""
+    async def shutdown(self, code: int, reason: str) -> None:
+        """Called by the server after :meth:`stop`: close every client with
+        ``code`` and return once they are all gone."""
         await self._registry.close_all(code, reason)

@@ -173,7 +173,15 @@ class Admission(Protocol):
 
 
 class UpgradeHandler(Protocol):
-    """What a transport needs from the hub attached to its server."""
+    """What a transport needs from the hub attached to its server.
+
+    Per connection: :meth:`connection_opened` / :meth:`connection_closed`
+    and, for an upgrade, :meth:`admit`.  Over the server's life:
+    :meth:`start`, :meth:`server_started`, then at shutdown :meth:`stop`
+    and :meth:`shutdown` (the ASGI adapter calls :meth:`start` and
+    :meth:`stop` at lifespan startup and shutdown, and closes its own
+    connections).
+    """
 
     def admit(self, request: UpgradeRequest) -> Admission:
         """Judge an upgrade; raise ``HandshakeError`` (403, 429 ...) to refuse it."""
@@ -190,6 +198,22 @@ class UpgradeHandler(Protocol):
 
     def connection_closed(self, key: str) -> None:
         """Give back what :meth:`connection_opened` counted under ``key``."""
+        ...
+
+    async def start(self) -> None:
+        """Before the server accepts connections: join the hub's cluster, if any."""
+        ...
+
+    def server_started(self) -> None:
+        """The server listens."""
+        ...
+
+    async def stop(self) -> None:
+        """Shutdown begins: leave the cluster while the clients are still connected."""
+        ...
+
+    async def shutdown(self, code: int, reason: str) -> None:
+        """Close every client with ``code`` and ``reason``; return once all are gone."""
         ...
 
 

@@ -185,10 +185,10 @@ class HttpServer:
             self._prepare_ssl(ssl)
         self._ssl = ssl
         self._closed = asyncio.Event()
-        # A hub with a cluster backplane joins the cluster before it listens.
-        start_backplane = getattr(self.websocket, "_backplane_start", None)
-        if start_backplane is not None:
-            await start_backplane()
+        hub = self.websocket
+        if hub is not None:
+            # A hub with a cluster backplane joins the cluster before it listens.
+            await hub.start()
         loop = self._loop = asyncio.get_running_loop()
         extra: dict[str, Any] = {}
         if ssl is not None and self.handshake_timeout > 0:
@@ -205,9 +205,8 @@ class HttpServer:
             **extra,
         )
         self._servers.append(server)
-        start = getattr(self.websocket, "_server_started", None)
-        if start is not None:
-            start()
+        if hub is not None:
+            hub.server_started()
 
     def _prepare_ssl(self, context: ssl_module.SSLContext) -> None:
         # ALPN: h2 first when we can speak it, then HTTP/1.1 (RFC 7301).
@@ -234,16 +233,21 @@ class HttpServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        hub = self.websocket
+        if hub is not None:
+            # The hub leaves its cluster first, while its clients are still here.
+            try:
+                await hub.stop()
+            except Exception:
+                log.exception("error while the hub left its cluster")
         for hook in self._shutdown_hooks:
             try:
                 await hook(code, reason)
             except Exception:
                 log.exception("error in a shutdown hook")
-        websocket = self.websocket
-        shutdown = getattr(websocket, "_shutdown", None)
-        if shutdown is not None:
+        if hub is not None:
             try:
-                await asyncio.wait_for(shutdown(code, reason), timeout)
+                await asyncio.wait_for(hub.shutdown(code, reason), timeout)
             except asyncio.TimeoutError:
                 log.warning("clients did not finish closing within %.1fs", timeout)
         for proto in list(self._connections):
