@@ -42,7 +42,7 @@ from collections import deque
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from .errors import ClientNotFound
+from .errors import ClientNotFound, WsHubError
 
 __all__ = ["Backplane", "BackplaneHub", "LocalBackplane", "RedisBackplane", "make_backplane"]
 
@@ -205,7 +205,7 @@ def _log_failure(task: asyncio.Future[None]) -> None:
         log.warning("redis backplane: background task failed: %s", task.exception())
 
 
-class _SessionLost(Exception):
+class _SessionLost(WsHubError):
     """The Redis session stopped working (raised inside the session tasks)."""
 
 
@@ -767,7 +767,7 @@ class RedisBackplane(Backplane):
                 batch.append(queue.popleft())
             pipe = client.pipeline(transaction=False)
             for command, args, _is_message, _size in batch:
-                getattr(pipe, command)(*args)
+                pipe.execute_command(command, *args)
             try:
                 await pipe.execute()
             except BaseException:

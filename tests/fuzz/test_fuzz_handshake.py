@@ -154,7 +154,7 @@ async def drive(chunks: list[bytes], **options: Any) -> bytes:
             assert transport.closed
     assert len(ws._per_ip) == 0, "per-IP slot leaked"
     assert not ws._clients and not ws._reserved
-    assert not server._connections
+    assert not server.connections.protocols
     return result
 
 

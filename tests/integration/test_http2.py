@@ -430,7 +430,7 @@ async def test_socket_options_act_on_the_shared_socket(start_h2: StartH2) -> Non
 
     proto = next(
         p.transport.get_protocol()
-        for p in srv.server._connections
+        for p in srv.server.connections.protocols
         if p.transport is not None and isinstance(p.transport.get_protocol(), Http2Protocol)
     )
     sock = proto.transport.get_extra_info("socket")
@@ -463,7 +463,7 @@ async def test_shutdown_sends_goaway_and_1001(start_h2: StartH2) -> None:
     ev = srv.closed[srv.opened[0]]
     assert (ev.code, ev.was_clean) == (1001, True)
     await c.wait(c.closed.is_set, what="the connection to close")
-    assert not srv.server._connections
+    assert not srv.server.connections.protocols
     await c.close()
 
 
@@ -476,14 +476,14 @@ async def test_connection_loss_closes_every_stream_1006(start_h2: StartH2) -> No
     await c.close()
     await wait_for(lambda: len(srv.closed) == 2, what="close events")
     assert {ev.code for ev in srv.closed.values()} == {1006}
-    await wait_for(lambda: not srv.server._connections, what="connection table emptied")
+    await wait_for(lambda: not srv.server.connections.protocols, what="connection table emptied")
 
 
 def test_h2_is_a_runtime_dependency() -> None:
     text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     deps = text.split("dependencies = [", 1)[1].split("]", 1)[0]
     assert '"h2' in deps, "h2 must be installed with a plain `pip install wshub`"
-    assert HttpServer()._h2_factory is not None
+    assert HttpServer().connections.speaks_h2
 
 
 async def test_cli_serve_tls_speaks_h2_and_http11_on_one_port() -> None:

@@ -213,7 +213,7 @@ async def test_too_many_concurrent_streams_gets_goaway(
     assert_logged(caplog, "HTTP/2 protocol error")
     await still_served(good)
     await good.close()
-    await wait_for(lambda: len(srv.server._connections) == 0, what="connections closed")
+    await wait_for(lambda: len(srv.server.connections.protocols) == 0, what="connections closed")
 
 
 async def test_garbage_after_the_preface_gets_goaway(

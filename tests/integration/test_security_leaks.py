@@ -174,7 +174,7 @@ async def test_ten_thousand_cycles_leave_no_trace(start_server: StartServer) -> 
     assert sum(done.values()) == CYCLES, done
     await wait_for(lambda: not ws._clients, timeout=20, what="every client to be gone")
     await wait_for(
-        lambda: not srv.server._connections, timeout=20, what="every connection to be gone"
+        lambda: not srv.server.connections.protocols, timeout=20, what="every connection to be gone"
     )
     assert len(ws._per_ip) == 0, dict(ws._per_ip._counts)
     assert not ws._reserved

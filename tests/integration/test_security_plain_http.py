@@ -76,7 +76,7 @@ async def non_reading_client(srv: Running) -> tuple[socket.socket, asyncio.Strea
 
 
 def server_side(srv: Running) -> Any:
-    [proto] = srv.server._connections
+    [proto] = srv.server.connections.protocols
     return proto
 
 
@@ -88,7 +88,7 @@ async def test_pipelined_requests_from_a_client_that_never_reads(
     _sock, writer = await non_reading_client(srv)
     count = 4000  # 20 MB of answers to 140 KB of requests
     writer.write(request() * count)  # not drained: the server may stop reading
-    await wait_for(lambda: len(srv.server._connections) == 1, what="the connection")
+    await wait_for(lambda: len(srv.server.connections.protocols) == 1, what="the connection")
     proto = server_side(srv)
     largest = 0
 
@@ -109,7 +109,7 @@ async def test_pipelined_requests_from_a_client_that_never_reads(
     assert largest <= HIGH_WATER + 2 * len(PAGE), largest
     assert pages.calls < count // 2, pages.calls
     # And the connection does not outlive write_timeout.
-    await wait_for(lambda: not srv.server._connections, what="the connection to be aborted")
+    await wait_for(lambda: not srv.server.connections.protocols, what="the connection to be aborted")
     assert any("did not read" in line for line in wshub_lines(caplog))
     writer.close()
 
@@ -141,10 +141,10 @@ async def test_a_closing_connection_does_not_linger_forever(start_server: StartS
     srv = await start_server(handler=handler, server_options={"write_timeout": WRITE_TIMEOUT})
     _sock, writer = await non_reading_client(srv)
     writer.write(request(close=True))
-    await wait_for(lambda: len(srv.server._connections) == 1, what="the connection")
+    await wait_for(lambda: len(srv.server.connections.protocols) == 1, what="the connection")
     proto = server_side(srv)
     await wait_for(lambda: proto._closing, what="the answer to be written")
-    await wait_for(lambda: not srv.server._connections, what="the connection to be aborted")
+    await wait_for(lambda: not srv.server.connections.protocols, what="the connection to be aborted")
     writer.close()
 
 

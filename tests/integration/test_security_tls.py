@@ -69,7 +69,7 @@ async def _silent_client_is_dropped(ctx: ssl.SSLContext, partial: bool) -> None:
                 f"(handshake_timeout={HANDSHAKE_TIMEOUT})"
             )
         writer.close()
-        assert not server._connections, "the dropped connection is still counted"
+        assert not server.connections.protocols, "the dropped connection is still counted"
     finally:
         await server.close(timeout=2.0)
 

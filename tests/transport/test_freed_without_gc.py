@@ -60,7 +60,7 @@ async def test_closed_connections_leave_no_cycles(start_server: StartServer) -> 
         raw.close()
 
         await wait_for(lambda: len(closed) == 5, what="five close events")
-        await wait_for(lambda: not srv.server._connections, what="connections gone")
+        await wait_for(lambda: not srv.server.connections.protocols, what="connections gone")
         await asyncio.sleep(0.05)  # let the loop drop its last handles
 
         gc.collect()

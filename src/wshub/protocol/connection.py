@@ -61,9 +61,10 @@ from __future__ import annotations
 
 import codecs
 import enum
+from collections.abc import Hashable
 from typing import Protocol
 
-from .errors import ConnectionClosedError
+from .errors import ConnectionClosedError, WsHubError
 from .flood import PingFloodGuard
 from .frames import (
     MAX_CONTROL_PAYLOAD,
@@ -188,7 +189,7 @@ class ProtocolError:
 Event = str | bytes | Ping | Pong | CloseReceived | ProtocolError
 
 
-class MessageTooBig(Exception):
+class MessageTooBig(WsHubError):
     """Raised by a :class:`MessageCodec` when a message inflates past the limit."""
 
 
@@ -197,7 +198,12 @@ class MessageCodec(Protocol):
 
     The connection calls :meth:`decode` with each unmasked chunk of a message
     that had RSV1 set, and :meth:`encode` for each outgoing message.
+    ``shared_frame_key``: connections whose codecs have equal keys (not None)
+    turn one message into the same frame, so a broadcast frames it once.
     """
+
+    @property
+    def shared_frame_key(self) -> Hashable | None: ...
 
     def decode(self, data: bytes, end_of_message: bool, max_size: int) -> bytes:
         """Return the decoded bytes of this chunk.

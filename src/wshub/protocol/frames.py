@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .errors import WsHubError
+
 __all__ = [
     "OP_BINARY",
     "OP_CLOSE",
@@ -91,7 +93,7 @@ def close_payload(code: int | None, reason: str = "") -> bytes:
     return struct.pack("!H", code) + data
 
 
-class InvalidClosePayload(ValueError):
+class InvalidClosePayload(WsHubError, ValueError):
     """A Close frame's payload breaks RFC 6455 §5.5.1 / §7.4."""
 
     def __init__(self, code: int, reason: str) -> None:

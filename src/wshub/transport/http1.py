@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
+from ..errors import WsHubError
 from ..http import Request, Response, call_handler, finished_response
 from ..policy import valid_host
 from ..protocol import frames
@@ -297,7 +298,7 @@ class Http1Protocol(asyncio.Protocol):
         self._write_timer: asyncio.TimerHandle | None = None
         self._write_mark = 0
         # The key this connection is counted under in the hub's per-IP
-        # table until it is upgraded or lost (see HttpServer._connection_made).
+        # table until it is upgraded or lost (see ServerConnections.opened).
         self.ip_slot: str | None = None
         # Reads large frames in place; None over TLS (the TLS layer reads
         # into its own buffers anyway) and until the first large frame.
@@ -312,15 +313,13 @@ class Http1Protocol(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = (str(peer[0]), int(peer[1]))
         # Only a server with an SSL context has TLS connections to look at.
-        ssl_object = (
-            transport.get_extra_info("ssl_object") if self.server._ssl is not None else None
-        )
+        ssl_object = transport.get_extra_info("ssl_object") if self.server.connections.tls else None
         self.tls = ssl_object is not None
         h2 = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
-        if not self.server._connection_made(self):
+        if not self.server.connections.opened(self):
             self._over_limit(h2)
             return
-        if h2 and self.server._switch_to_h2(self, b""):
+        if h2 and self.server.connections.switch_to_h2(self, b""):
             return
         # httptools' parser is made on first need: the usual upgrade request
         # is read by the C accelerator in one call (see data_received).
@@ -364,7 +363,9 @@ class Http1Protocol(asyncio.Protocol):
                     self._sniff = data
                     return
                 self._sniff = None
-                if data.startswith(_H2_PREFACE) and self.server._switch_to_h2(self, data):
+                if data.startswith(_H2_PREFACE) and self.server.connections.switch_to_h2(
+                    self, data
+                ):
                     return
         try:
             parser.feed_data(data)
@@ -446,7 +447,7 @@ class Http1Protocol(asyncio.Protocol):
             self._write_timer.cancel()
             self._write_timer = None
         self._closing = True
-        self.server._connection_lost(self)
+        self.server.connections.lost(self)
         if self.link is not None:
             self.link.connection_lost(exc)
 
@@ -513,18 +514,25 @@ class Http1Protocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.server._arm_deadline(self)
+        self.server.connections.arm_deadline(self)
 
-    def _deadline_passed(self) -> None:
+    def deadline_passed(self) -> None:
+        """The request head did not come within handshake_timeout (the server's sweep)."""
         # Called by the server's sweep.  On a busy loop the request may have
         # arrived in this very iteration, after the poll: look again once
         # pending reads have been handled (a timer due now runs after the
         # I/O callbacks of the next iteration), so a client that was on
         # time is not cut off.
-        self._timer = self.server._event_loop().call_later(0, self._timed_out)
+        self._timer = self.server.connections.loop.call_later(0, self._timed_out)
+
+    def hand_over(self) -> None:
+        """HTTP/2 takes the transport: this object parses nothing more (it
+        stays in the server's table so that ``close()`` finds the transport)."""
+        self._cancel_timer()
+        self._parser = None
 
     def _cancel_timer(self) -> None:
-        self.server._disarm_deadline(self)
+        self.server.connections.disarm_deadline(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -539,7 +547,7 @@ class Http1Protocol(asyncio.Protocol):
                     what=f"request not complete within {self.server.handshake_timeout:.1f}s",
                 )
             else:
-                self._close()
+                self.close_after_writes()
 
     def _process_queue(self) -> None:
         while self._queue and not self._busy and not self._closing and not self._write_paused:
@@ -583,7 +591,7 @@ class Http1Protocol(asyncio.Protocol):
         # From here the hub counts this connection as its client (under the
         # client's address, which forwarding headers may tell): give back the
         # connection's own count first, so that it is counted once.
-        server._release_ip_slot(self)
+        server.connections.release_ip_slot(self)
         head = RequestHead(
             method=method,
             target=target,
@@ -611,7 +619,7 @@ class Http1Protocol(asyncio.Protocol):
             transport,
             conn,
             config,
-            self.server._event_loop(),
+            self.server.connections.loop,
             bulk_congestion=cc if cc is not None and is_loopback(self.peer[0]) else None,
         )
         transport.set_write_buffer_limits(high=config.write_high, low=config.write_low)
@@ -679,7 +687,7 @@ class Http1Protocol(asyncio.Protocol):
             )
         )
         if not keep_alive:
-            self._close()
+            self.close_after_writes()
         elif not self._write_paused:
             self._start_timer()
         # else: the write watch runs; the idle timer starts once it drains
@@ -707,9 +715,9 @@ class Http1Protocol(asyncio.Protocol):
         transport.write(
             frame_http1(refused.status, refused.headers, refused.body, keep_alive=False)
         )
-        self._close()
+        self.close_after_writes()
 
-    def _close(self) -> None:
+    def close_after_writes(self) -> None:
         """Close once what was written is sent, or abort after write_timeout."""
         self._closing = True
         self._cancel_timer()
@@ -732,7 +740,7 @@ class Http1Protocol(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         if h2:
-            self._close()
+            self.close_after_writes()
             return
         refused = Refusal(429, "too many connections from this address")
         transport.write(
@@ -742,12 +750,12 @@ class Http1Protocol(asyncio.Protocol):
             try:
                 transport.write_eof()
             except (OSError, RuntimeError):
-                self._close()
+                self.close_after_writes()
                 return
             linger = min(1.0, self.server.write_timeout)
-            self._timer = self.server._event_loop().call_later(linger, self._close)
+            self._timer = self.server.connections.loop.call_later(linger, self.close_after_writes)
         else:
-            self._close()
+            self.close_after_writes()
 
     def _update_reading(self) -> None:
         """Plain HTTP: read while neither a handler nor a full write buffer holds us."""
@@ -768,7 +776,7 @@ class Http1Protocol(asyncio.Protocol):
         if transport is None or self._write_timer is not None:
             return
         self._write_mark = transport.get_write_buffer_size()
-        self._write_timer = self.server._event_loop().call_later(
+        self._write_timer = self.server.connections.loop.call_later(
             self.server.write_timeout, self._write_check
         )
 
@@ -796,7 +804,7 @@ class Http1Protocol(asyncio.Protocol):
         transport.abort()
 
 
-class _RequestRefused(Exception):
+class _RequestRefused(WsHubError):
     """Raised inside a parser callback to stop parsing after a refusal."""
 
 

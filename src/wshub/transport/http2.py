@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -89,41 +88,18 @@ SETTINGS_BUDGET = (64.0, 10.0)
 PING_BUDGET = (64.0, 10.0)
 NOISE_BUDGET = (1000.0, 500.0)  # PRIORITY, empty DATA, unknown frames
 
-# The HTTP/2 connections of each server, for the GOAWAY at shutdown.
-_sessions: weakref.WeakKeyDictionary[HttpServer, set[Http2Protocol]] = weakref.WeakKeyDictionary()
-
 
 def switch_to_h2(server: HttpServer, shell: Http1Protocol, data: bytes) -> bool:
-    """``HttpServer._h2_factory``: take over ``shell``'s transport as HTTP/2."""
+    """The server's HTTP/2 take-over: ``shell``'s transport now speaks HTTP/2."""
     transport = shell.transport
     if transport is None or transport.is_closing():
         return False
-    # The HTTP/1.1 object stays in the server's connection table (so
-    # ``close()`` finds the transport) but parses nothing more.
-    shell._cancel_timer()
-    shell._parser = None
+    shell.hand_over()
     proto = Http2Protocol(server, shell, transport)
     transport.set_protocol(proto)
-    sessions = _sessions.get(server)
-    if sessions is None:
-        sessions = _sessions[server] = set()
-        server.add_shutdown_hook(_make_goaway_hook(server))
-    sessions.add(proto)
+    server.connections.h2_sessions.add(proto)
     proto.start(data)
     return True
-
-
-def _make_goaway_hook(server: HttpServer) -> Any:
-    ref = weakref.ref(server)
-
-    async def goaway_all(code: int, reason: str) -> None:
-        srv = ref()
-        if srv is None:
-            return
-        for proto in list(_sessions.get(srv, ())):
-            proto.goaway(reason)
-
-    return goaway_all
 
 
 class _Budget:
@@ -312,10 +288,8 @@ class Http2Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._cancel_timer()
-        self.server._connection_lost(self.shell)
-        sessions = _sessions.get(self.server)
-        if sessions is not None:
-            sessions.discard(self)
+        self.server.connections.lost(self.shell)
+        self.server.connections.h2_sessions.discard(self)
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:
@@ -346,8 +320,8 @@ class Http2Protocol(asyncio.Protocol):
         the open WebSocket streams still carry their 1001 close handshake.
         New streams meanwhile get REFUSED_STREAM, which a client may retry.
         """
-        if self._draining or self._lost:
-            return
+        if self._draining or self._lost or self._dead:
+            return  # (a failed connection sent its GOAWAY already)
         self._draining = True
         self._goaway_reason = reason
         self._maybe_finish()

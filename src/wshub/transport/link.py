@@ -567,8 +567,7 @@ class FramedLink:
         codec = self.conn.codec
         if codec is None:
             return _PLAIN_KEY
-        key: Hashable | None = getattr(codec, "shared_frame_key", None)
-        return key
+        return codec.shared_frame_key
 
     def prepare(self, payload: bytes, text: bool) -> bytes:
         return self.conn.send_message(payload, text)

@@ -9,7 +9,7 @@ import signal
 import ssl as ssl_module
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import HandshakeError
 from ..http import Handler
@@ -18,7 +18,7 @@ from .http1 import Http1Protocol
 if TYPE_CHECKING:
     from .link import UpgradeHandler
 
-__all__ = ["HttpServer"]
+__all__ = ["HttpServer", "ServerConnections"]
 
 log = logging.getLogger("wshub")
 
@@ -128,22 +128,13 @@ class HttpServer:
         # they send a large message (see FramedLink._tune_for_bulk).
         self.loopback_congestion = loopback_congestion
         self.websocket: UpgradeHandler | None = None
+        # What the transports share: live connections, per-IP slots,
+        # request-head deadlines, HTTP/2 sessions.
+        self.connections = ServerConnections(self)
         self._servers: list[asyncio.AbstractServer] = []
-        self._connections: set[Http1Protocol] = set()
         self._closing = False
         self._closed: asyncio.Event | None = None
-        self._ssl: ssl_module.SSLContext | None = None
-        # Hooks for the HTTP/2 transport (set when h2 is importable).
-        self._h2_factory: Callable[[HttpServer, Http1Protocol, bytes], bool] | None = (
-            _default_h2_factory()
-        )
         self._shutdown_hooks: list[Callable[[int, str], Awaitable[None]]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # Connections that must send a complete request head by a deadline
-        # (handshake_timeout), in the order they were armed: one periodic
-        # sweep instead of a timer per connection.
-        self._deadlines: dict[Http1Protocol, float] = {}
-        self._sweeper: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------- attachment
 
@@ -183,13 +174,13 @@ class HttpServer:
         """Start listening; returns once bound (use :meth:`serve_forever` to block)."""
         if ssl is not None:
             self._prepare_ssl(ssl)
-        self._ssl = ssl
+            self.connections.tls = True
         self._closed = asyncio.Event()
         hub = self.websocket
         if hub is not None:
             # A hub with a cluster backplane joins the cluster before it listens.
             await hub.start()
-        loop = self._loop = asyncio.get_running_loop()
+        loop = self.connections.loop
         extra: dict[str, Any] = {}
         if ssl is not None and self.handshake_timeout > 0:
             # The TLS handshake comes before any request head: put it under
@@ -210,7 +201,7 @@ class HttpServer:
 
     def _prepare_ssl(self, context: ssl_module.SSLContext) -> None:
         # ALPN: h2 first when we can speak it, then HTTP/1.1 (RFC 7301).
-        protocols = ["h2", "http/1.1"] if self._h2_factory is not None else ["http/1.1"]
+        protocols = ["h2", "http/1.1"] if self.connections.speaks_h2 else ["http/1.1"]
         context.set_alpn_protocols(protocols)
 
     async def serve_forever(self) -> None:
@@ -230,9 +221,7 @@ class HttpServer:
         self._closing = True
         for srv in self._servers:
             srv.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        self.connections.stop_sweeping()
         hub = self.websocket
         if hub is not None:
             # The hub leaves its cluster first, while its clients are still here.
@@ -240,6 +229,8 @@ class HttpServer:
                 await hub.stop()
             except Exception:
                 log.exception("error while the hub left its cluster")
+        for session in list(self.connections.h2_sessions):
+            session.goaway(reason)  # RFC 9113 §6.8: no new streams
         for hook in self._shutdown_hooks:
             try:
                 await hook(code, reason)
@@ -250,13 +241,13 @@ class HttpServer:
                 await asyncio.wait_for(hub.shutdown(code, reason), timeout)
             except asyncio.TimeoutError:
                 log.warning("clients did not finish closing within %.1fs", timeout)
-        for proto in list(self._connections):
+        for proto in list(self.connections.protocols):
             t = proto.transport
             if t is not None:
                 if proto.link is not None:
                     t.abort()
                 else:
-                    proto._close()  # what is written is sent, within write_timeout
+                    proto.close_after_writes()  # sent within write_timeout, or aborted
         for srv in self._servers:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
@@ -307,12 +298,50 @@ class HttpServer:
         await self.close()
         waiter.cancel()
 
-    # ------------------------------------------------------ connection table
 
-    def _connection_made(self, proto: Http1Protocol) -> bool:
+class GoawaySession(Protocol):
+    """An HTTP/2 connection, as the server sees it at shutdown."""
+
+    def goaway(self, reason: str = "") -> None: ...
+
+
+class ServerConnections:
+    """What the transports of one :class:`HttpServer` share (``server.connections``).
+
+    The live connections (each starts as an HTTP/1.1 protocol; an HTTP/2
+    one keeps its entry), their per-IP slots, the request-head deadlines
+    (one periodic sweep instead of a timer per connection) and the HTTP/2
+    sessions that get a GOAWAY at shutdown.
+    """
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.protocols: set[Http1Protocol] = set()
+        self.h2_sessions: set[GoawaySession] = set()
+        self.tls = False  # the server listens with an SSL context
+        # The HTTP/2 transport's take-over (None when h2 cannot be imported).
+        self._h2_factory = _default_h2_factory()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Connections that must send a complete request head by a deadline
+        # (handshake_timeout), in the order they were armed.
+        self._deadlines: dict[Http1Protocol, float] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
+    @property
+    def speaks_h2(self) -> bool:
+        return self._h2_factory is not None
+
+    def opened(self, proto: Http1Protocol) -> bool:
         """A new connection; False if its address is over the hub's per-IP limit."""
-        self._connections.add(proto)
-        hub = self.websocket
+        self.protocols.add(proto)
+        hub = self.server.websocket
         if hub is not None:
             try:
                 proto.ip_slot = hub.connection_opened(proto.peer[0])
@@ -320,55 +349,60 @@ class HttpServer:
                 return False
         return True
 
-    def _connection_lost(self, proto: Http1Protocol) -> None:
-        self._connections.discard(proto)
-        self._release_ip_slot(proto)
+    def lost(self, proto: Http1Protocol) -> None:
+        self.protocols.discard(proto)
+        self.release_ip_slot(proto)
 
-    def _release_ip_slot(self, proto: Http1Protocol) -> None:
+    def release_ip_slot(self, proto: Http1Protocol) -> None:
         """Give back the per-IP count of ``proto`` (lost, or upgraded: then
         the hub's admission counts it)."""
         key = proto.ip_slot
         if key is not None:
             proto.ip_slot = None
-            hub = self.websocket
+            hub = self.server.websocket
             if hub is not None:
                 hub.connection_closed(key)
 
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        return loop
+    def switch_to_h2(self, proto: Http1Protocol, data: bytes) -> bool:
+        """Hand ``proto``'s transport to HTTP/2 (ALPN h2, or the h2c preface)."""
+        factory = self._h2_factory
+        if factory is None:
+            return False
+        return factory(self.server, proto, data)
 
     # -------------------------------------------------- handshake deadlines
 
-    def _arm_deadline(self, proto: Http1Protocol) -> None:
+    def arm_deadline(self, proto: Http1Protocol) -> None:
         """``proto`` must complete a request head within handshake_timeout."""
-        timeout = self.handshake_timeout
+        timeout = self.server.handshake_timeout
         if timeout <= 0:
             return
-        loop = self._event_loop()
+        loop = self.loop
         deadlines = self._deadlines
         deadlines.pop(proto, None)  # re-armed: to the back of the queue
         deadlines[proto] = loop.time() + timeout
         if self._sweeper is None:
             self._sweeper = loop.call_later(self._sweep_interval(), self._sweep)
 
-    def _disarm_deadline(self, proto: Http1Protocol) -> None:
+    def disarm_deadline(self, proto: Http1Protocol) -> None:
         self._deadlines.pop(proto, None)
+
+    def stop_sweeping(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
     def _sweep_interval(self) -> float:
         # A deadline is noticed at most this late: a tenth of the timeout,
         # between 20 ms and 1 s.
-        return min(1.0, max(0.02, self.handshake_timeout / 10))
+        return min(1.0, max(0.02, self.server.handshake_timeout / 10))
 
     def _sweep(self) -> None:
         self._sweeper = None
         deadlines = self._deadlines
         if not deadlines:
             return
-        loop = self._event_loop()
-        now = loop.time()
+        now = self.loop.time()
         expired = []
         # Armed with the same timeout, so ordered by deadline: stop at the
         # first one still running.
@@ -378,12 +412,6 @@ class HttpServer:
             expired.append(proto)
         for proto in expired:
             del deadlines[proto]
-            proto._deadline_passed()
+            proto.deadline_passed()
         if deadlines:
-            self._sweeper = loop.call_later(self._sweep_interval(), self._sweep)
-
-    def _switch_to_h2(self, proto: Http1Protocol, data: bytes) -> bool:
-        factory = self._h2_factory
-        if factory is None:
-            return False
-        return factory(self, proto, data)
+            self._sweeper = self.loop.call_later(self._sweep_interval(), self._sweep)
