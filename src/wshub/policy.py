@@ -191,6 +191,8 @@ class OriginPolicy:
         return norm[2] in (_DEFAULT_PORTS[norm[0]], 443 if tls else 80)
 
 
+# A cache (module state by design): the per-IP key of recently seen
+# addresses, cleared when it reaches 4,096 entries.
 _ip_keys: dict[str, str] = {}
 
 

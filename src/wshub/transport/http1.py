@@ -53,7 +53,8 @@ if frames.ACCELERATED:
     _parse_upgrade_head = _speedups.parse_upgrade_head
 
 
-# Per transport class: does writelines() gather without joining (see below)?
+# A cache (module state by design), per transport class: does
+# writelines() gather without joining (see Http1Link)?
 _GATHER: dict[type, bool] = {}
 
 

@@ -303,6 +303,8 @@ class _WriteFlusher:
                 log.exception("error while writing to a client")
 
 
+# A cache (module state by design): the one write flusher of each event
+# loop, and the last one asked for (nearly every link asks for the same).
 _flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WriteFlusher] = (
     weakref.WeakKeyDictionary()
 )
