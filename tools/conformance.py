@@ -434,7 +434,7 @@ def write_docs(path: Path, results: list[dict[str, object]], args: argparse.Name
         "Measured on the same machine with the same wstest (all 517 cases):"
         " `websockets` 17.4 has 7 FAILED (7.1.5, 9.3.1-9.3.3, 9.4.1-9.4.3) and 11 NON-STRICT;"
         " Node `ws` 8.23 has 4 FAILED (9.3/9.4: its fragment-count limit) and 4 NON-STRICT (6.4.x);"
-        " the seed library fails 131 cases and never closes cleanly.",
+        " `@jadsonlucena/websocket` fails 131 cases and never closes cleanly.",
         "",
         "How wshub passes the cases peers miss: UTF-8 is validated incrementally as payload bytes"
         " arrive, even in the middle of a frame (6.4.x fail fast); messages already complete in"
