@@ -173,7 +173,7 @@ class AdmissionControl:
             self, client_id, key, url_text, path, response_headers, codec, options.link_config
         )
 
-    def connection_opened(self, peer_ip: str) -> str | None:
+    def connection_opened(self, peer_ip: str, *, force: bool = False) -> str | None:
         """Count a TCP connection under ``limit_by_ip``; the key, or None if not counted.
 
         A trusted proxy's connections are not counted here (its clients are
@@ -184,7 +184,7 @@ class AdmissionControl:
         if options.trusted.trusts(peer_ip):
             return None
         key = ip_key(peer_ip)
-        if not self.per_ip.try_acquire(key, options.limit_by_ip):
+        if not self.per_ip.try_acquire(key, 0 if force else options.limit_by_ip):
             raise HandshakeError(429, "too many connections from this address")
         return key
 

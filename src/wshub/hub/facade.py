@@ -234,7 +234,7 @@ class WebSocket:
         """Judge a well-formed upgrade (transport → hub); raise HandshakeError to refuse."""
         return self._admission.admit(request)
 
-    def connection_opened(self, peer_ip: str) -> str | None:
+    def connection_opened(self, peer_ip: str, *, force: bool = False) -> str | None:
         """Count a TCP connection of the attached server (transport → hub).
 
         Every connection counts under ``limit_by_ip`` from the moment it is
@@ -243,7 +243,7 @@ class WebSocket:
         the upgrade).  Raises HandshakeError(429) past the limit.  This
         guards this process: ``cluster_limit_by_ip`` applies at the upgrade.
         """
-        return self._admission.connection_opened(peer_ip)
+        return self._admission.connection_opened(peer_ip, force=force)
 
     def connection_closed(self, key: str) -> None:
         """The connection counted under ``key`` is gone (or became a client)."""

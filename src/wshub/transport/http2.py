@@ -235,6 +235,7 @@ class Http2Protocol(asyncio.Protocol):
     def __init__(self, server: HttpServer, shell: Http1Protocol, transport: asyncio.Transport):
         self.server = server
         self.shell = shell
+        self._websockets = 0  # WebSocket streams open on this connection
         self.transport = transport
         self.peer = shell.peer
         self.tls = shell.tls
@@ -296,7 +297,7 @@ class Http2Protocol(asyncio.Protocol):
             self._forget(stream)
             link = stream.link
             if link is not None and stream.kind == _WEBSOCKET:
-                stream.kind = _DONE
+                self._websocket_done(stream)
                 link.connection_lost(exc)
 
     def eof_received(self) -> bool | None:
@@ -536,16 +537,24 @@ class Http2Protocol(asyncio.Protocol):
             scheme="wss" if self.tls else "ws",
             protocol=stream.pseudo.get(":protocol"),
         )
+        if not self._websockets:
+            # Like an HTTP/1.1 upgrade: the connection's own per-IP count
+            # passes to its first WebSocket, which the hub counts; the
+            # connection counts again once it has none left.
+            self.server.connections.release_ip_slot(self.shell)
         verdict = judge_upgrade(self.server.websocket, head, carrier="h2", ended=ended)
         if isinstance(verdict, Refusal):
             self._send_refusal(stream, verdict)
+            self._recount_if_idle()
             return
         admission = verdict
         headers = [(":status", "200")]
         headers.extend((k.lower(), v) for k, v in admission.response_headers)
         if not self._send_headers(stream, headers, end=False):
             admission.cancel()
+            self._recount_if_idle()
             return
+        self._websockets += 1
         stream.responded = True
         config = admission.config
         conn = Connection(max_payload=config.max_payload, codec=admission.codec, limits=config)
@@ -729,7 +738,7 @@ class Http2Protocol(asyncio.Protocol):
         self._drop(stream)
         link = stream.link
         if link is not None and stream.kind == _WEBSOCKET:
-            stream.kind = _DONE
+            self._websocket_done(stream)
             link.connection_lost(
                 ConnectionResetError(f"HTTP/2 stream reset by the peer ({event.error_code!r})")
             )
@@ -845,7 +854,7 @@ class Http2Protocol(asyncio.Protocol):
         if stream.kind == _WEBSOCKET:
             if not stream.finish_link:
                 return  # a lingering close: keep reading until the peer ends
-            stream.kind = _DONE
+            self._websocket_done(stream)
             link = stream.link
             if link is not None:
                 # The close handshake is over and our side has ended: the
@@ -876,10 +885,21 @@ class Http2Protocol(asyncio.Protocol):
             self._transmit()
         self._lost_link(stream, None)
 
+    def _websocket_done(self, stream: _Stream) -> None:
+        stream.kind = _DONE
+        self._websockets -= 1
+        self._recount_if_idle()
+
+    def _recount_if_idle(self) -> None:
+        """No WebSocket left on a live connection: it counts per IP again
+        (over the limit or not: it was counted all along)."""
+        if not self._websockets and not self._lost:
+            self.server.connections.recount_ip_slot(self.shell)
+
     def _lost_link(self, stream: _Stream, exc: Exception | None) -> None:
         link = stream.link
         if link is not None and stream.kind == _WEBSOCKET:
-            stream.kind = _DONE
+            self._websocket_done(stream)
             self._loop.call_soon(link.connection_lost, exc)
 
     def _reset(self, stream: _Stream, code: ErrorCodes) -> None:

@@ -187,12 +187,13 @@ class UpgradeHandler(Protocol):
         """Judge an upgrade; raise ``HandshakeError`` (403, 429 ...) to refuse it."""
         ...
 
-    def connection_opened(self, peer_ip: str) -> str | None:
+    def connection_opened(self, peer_ip: str, *, force: bool = False) -> str | None:
         """Count a new TCP connection from ``peer_ip`` under the per-IP limit.
 
         Returns the key it is counted under, for :meth:`connection_closed`
         (None: not counted, e.g. a trusted proxy's); raises
-        ``HandshakeError(429)`` if the address is over the limit.
+        ``HandshakeError(429)`` if the address is over the limit, unless
+        ``force`` (a connection counted all along, through its WebSockets).
         """
         ...
 

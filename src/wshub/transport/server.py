@@ -363,6 +363,13 @@ class ServerConnections:
             if hub is not None:
                 hub.connection_closed(key)
 
+    def recount_ip_slot(self, proto: Http1Protocol) -> None:
+        """Count ``proto`` per IP again, whatever the limit (an HTTP/2
+        connection whose last WebSocket ended: it was counted through it)."""
+        hub = self.server.websocket
+        if proto.ip_slot is None and hub is not None:
+            proto.ip_slot = hub.connection_opened(proto.peer[0], force=True)
+
     def switch_to_h2(self, proto: Http1Protocol, data: bytes) -> bool:
         """Hand ``proto``'s transport to HTTP/2 (ALPN h2, or the h2c preface)."""
         factory = self._h2_factory
