@@ -656,6 +656,32 @@ class Http2Protocol(asyncio.Protocol):
             return
         self._queue(stream, body)
         self._end_stream(stream, finish=False)
+        if stream.out and self.streams.get(stream.id) is stream:
+            # The peer must take some of the response within write_timeout
+            # (its stream window may stay shut): else the stream is reset.
+            self._watch_response(stream)
+
+    def _watch_response(self, stream: _Stream) -> None:
+        if stream.deadline is not None:
+            stream.deadline.cancel()
+        stream.deadline = self._loop.call_later(
+            self.server.write_timeout, self._response_stalled, stream
+        )
+
+    def _response_stalled(self, stream: _Stream) -> None:
+        stream.deadline = None
+        if self._lost or self.streams.get(stream.id) is not stream:
+            return
+        if not stream.out and not stream.end_pending:
+            return
+        log.info(
+            "%s: HTTP/2 peer took nothing of a response within %.1fs (%d bytes left): reset",
+            self.peer[0],
+            self.server.write_timeout,
+            stream.out_size,
+        )
+        self._reset(stream, ErrorCodes.CANCEL)
+        self._transmit()
 
     def _send_headers(self, stream: _Stream, headers: list[tuple[str, str]], end: bool) -> bool:
         encoded = [
@@ -780,6 +806,7 @@ class Http2Protocol(asyncio.Protocol):
     def _flush_stream(self, stream: _Stream) -> None:
         conn = self.conn
         sent = 0
+        progressed = False
         just_ended = False
         try:
             while stream.out and not self._write_paused and not self._lost:
@@ -797,6 +824,7 @@ class Http2Protocol(asyncio.Protocol):
                 conn.send_data(stream.id, chunk.tobytes())
                 stream.out_size -= n
                 sent += n
+                progressed = True
                 if sent >= TRANSPORT_LOW:
                     # Hand it to the socket now so pause_writing can stop us.
                     self._transmit()
@@ -811,6 +839,8 @@ class Http2Protocol(asyncio.Protocol):
             self._drop(stream)
             self._lost_link(stream, exc)
             return
+        if progressed and stream.deadline is not None and stream.kind == _DONE:
+            self._watch_response(stream)  # it reads: a new write_timeout
         self._check_link_flow(stream)
         if not self._receiving:
             self._transmit()

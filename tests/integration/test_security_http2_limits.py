@@ -1,4 +1,4 @@
-"""limit_by_ip over HTTP/2: a connection counts once, as itself or through its WebSockets.
+"""HTTP/2 limits: per-IP counting of a connection and its WebSockets; responses a peer never takes.
 
 On HTTP/1.1 a connection's count passes to its WebSocket at the upgrade.
 An HTTP/2 connection carries many streams: its count passes to its first
@@ -47,3 +47,29 @@ async def test_one_websocket_over_h2_under_a_limit_of_one(start_server: StartSer
     finally:
         await c.close()
     await wait_for(lambda: per_ip_count(srv) == 0, what="every count to be given back")
+
+
+async def test_a_response_the_peer_never_takes_is_reset(start_server: StartServer) -> None:
+    # A peer whose stream window stays shut cannot hold a response (and its
+    # memory) forever: write_timeout without progress resets the stream.
+    srv = await start_server(
+        handler=lambda request: b"z" * 200_000, server_options={"write_timeout": 0.5}
+    )
+    c = await H2Client.connect("127.0.0.1", srv.port, tls=False)
+    try:
+        c.auto_ack = False  # our window closes after 65,535 bytes
+        await c.wait(c.settings_seen.is_set, what="SETTINGS")
+        sid = c.request("GET", "/", authority=f"127.0.0.1:{srv.port}", scheme="http")
+        st = await c.response(sid)
+        assert st.status == 200
+        await c.wait(lambda: st.reset is not None, timeout=10, what="RST_STREAM")
+        assert len(st.data) <= 65_535
+        # The connection itself goes on serving.
+        c.auto_ack = True
+        c.conn.increment_flow_control_window(1_000_000)
+        sid2 = c.request("GET", "/", authority=f"127.0.0.1:{srv.port}", scheme="http")
+        c.conn.increment_flow_control_window(1_000_000, sid2)
+        c.flush()
+        assert len(await c.body(sid2)) == 200_000
+    finally:
+        await c.close()
