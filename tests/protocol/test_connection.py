@@ -72,7 +72,10 @@ def test_unmasked_client_frame_is_a_protocol_error() -> None:
     conn = Connection()
     events = conn.receive_data(client_frame(TEXT, b"hi", mask=None))
     assert error_code(events) == 1002
-    assert conn.failed and conn.end == EndMode.HALF_CLOSE
+    assert conn.failed and conn.pending
+    [close] = conn.data_to_send()  # our Close, once the driver asks
+    assert close == b"\x88\x19\x03\xeaclient frame not masked"
+    assert conn.end == EndMode.HALF_CLOSE
 
 
 @pytest.mark.parametrize("rsv", [1, 2, 4, 3, 7])
@@ -314,4 +317,4 @@ def test_ping_events_carry_the_payload_for_the_pong() -> None:
     conn = Connection()
     [ping] = conn.receive_data(client_frame(PING, b"\x00\x01binary"))
     assert isinstance(ping, Ping)
-    assert conn.data_to_send() == [b"\x8a\x08\x00\x01binary"]  # the core's pong
+    assert ping.pong == b"\x8a\x08\x00\x01binary"  # the core's answer, sent in its place

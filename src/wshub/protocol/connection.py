@@ -106,12 +106,20 @@ _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 
 
 class Ping:
-    """A Ping frame arrived (the connection answers it, within the flood guard's limits)."""
+    """A Ping frame arrived.
 
-    __slots__ = ("payload",)
+    ``pong`` is the answer the connection decided on (within the flood
+    guard's limits; ``b""``: none now): the driver sends it when it handles
+    this event, so that it keeps its place among the answers to the
+    messages around it (Autobahn 5.6: a ping between two fragments is
+    answered before the message is echoed).
+    """
 
-    def __init__(self, payload: bytes) -> None:
+    __slots__ = ("payload", "pong")
+
+    def __init__(self, payload: bytes, pong: bytes = b"") -> None:
         self.payload = payload
+        self.pong = pong
 
     def __repr__(self) -> str:
         return f"Ping({self.payload!r})"
@@ -303,6 +311,7 @@ class Connection:
         "_close_deadline",
         "_deferred_pong",
         "_deferred_pong_at",
+        "_failure",
         "_frame_fin",
         "_frame_left",
         "_frame_mask",
@@ -354,6 +363,7 @@ class Connection:
         self.pending = False
         self._out: list[bytes] = []
         self._reply_code: int | None = None  # the code of the Close reply still due
+        self._failure: tuple[int, str] | None = None  # the Close that fails us, still due
         # Deadlines: transport gone by, pong due by, deferred pong answerable at.
         self._close_deadline: float | None = None
         self._pong_deadline: float | None = None
@@ -668,8 +678,9 @@ class Connection:
 
     def _control_frame(self, opcode: int, payload: bytes, events: list[Event], now: float) -> None:
         if opcode == OP_PING:
-            events.append(Ping(payload))
-            self._on_ping(payload, now, events)
+            ping = Ping(payload)
+            events.append(ping)
+            self._on_ping(ping, now, events)
         elif opcode == OP_PONG:
             events.append(Pong(payload))
             if payload == self._ping_payload:
@@ -706,7 +717,7 @@ class Connection:
             self._close_deadline = now + self.limits.close_timeout
             self._update_deadline()
 
-    def _on_ping(self, payload: bytes, now: float, events: list[Event]) -> None:
+    def _on_ping(self, ping: Ping, now: float, events: list[Event]) -> None:
         if self.state != ConnectionState.OPEN:
             # Closing: no pong is due (RFC 6455 §5.5.2 asks for one "unless
             # it already received a Close frame"; after ours none is useful).
@@ -719,11 +730,10 @@ class Connection:
             )
         verdict = guard.on_ping(now)
         if verdict == PingFloodGuard.ANSWER:
-            self._out.append(build_frame(OP_PONG, payload))
-            self.pending = True
+            ping.pong = build_frame(OP_PONG, ping.payload)
         elif verdict == PingFloodGuard.DEFER:
             # Coalesce: only the latest ping of a burst gets its pong (RFC 6455 §5.5.3).
-            self._deferred_pong = payload
+            self._deferred_pong = ping.payload
             if self._deferred_pong_at is None:
                 self._deferred_pong_at = now + guard.seconds_until_token()
                 self._update_deadline()
@@ -738,21 +748,20 @@ class Connection:
         self.direct_payload = None
 
     def _fail(self, events: list[Event], code: int, reason: str) -> list[Event]:
-        """Fail the connection (RFC 6455 §7.1.7): our Close with ``code``,
-        then stop writing and linger until the peer hangs up or the close
-        timeout passes."""
+        """Fail the connection (RFC 6455 §7.1.7): read nothing more; our Close
+        with ``code`` goes out when the driver next asks for data (after the
+        answers to the messages before the error), then our side stops
+        writing and lingers until the peer hangs up or the close timeout
+        passes."""
         self.failed = True
+        self._failure = (code, reason)
         self._stop_reading()
         events.append(ProtocolError(code, reason))
         self.close_code = code
         self.close_reason = reason
         self._pong_deadline = None
         self._deferred_pong = self._deferred_pong_at = None
-        if self.state == ConnectionState.OPEN or self.state == ConnectionState.CLOSE_RECEIVED:
-            self._reply_code = None
-            self._out.append(_close_frame(code, reason))
-        self.state = ConnectionState.CLOSED
-        self._set_end(EndMode.HALF_CLOSE, self._now)
+        self.pending = True
         return events
 
     def receive_eof(self, now: float = 0.0) -> None:
@@ -763,8 +772,11 @@ class Connection:
         closed after what is queued (the peer may still read it).
         """
         self._stop_reading()
-        if self.state == ConnectionState.OPEN or self.state == ConnectionState.CLOSE_SENT:
-            # (After the peer's Close our reply is still due: that ends well.)
+        if self._failure is None and (
+            self.state == ConnectionState.OPEN or self.state == ConnectionState.CLOSE_SENT
+        ):
+            # (After the peer's Close our reply is still due: that ends well;
+            # after a protocol error the report is that error.)
             self.close_code = int(CloseCode.ABNORMAL)
             self.close_reason = ""
             self.state = ConnectionState.CLOSED
@@ -781,14 +793,22 @@ class Connection:
         Also clears :attr:`pending`; the driver then reads :attr:`end` and
         :attr:`deadline`.
         """
-        self.pending = False
-        if self.state == ConnectionState.CLOSE_RECEIVED:
+        failure = self._failure
+        if failure is not None:
+            self._failure = None
+            if self.state == ConnectionState.OPEN or self.state == ConnectionState.CLOSE_RECEIVED:
+                self._out.append(_close_frame(failure[0], failure[1]))
+            self._reply_code = None
+            self.state = ConnectionState.CLOSED
+            if self.end == EndMode.NONE:
+                self._set_end(EndMode.HALF_CLOSE, self._now)
+        elif self.state == ConnectionState.CLOSE_RECEIVED:
             # Answer the peer's Close (RFC 6455 §5.5.1): the handshake is
             # complete, and the server closes the TCP connection first.
             self._out.append(_close_frame(self._reply_code, ""))
             self.state = ConnectionState.CLOSED
             self.end = EndMode.CLOSE
-            self.pending = False
+        self.pending = False
         out = self._out
         if not out:
             return out

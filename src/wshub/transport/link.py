@@ -30,6 +30,7 @@ from ..protocol.connection import (
     EndMode,
     Event,
     MessageCodec,
+    Ping,
     ProtocolError,
 )
 from ..protocol.frames import CloseCode
@@ -748,6 +749,11 @@ class FramedLink:
                     # resume() (not _hold(), which waits for release()).
                     self._pending = events[i:]
                     return
+            elif type(ev) is Ping:
+                # The core's answer, in its place among the answers to
+                # the messages around it.
+                if ev.pong:
+                    self.queue_frame(ev.pong)
             elif type(ev) is ProtocolError:
                 # The core already failed the connection (our Close is on
                 # its way); tell the application why.
@@ -756,7 +762,8 @@ class FramedLink:
                 else:
                     log.info("protocol error from client: %d %s", ev.code, ev.reason)
                 self._report_error(WebSocketProtocolError(ev.code, ev.reason))
-            # Ping, Pong and CloseReceived: the core answered them already.
+            # Pong and CloseReceived: nothing to do here (the reply to a
+            # Close is the core's, taken by _pump after these events).
 
     def _hold(self, rest: list[Event]) -> None:
         self._pending = rest
