@@ -72,9 +72,7 @@ async def test_plain_request_with_a_bad_host_is_refused(
 
 
 @pytest.mark.parametrize("host", ["x/admin?", "evil@x"])
-async def test_http2_authority_with_a_path_is_refused(
-    start_server: StartServer, host: str
-) -> None:
+async def test_http2_authority_with_a_path_is_refused(start_server: StartServer, host: str) -> None:
     seen: list[str] = []
 
     def page(request: Request) -> str:

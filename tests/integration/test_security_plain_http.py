@@ -109,7 +109,9 @@ async def test_pipelined_requests_from_a_client_that_never_reads(
     assert largest <= HIGH_WATER + 2 * len(PAGE), largest
     assert pages.calls < count // 2, pages.calls
     # And the connection does not outlive write_timeout.
-    await wait_for(lambda: not srv.server.connections.protocols, what="the connection to be aborted")
+    await wait_for(
+        lambda: not srv.server.connections.protocols, what="the connection to be aborted"
+    )
     assert any("did not read" in line for line in wshub_lines(caplog))
     writer.close()
 
@@ -144,7 +146,9 @@ async def test_a_closing_connection_does_not_linger_forever(start_server: StartS
     await wait_for(lambda: len(srv.server.connections.protocols) == 1, what="the connection")
     proto = server_side(srv)
     await wait_for(lambda: proto._closing, what="the answer to be written")
-    await wait_for(lambda: not srv.server.connections.protocols, what="the connection to be aborted")
+    await wait_for(
+        lambda: not srv.server.connections.protocols, what="the connection to be aborted"
+    )
     writer.close()
 
 
