@@ -9,7 +9,7 @@ that the links read directly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..encodings import Encoding, check_encoding
 from ..policy import OriginPolicy, SessionSigner, TrustedProxies
@@ -38,26 +38,45 @@ def check_int(name: str, value: object) -> int:
 class HubOptions:
     """Every option of one hub, validated.
 
-    Setting a property checks the value (TypeError / ValueError) and keeps
-    what the parts derive from it: the :class:`~wshub.policy.OriginPolicy`,
-    the :class:`~wshub.policy.SessionSigner`, the cookie attributes.
+    Options are plain attributes, read on every handshake without a call;
+    assigning one goes through :meth:`__setattr__`, which checks the value
+    (TypeError / ValueError) and keeps what the parts derive from it: the
+    :class:`~wshub.policy.OriginPolicy` (``origin_policy``), the
+    :class:`~wshub.policy.SessionSigner` (``signer``), the
+    :class:`~wshub.policy.TrustedProxies` (``trusted``), the cookie
+    attributes.  The per-connection limits live in ``link_config``.
     """
 
     __slots__ = (
-        "_cluster_limit_by_ip",
-        "_cookie_name",
-        "_deflate",
-        "_encoding",
-        "_limit_by_ip",
-        "_origin",
-        "_ping_delay",
-        "_pong_timeout",
-        "_session_expires",
-        "_signer",
-        "_trusted",
+        "cluster_limit_by_ip",
         "cookie_attributes",
+        "cookie_name",
+        "encoding",
+        "limit_by_ip",
         "link_config",
+        "origin_policy",
+        "per_message_deflate",
+        "ping_delay",
+        "pong_timeout",
+        "session_expires",
+        "signer",
+        "trusted",
     )
+
+    # Declared for the type checker; set through __setattr__ below.
+    cluster_limit_by_ip: bool
+    cookie_attributes: str
+    cookie_name: str
+    encoding: str
+    limit_by_ip: int
+    link_config: LinkConfig
+    origin_policy: OriginPolicy
+    per_message_deflate: bool | DeflateOptions
+    ping_delay: float
+    pong_timeout: float
+    session_expires: float
+    signer: SessionSigner
+    trusted: TrustedProxies
 
     def __init__(
         self,
@@ -87,7 +106,7 @@ class HubOptions:
         self.trusted_proxies = trusted_proxies
         if not isinstance(cookie_name, str) or not cookie_name or not cookie_name.isidentifier():
             raise ValueError("cookie_name must be a simple token")
-        self._cookie_name = cookie_name
+        self.cookie_name = cookie_name
         self.limit_by_ip = limit_by_ip
         self.max_payload = max_payload
         self.ping_delay = ping_delay
@@ -96,36 +115,23 @@ class HubOptions:
         self.per_message_deflate = per_message_deflate
         self.close_timeout = close_timeout
         self.set_write_limits(write_high, write_low, write_limit)
-        self._cluster_limit_by_ip = bool(cluster_limit_by_ip)
+        self.cluster_limit_by_ip = bool(cluster_limit_by_ip)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        check = _CHECKS.get(name)
+        if check is not None:
+            value = check(self, value)
+        object.__setattr__(self, name, value)
+
+    # Options kept in a derived form, or in the links' shared config.
 
     @property
     def allow_origin(self) -> str | list[str] | None:
-        return self._origin.value
+        return self.origin_policy.value
 
     @allow_origin.setter
     def allow_origin(self, value: str | list[str] | None) -> None:
-        self._origin = OriginPolicy(value)
-
-    @property
-    def origin_policy(self) -> OriginPolicy:
-        """The check that ``allow_origin`` describes."""
-        return self._origin
-
-    @property
-    def encoding(self) -> str:
-        return self._encoding
-
-    @encoding.setter
-    def encoding(self, value: Encoding) -> None:
-        self._encoding = check_encoding(value)
-
-    @property
-    def limit_by_ip(self) -> int:
-        return self._limit_by_ip
-
-    @limit_by_ip.setter
-    def limit_by_ip(self, value: int) -> None:
-        self._limit_by_ip = check_int("limit_by_ip", value)
+        self.origin_policy = OriginPolicy(value)
 
     @property
     def max_payload(self) -> int:
@@ -136,73 +142,21 @@ class HubOptions:
         self.link_config.max_payload = check_int("max_payload", value)
 
     @property
-    def ping_delay(self) -> float:
-        return self._ping_delay
-
-    @ping_delay.setter
-    def ping_delay(self, value: float) -> None:
-        self._ping_delay = check_number("ping_delay", value)
-
-    @property
-    def pong_timeout(self) -> float:
-        return self._pong_timeout
-
-    @pong_timeout.setter
-    def pong_timeout(self, value: float) -> None:
-        self._pong_timeout = check_number("pong_timeout", value)
-
-    @property
-    def session_expires(self) -> float:
-        return self._session_expires
-
-    @session_expires.setter
-    def session_expires(self, value: float) -> None:
-        self._session_expires = check_number("session_expires", value)
-        #: What follows the value in every Set-Cookie, made once.
-        self.cookie_attributes = (
-            f"; Max-Age={int(self._session_expires)}; Path=/; HttpOnly; SameSite=Lax"
-        )
-
-    @property
-    def per_message_deflate(self) -> bool | DeflateOptions:
-        return self._deflate
-
-    @per_message_deflate.setter
-    def per_message_deflate(self, value: bool | DeflateOptions) -> None:
-        if not isinstance(value, (bool, DeflateOptions)):
-            raise TypeError("per_message_deflate must be a bool or DeflateOptions")
-        self._deflate = value
-
-    @property
-    def signer(self) -> SessionSigner:
-        """Signs and checks session cookies with the ``secret``."""
-        return self._signer
-
-    @property
     def secret(self) -> None:
         """Write-only: the key that signs session cookies."""
         return None
 
     @secret.setter
     def secret(self, value: bytes | str | None) -> None:
-        self._signer = SessionSigner(value)
-
-    @property
-    def trusted(self) -> TrustedProxies:
-        """The proxies whose forwarding headers are believed."""
-        return self._trusted
+        self.signer = SessionSigner(value)
 
     @property
     def trusted_proxies(self) -> list[str]:
-        return list(self._trusted.value)
+        return list(self.trusted.value)
 
     @trusted_proxies.setter
     def trusted_proxies(self, value: Iterable[str]) -> None:
-        self._trusted = TrustedProxies(value)
-
-    @property
-    def cookie_name(self) -> str:
-        return self._cookie_name
+        self.trusted = TrustedProxies(value)
 
     @property
     def close_timeout(self) -> float:
@@ -224,12 +178,34 @@ class HubOptions:
         cfg = self.link_config
         cfg.write_high, cfg.write_low, cfg.write_limit = high, low, limit
 
-    @property
-    def cluster_limit_by_ip(self) -> bool:
-        return self._cluster_limit_by_ip
 
-    @cluster_limit_by_ip.setter
-    def cluster_limit_by_ip(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError("cluster_limit_by_ip must be a bool")
-        self._cluster_limit_by_ip = value
+def _check_session_expires(options: HubOptions, value: object) -> float:
+    v = check_number("session_expires", value)
+    #: What follows the value in every Set-Cookie, made once.
+    object.__setattr__(
+        options, "cookie_attributes", f"; Max-Age={int(v)}; Path=/; HttpOnly; SameSite=Lax"
+    )
+    return v
+
+
+def _check_deflate(options: HubOptions, value: object) -> bool | DeflateOptions:
+    if not isinstance(value, (bool, DeflateOptions)):
+        raise TypeError("per_message_deflate must be a bool or DeflateOptions")
+    return value
+
+
+def _check_cluster_limit(options: HubOptions, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError("cluster_limit_by_ip must be a bool")
+    return value
+
+
+_CHECKS: dict[str, Callable[[HubOptions, object], object]] = {
+    "encoding": lambda options, value: check_encoding(value),
+    "limit_by_ip": lambda options, value: check_int("limit_by_ip", value),
+    "ping_delay": lambda options, value: check_number("ping_delay", value),
+    "pong_timeout": lambda options, value: check_number("pong_timeout", value),
+    "session_expires": _check_session_expires,
+    "per_message_deflate": _check_deflate,
+    "cluster_limit_by_ip": _check_cluster_limit,
+}

@@ -139,7 +139,10 @@ class Registry:
         self._backplane.client_added(client_id, ip_key, client.event)
         link.listener = client
         self.pings.ensure_running()
-        if not self._events.emit("open", (client_id,), client_id, lambda: self._opened(client)):
+        events = self._events
+        if events.handlers.get("open") and not events.emit(
+            "open", (client_id,), client_id, lambda: self._opened(client)
+        ):
             # Messages wait until the "open" callbacks are done.
             link.hold()
             return

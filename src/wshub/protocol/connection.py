@@ -361,7 +361,7 @@ class Connection:
         self.end = EndMode.NONE
         self.deadline: float | None = None
         self.pending = False
-        self._out: list[bytes] = []
+        self._out: list[bytes] | None = None  # made on first use: most connections never need it
         self._reply_code: int | None = None  # the code of the Close reply still due
         self._failure: tuple[int, str] | None = None  # the Close that fails us, still due
         # Deadlines: transport gone by, pong due by, deferred pong answerable at.
@@ -797,7 +797,7 @@ class Connection:
         if failure is not None:
             self._failure = None
             if self.state == ConnectionState.OPEN or self.state == ConnectionState.CLOSE_RECEIVED:
-                self._out.append(_close_frame(failure[0], failure[1]))
+                self._emit(_close_frame(failure[0], failure[1]))
             self._reply_code = None
             self.state = ConnectionState.CLOSED
             if self.end == EndMode.NONE:
@@ -805,15 +805,22 @@ class Connection:
         elif self.state == ConnectionState.CLOSE_RECEIVED:
             # Answer the peer's Close (RFC 6455 §5.5.1): the handshake is
             # complete, and the server closes the TCP connection first.
-            self._out.append(_close_frame(self._reply_code, ""))
+            self._emit(_close_frame(self._reply_code, ""))
             self.state = ConnectionState.CLOSED
             self.end = EndMode.CLOSE
         self.pending = False
         out = self._out
-        if not out:
-            return out
-        self._out = []
+        if out is None:
+            return []
+        self._out = None
         return out
+
+    def _emit(self, frame: bytes) -> None:
+        out = self._out
+        if out is None:
+            self._out = [frame]
+        else:
+            out.append(frame)
 
     def on_deadline(self, now: float) -> None:
         """The time :attr:`deadline` named has come (or passed)."""
@@ -832,7 +839,7 @@ class Connection:
             self._pong_deadline = None
             self._ping_payload = None
             if self.state == ConnectionState.OPEN:
-                self._out.append(self.send_close(CloseCode.INTERNAL_ERROR, "pong timeout", now))
+                self._emit(self.send_close(CloseCode.INTERNAL_ERROR, "pong timeout", now))
                 self.pending = True
         pong_at = self._deferred_pong_at
         if pong_at is not None and now >= pong_at:
@@ -842,7 +849,7 @@ class Connection:
             if payload is not None and guard is not None and self.state == ConnectionState.OPEN:
                 if guard.take_deferred(now):
                     self._deferred_pong = None
-                    self._out.append(build_frame(OP_PONG, payload))
+                    self._emit(build_frame(OP_PONG, payload))
                     self.pending = True
                 else:
                     self._deferred_pong_at = now + guard.seconds_until_token()

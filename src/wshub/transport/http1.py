@@ -141,6 +141,10 @@ class Http1Link(FramedLink):
     def _socket_transport(self) -> asyncio.BaseTransport | None:
         return self.transport
 
+    def _closes_by_itself(self) -> bool:
+        t = self.transport
+        return t.is_closing() and not t.get_write_buffer_size()
+
 
 class _DirectReader(asyncio.BufferedProtocol):
     """Stands in for an :class:`Http1Protocol` while a large frame is read.

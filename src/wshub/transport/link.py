@@ -449,6 +449,11 @@ class FramedLink:
         """The asyncio transport whose TCP socket carries this link, if any."""
         return None
 
+    def _closes_by_itself(self) -> bool:
+        """The pipe is closing with nothing left to send: it will be gone
+        without a deadline's help (False where that cannot be known)."""
+        return False
+
     def _tune_for_bulk(self) -> None:
         """Before the first large message to a peer on this host: switch the
         socket to ``_bulk_cc`` (HttpServer's ``loopback_congestion``).
@@ -551,6 +556,14 @@ class FramedLink:
             if end is not None:
                 self._end_after_flush = None
                 end()
+                at = self._timer_at
+                if (
+                    at is not None
+                    and self._timer is None
+                    and not self._closed
+                    and not self._closes_by_itself()
+                ):
+                    self._timer = self._loop.call_at(at, self._deadline_passed)
 
     def _write_batch(self, batch: list[bytes]) -> None:
         if self._closed or self._shut or not batch:
@@ -660,7 +673,11 @@ class FramedLink:
             self._cancel_timer()
             if deadline is not None and not self._closed:
                 self._timer_at = deadline
-                self._timer = self._loop.call_at(deadline, self._deadline_passed)
+                if self._end_after_flush is None:
+                    self._timer = self._loop.call_at(deadline, self._deadline_passed)
+                # else: armed by flush_batch once the pipe has ended, unless
+                # it then closes by itself (the usual end of a closing
+                # handshake: no timer made and cancelled per connection).
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
