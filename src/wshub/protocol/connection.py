@@ -62,7 +62,7 @@ from __future__ import annotations
 import codecs
 import enum
 from collections.abc import Hashable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from .errors import ConnectionClosedError, WsHubError
 from .flood import PingFloodGuard
@@ -297,6 +297,50 @@ DIRECT_MIN = 65536
 _DIRECT_INITIAL = 65536
 
 
+_T = TypeVar("_T")
+
+
+class _Timers:
+    """A connection's rarely used lifecycle state, kept apart to keep idle
+    connections small."""
+
+    __slots__ = (
+        "_close_deadline",
+        "_deferred_pong",
+        "_deferred_pong_at",
+        "_guard",
+        "_ping_payload",
+        "_pong_deadline",
+    )
+
+    def __init__(self) -> None:
+        self._close_deadline: float | None = None  # the transport gone by then
+        self._pong_deadline: float | None = None  # the pong to _ping_payload due by then
+        self._ping_payload: bytes | None = None
+        self._deferred_pong: bytes | None = None  # a coalesced ping's payload
+        self._deferred_pong_at: float | None = None  # ... answerable then
+        self._guard: PingFloodGuard | None = None
+
+
+class _TimerField(Generic[_T]):
+    """A Connection attribute that lives in its :class:`_Timers` (None until set)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, conn: Connection, owner: type | None = None) -> _T | None:
+        timers = conn._timers
+        return None if timers is None else getattr(timers, self.name)
+
+    def __set__(self, conn: Connection, value: _T | None) -> None:
+        timers = conn._timers
+        if timers is None:
+            if value is None:
+                return
+            timers = conn._timers = _Timers()
+        setattr(timers, self.name, value)
+
+
 class Connection:
     """Server side of one WebSocket connection.
 
@@ -308,15 +352,11 @@ class Connection:
 
     __slots__ = (
         "_buf",
-        "_close_deadline",
-        "_deferred_pong",
-        "_deferred_pong_at",
         "_failure",
         "_frame_fin",
         "_frame_left",
         "_frame_mask",
         "_frame_masked_pos",
-        "_guard",
         "_msg_compressed",
         "_msg_frames",
         "_msg_opcode",
@@ -324,10 +364,9 @@ class Connection:
         "_msg_size",
         "_now",
         "_out",
-        "_ping_payload",
-        "_pong_deadline",
         "_read_state",
         "_reply_code",
+        "_timers",
         "_utf8",
         "close_code",
         "close_reason",
@@ -341,6 +380,13 @@ class Connection:
         "pending",
         "state",
     )
+
+    _close_deadline = _TimerField[float]()
+    _pong_deadline = _TimerField[float]()
+    _ping_payload = _TimerField[bytes]()
+    _deferred_pong = _TimerField[bytes]()
+    _deferred_pong_at = _TimerField[float]()
+    _guard = _TimerField[PingFloodGuard]()
 
     def __init__(
         self,
@@ -365,12 +411,9 @@ class Connection:
         self._reply_code: int | None = None  # the code of the Close reply still due
         self._failure: tuple[int, str] | None = None  # the Close that fails us, still due
         # Deadlines: transport gone by, pong due by, deferred pong answerable at.
-        self._close_deadline: float | None = None
-        self._pong_deadline: float | None = None
-        self._ping_payload: bytes | None = None
-        self._deferred_pong: bytes | None = None
-        self._deferred_pong_at: float | None = None
-        self._guard: PingFloodGuard | None = None
+        # Deadlines and ping state, made on first use (most connections
+        # never ping or close early): see _Timers and _TimerField.
+        self._timers: _Timers | None = None
         self._now = 0.0  # the time of the data being read
         self._buf = b""
         self._read_state = _HEADER
