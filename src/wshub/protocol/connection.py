@@ -147,8 +147,9 @@ class CloseReceived:
     """The peer sent a valid Close frame.
 
     ``code`` is 1005 when the frame had no payload.  If we had not sent a
-    Close frame yet, the caller should answer with ``send_close(code)``:
-    :attr:`reply_code` says what to put in it (``None`` for an empty one).
+    Close frame yet, the connection answers it (see
+    :meth:`Connection.data_to_send`) with :attr:`reply_code` (``None``: an
+    empty Close).
     """
 
     __slots__ = ("code", "reason")
@@ -159,9 +160,7 @@ class CloseReceived:
 
     @property
     def reply_code(self) -> int | None:
-        # RFC 6455 §5.5.1: the answer typically echoes the status code; 1005
-        # is never sent, so a close without a code is answered without one.
-        return None if self.code == CloseCode.NO_STATUS else self.code
+        return _reply_code(self.code)
 
     def __repr__(self) -> str:
         return f"CloseReceived({self.code}, {self.reason!r})"
@@ -365,7 +364,6 @@ class Connection:
         "_now",
         "_out",
         "_read_state",
-        "_reply_code",
         "_timers",
         "_utf8",
         "close_code",
@@ -408,9 +406,7 @@ class Connection:
         self.deadline: float | None = None
         self.pending = False
         self._out: list[bytes] | None = None  # made on first use: most connections never need it
-        self._reply_code: int | None = None  # the code of the Close reply still due
         self._failure: tuple[int, str] | None = None  # the Close that fails us, still due
-        # Deadlines: transport gone by, pong due by, deferred pong answerable at.
         # Deadlines and ping state, made on first use (most connections
         # never ping or close early): see _Timers and _TimerField.
         self._timers: _Timers | None = None
@@ -745,8 +741,7 @@ class Connection:
         self._stop_reading()
         self.close_code = code
         self.close_reason = reason
-        self._pong_deadline = None
-        self._deferred_pong = self._deferred_pong_at = None
+        self._forget_pings()
         if self.state == ConnectionState.CLOSE_SENT:
             # It answers our Close: the handshake is complete.
             self.state = ConnectionState.CLOSED
@@ -756,7 +751,6 @@ class Connection:
             # so that what the application sends in answer to the messages
             # before this Close still goes out before it.
             self.state = ConnectionState.CLOSE_RECEIVED
-            self._reply_code = None if code == CloseCode.NO_STATUS else code
             self._close_deadline = now + self.limits.close_timeout
             self._update_deadline()
 
@@ -783,6 +777,11 @@ class Connection:
         else:
             self._fail(events, CloseCode.POLICY_VIOLATION, "ping flood")
 
+    def _forget_pings(self) -> None:
+        """Closing: no pong is awaited, and no coalesced ping is answered."""
+        self._pong_deadline = None
+        self._deferred_pong = self._deferred_pong_at = None
+
     def _stop_reading(self) -> None:
         self._read_state = _DISCARD
         self._buf = b""
@@ -802,8 +801,7 @@ class Connection:
         events.append(ProtocolError(code, reason))
         self.close_code = code
         self.close_reason = reason
-        self._pong_deadline = None
-        self._deferred_pong = self._deferred_pong_at = None
+        self._forget_pings()
         self.pending = True
         return events
 
@@ -823,8 +821,7 @@ class Connection:
             self.close_code = int(CloseCode.ABNORMAL)
             self.close_reason = ""
             self.state = ConnectionState.CLOSED
-            self._pong_deadline = None
-            self._deferred_pong = self._deferred_pong_at = None
+            self._forget_pings()
         if self.end == EndMode.NONE or self.end == EndMode.HALF_CLOSE:
             self._set_end(EndMode.CLOSE, now)
 
@@ -841,14 +838,13 @@ class Connection:
             self._failure = None
             if self.state == ConnectionState.OPEN or self.state == ConnectionState.CLOSE_RECEIVED:
                 self._emit(_close_frame(failure[0], failure[1]))
-            self._reply_code = None
             self.state = ConnectionState.CLOSED
             if self.end == EndMode.NONE:
                 self._set_end(EndMode.HALF_CLOSE, self._now)
         elif self.state == ConnectionState.CLOSE_RECEIVED:
             # Answer the peer's Close (RFC 6455 §5.5.1): the handshake is
             # complete, and the server closes the TCP connection first.
-            self._emit(_close_frame(self._reply_code, ""))
+            self._emit(_close_frame(_reply_code(self.close_code), ""))
             self.state = ConnectionState.CLOSED
             self.end = EndMode.CLOSE
         self.pending = False
@@ -875,7 +871,6 @@ class Connection:
                 self.close_reason = ""
                 self.state = ConnectionState.CLOSED
             self._stop_reading()
-            self._reply_code = None
             self.end = EndMode.ABORT
             self.pending = True
         if self._pong_deadline is not None and now >= self._pong_deadline:
@@ -905,7 +900,7 @@ class Connection:
         connection and said why); otherwise 1006 (RFC 6455 §7.1.5).
         """
         self._stop_reading()
-        self._close_deadline = self._pong_deadline = self._deferred_pong_at = None
+        self._timers = None
         self.deadline = None
         if self.state != ConnectionState.CLOSED or self.close_code == CloseCode.ABNORMAL:
             self.state = ConnectionState.CLOSED
@@ -981,12 +976,10 @@ class Connection:
         state = self.state
         if state == ConnectionState.CLOSE_SENT or state == ConnectionState.CLOSED:
             return b""
-        self._pong_deadline = None
-        self._deferred_pong = self._deferred_pong_at = None
+        self._forget_pings()
         if state == ConnectionState.CLOSE_RECEIVED:
             # The application closes before our automatic reply went out:
             # this is the reply.
-            self._reply_code = None
             self.state = ConnectionState.CLOSED
             self.end = EndMode.CLOSE
             self.pending = True
@@ -995,6 +988,12 @@ class Connection:
             self._close_deadline = now + self.limits.close_timeout
         self._update_deadline()
         return _close_frame(code, reason)
+
+
+def _reply_code(code: int) -> int | None:
+    # RFC 6455 §5.5.1: the answer typically echoes the status code; 1005 is
+    # never sent, so a close without a code is answered without one.
+    return None if code == CloseCode.NO_STATUS else code
 
 
 _CLOSE_FRAMES: dict[int, bytes] = {}  # a cache: the few usual codes, framed once
