@@ -29,8 +29,8 @@ from ..protocol.handshake import (
     is_websocket_upgrade,
 )
 from ..protocol.http import frame_http1, switching_protocols
-from .link import FramedLink, LinkConfig, is_loopback
-from .upgrade import Refusal, RequestHead, judge_upgrade
+from .link import FramedLink, LinkConfig
+from .upgrade import Refusal, RequestHead, bulk_congestion_for, judge_upgrade, new_connection
 
 if TYPE_CHECKING:
     from .server import HttpServer
@@ -618,14 +618,12 @@ class Http1Protocol(asyncio.Protocol):
             return
         self._cancel_timer()
         config = admission.config
-        conn = Connection(max_payload=config.max_payload, codec=admission.codec, limits=config)
-        cc = server.loopback_congestion
         link = Http1Link(
             transport,
-            conn,
+            new_connection(admission),
             config,
-            self.server.connections.loop,
-            bulk_congestion=cc if cc is not None and is_loopback(self.peer[0]) else None,
+            server.connections.loop,
+            bulk_congestion=bulk_congestion_for(server.loopback_congestion, self.peer[0]),
         )
         transport.set_write_buffer_limits(high=config.write_high, low=config.write_low)
         self.link = link
@@ -717,9 +715,7 @@ class Http1Protocol(asyncio.Protocol):
             return
         self._closing = True
         self._parser = None
-        transport.write(
-            frame_http1(refused.status, refused.headers, refused.body, keep_alive=False)
-        )
+        transport.write(_refusal_bytes(refused))
         self.close_after_writes()
 
     def close_after_writes(self) -> None:
@@ -747,10 +743,7 @@ class Http1Protocol(asyncio.Protocol):
         if h2:
             self.close_after_writes()
             return
-        refused = Refusal(429, "too many connections from this address")
-        transport.write(
-            frame_http1(refused.status, refused.headers, refused.body, keep_alive=False)
-        )
+        transport.write(_refusal_bytes(Refusal(429, "too many connections from this address")))
         if transport.can_write_eof():
             try:
                 transport.write_eof()
@@ -807,6 +800,11 @@ class Http1Protocol(asyncio.Protocol):
         )
         self._closing = True
         transport.abort()
+
+
+def _refusal_bytes(refused: Refusal) -> bytes:
+    """A refusal on HTTP/1.1: the connection is not reused after it."""
+    return frame_http1(refused.status, refused.headers, refused.body, keep_alive=False)
 
 
 class _RequestRefused(WsHubError):

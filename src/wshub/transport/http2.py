@@ -48,8 +48,8 @@ from ..policy import valid_host
 from ..protocol.connection import Connection
 from ..protocol.handshake import Headers, add_header
 from ..protocol.http import frame_http2
-from .link import FramedLink, LinkConfig, is_loopback
-from .upgrade import Refusal, RequestHead, judge_upgrade
+from .link import FramedLink, LinkConfig
+from .upgrade import Refusal, RequestHead, bulk_congestion_for, judge_upgrade, new_connection
 
 if TYPE_CHECKING:
     from .http1 import Http1Protocol
@@ -556,11 +556,12 @@ class Http2Protocol(asyncio.Protocol):
             return
         self._websockets += 1
         stream.responded = True
-        config = admission.config
-        conn = Connection(max_payload=config.max_payload, codec=admission.codec, limits=config)
-        cc = self.server.loopback_congestion
         link = Http2Link(
-            self, stream, conn, config, bulk_congestion=cc if is_loopback(self.peer[0]) else None
+            self,
+            stream,
+            new_connection(admission),
+            admission.config,
+            bulk_congestion=bulk_congestion_for(self.server.loopback_congestion, self.peer[0]),
         )
         stream.link = link
         stream.kind = _WEBSOCKET

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from ..protocol.connection import Connection
 from ..protocol.handshake import (
     HandshakeError,
     Headers,
@@ -22,9 +23,9 @@ from ..protocol.handshake import (
     check_http1_upgrade,
 )
 from ..protocol.http import refusal
-from .link import Admission, UpgradeHandler, UpgradeRequest
+from .link import Admission, UpgradeHandler, UpgradeRequest, is_loopback
 
-__all__ = ["Refusal", "RequestHead", "judge_upgrade"]
+__all__ = ["Refusal", "RequestHead", "bulk_congestion_for", "judge_upgrade", "new_connection"]
 
 log = logging.getLogger("wshub")
 
@@ -127,3 +128,15 @@ def judge_upgrade(
     except Exception:
         log.exception("%s: internal error in the WebSocket handshake", head.peer[0] or "?")
         return Refusal(500, "internal server error")
+
+
+def new_connection(admission: Admission) -> Connection:
+    """The connection core of an admitted WebSocket: its limits and codec."""
+    config = admission.config
+    return Connection(max_payload=config.max_payload, codec=admission.codec, limits=config)
+
+
+def bulk_congestion_for(loopback_congestion: str | None, peer_ip: str) -> str | None:
+    """The congestion control a link switches to for large messages: the
+    server's opt-in ``loopback_congestion``, for a peer on this host only."""
+    return loopback_congestion if is_loopback(peer_ip) else None
