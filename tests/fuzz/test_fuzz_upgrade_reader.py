@@ -37,10 +37,10 @@ from typing import Any
 
 import httptools
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz.test_fuzz_handshake import RecordingTransport
+from tests.fuzz.test_fuzz_handshake import SETTINGS, RecordingTransport
 from tests.integration.cli_support import free_port, start_program, wshub_command
 from wshub import HttpServer, WebSocket
 from wshub.protocol.handshake import Headers, add_header
@@ -48,12 +48,6 @@ from wshub.transport import http1
 
 pytestmark = pytest.mark.fuzz
 
-EXAMPLES = int(os.environ.get("WSHUB_FUZZ_EXAMPLES", "150"))
-SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
 
 C_READER: Callable[[bytes, int, int], Any] | None = http1._parse_upgrade_head
 needs_c_reader = pytest.mark.skipif(

@@ -16,6 +16,8 @@ import os
 import socket
 from typing import Any
 
+import pytest
+
 from tests.conftest import Running, StartServer, wait_for
 from tests.integration.h2_client_support import OP_CLOSE, H2Client, close_payload
 from tests.rawws import client_frame, close_body
@@ -61,30 +63,31 @@ async def fill_until_backed_up(srv: Running, cid: str) -> None:
     raise AssertionError("the client's buffers never filled")
 
 
-async def test_close_sent_but_never_reading_is_dropped_http1(start_server: StartServer) -> None:
+@pytest.mark.parametrize(
+    ("how", "reported"),
+    [
+        # Both Close frames passed (our reply is stuck in our buffer): clean.
+        ("close", (1000, True)),
+        # FIN without a Close: no closing handshake.
+        ("half-close", (1006, False)),
+    ],
+)
+async def test_a_non_reader_that_stops_is_dropped_http1(
+    start_server: StartServer, how: str, reported: tuple[int, bool]
+) -> None:
     srv = await start_server(close_timeout=CLOSE_TIMEOUT, ping_delay=0)
     closes = record_closes(srv)
     sock, cid = await open_non_reader(srv)
     try:
         await fill_until_backed_up(srv, cid)
-        await asyncio.get_running_loop().sock_sendall(sock, client_frame(0x8, close_body(1000)))
+        if how == "close":
+            await asyncio.get_running_loop().sock_sendall(sock, client_frame(0x8, close_body(1000)))
+        else:
+            sock.shutdown(socket.SHUT_WR)  # FIN, and still not reading
         await wait_for(lambda: bool(closes), timeout=10, what="the close event")
-        assert closes[0][0] == cid
-        assert srv.ws.clients == []
-    finally:
-        sock.close()
-
-
-async def test_half_closed_non_reader_is_dropped_http1(start_server: StartServer) -> None:
-    srv = await start_server(close_timeout=CLOSE_TIMEOUT, ping_delay=0)
-    closes = record_closes(srv)
-    sock, cid = await open_non_reader(srv)
-    try:
-        await fill_until_backed_up(srv, cid)
-        sock.shutdown(socket.SHUT_WR)  # FIN, and still not reading
-        await wait_for(lambda: bool(closes), timeout=10, what="the close event")
-        event = closes[0][1]
-        assert (event.code, event.was_clean) == (1006, False)
+        closed_id, event = closes[0]
+        assert closed_id == cid
+        assert (event.code, event.was_clean) == reported
         assert srv.ws.clients == []
     finally:
         sock.close()
