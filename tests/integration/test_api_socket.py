@@ -57,7 +57,7 @@ async def test_pause_holds_messages_until_resume(start_server: StartServer) -> N
         await b.send("b1")  # the other client is served meanwhile
         await wait_for(lambda: "b1" in got)
         assert got == ["b1"]  # a's messages wait: nothing is read from a paused client
-        assert ws.resume(id_a) is False
+        assert ws.resume(id_a) is True  # as in Node: "no longer paused"
         assert ws.is_paused(id_a) is False
         await wait_for(lambda: len(got) == 3)
     assert got == ["b1", "a1", "a2"]

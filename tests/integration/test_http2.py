@@ -377,7 +377,7 @@ async def test_pause_closes_only_that_streams_window(start_h2: StartH2) -> None:
     # ... without reopening the paused stream's window or delivering it.
     assert c.conn.local_flow_control_window(paused) < len(chunk) + 8
     assert [m for m in srv.messages if m[0] == pid] == []
-    assert srv.ws.resume(pid) is False
+    assert srv.ws.resume(pid) is True
     await wait_for(
         lambda: len([m for m in srv.messages if m[0] == pid]) == sent, what="paused messages"
     )

@@ -326,10 +326,10 @@ class WebSocket:
         return link.is_paused
 
     def resume(self, client_id: str) -> bool:
-        """Read from this client again; returns the new paused state (False)."""
+        """Read from this client again; True once it reads (Node's ``!socket.isPaused()``)."""
         link = self._registry.get(client_id).link
         link.resume()
-        return link.is_paused
+        return not link.is_paused
 
     def is_paused(self, client_id: str) -> bool:
         return self._registry.get(client_id).link.is_paused
