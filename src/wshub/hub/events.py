@@ -138,11 +138,7 @@ class Events:
         if not handlers:
             return True
         if type(data) is str and client.encoding != "utf8":
-            try:
-                data = decode_text(data, client.encoding)
-            except ValueError as exc:
-                self.emit_error(client.id, exc)
-                return True
+            data = decode_text(data, client.encoding)  # never fails: as Node's toString
         if len(handlers) == 1:
             cb = handlers[0]
             try:
