@@ -407,7 +407,13 @@ class ClientIds:
 
 
 class SessionSigner:
-    """Signs and checks session cookies ``<id>.<expiry>.<HMAC-SHA256>``."""
+    """Signs and checks session cookies ``<id>.<expiry>.<HMAC-SHA256>``.
+
+    ``<expiry>`` is the absolute end of the session in milliseconds since
+    the epoch.  Cookies of wshub 0.1, whose expiry was in whole seconds
+    (at most 11 digits, where milliseconds have 13 until the year 2286),
+    are still accepted until that expiry.
+    """
 
     __slots__ = ("_inner", "_outer")
 
@@ -430,18 +436,21 @@ class SessionSigner:
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
-    def _mac(self, client_id: str, expiry: int) -> str:
+    def _mac(self, client_id: str, expiry: str) -> str:
         inner = self._inner.copy()
         inner.update(f"{client_id}.{expiry}".encode())
         outer = self._outer.copy()
         outer.update(inner.digest())
         return _b64url(outer.digest())
 
-    def sign(self, client_id: str, expiry: int) -> str:
-        return f"{client_id}.{expiry}.{self._mac(client_id, expiry)}"
+    def sign(self, client_id: str, expiry: float) -> str:
+        """The cookie value for ``client_id`` until ``expiry`` (seconds since
+        the epoch, kept to the millisecond)."""
+        millis = str(int(expiry * 1000))
+        return f"{client_id}.{millis}.{self._mac(client_id, millis)}"
 
-    def verify(self, value: str | None, now: float) -> str | None:
-        """The client ID in a valid, unexpired cookie value; None otherwise.
+    def session(self, value: str | None, now: float) -> tuple[str, float] | None:
+        """``(client ID, expiry)`` of a valid, unexpired cookie value; None otherwise.
 
         Never raises on bad input: a forged, tampered, expired or malformed
         cookie only means "no session", and the client gets a new ID.
@@ -452,7 +461,7 @@ class SessionSigner:
         if len(parts) != 3:
             return None
         client_id, expiry_text, mac = parts
-        if not expiry_text.isdigit() or len(expiry_text) > 12:
+        if not expiry_text.isdigit() or len(expiry_text) > 15:
             return None
         try:
             canonical = str(uuid.UUID(client_id))
@@ -460,11 +469,17 @@ class SessionSigner:
             return None
         if canonical != client_id:
             return None
-        expiry = int(expiry_text)
         # Constant time: the comparison must not tell a forger how many
         # leading characters of the MAC were right.
-        if not hmac.compare_digest(mac.encode("ascii"), self._mac(client_id, expiry).encode()):
+        if not hmac.compare_digest(mac.encode("ascii"), self._mac(client_id, expiry_text).encode()):
             return None
+        # Milliseconds; up to 11 digits, a wshub 0.1 cookie's whole seconds.
+        expiry = int(expiry_text) / (1000 if len(expiry_text) > 11 else 1)
         if expiry <= now:
             return None
-        return client_id
+        return client_id, expiry
+
+    def verify(self, value: str | None, now: float) -> str | None:
+        """The client ID in a valid, unexpired cookie value; None otherwise."""
+        session = self.session(value, now)
+        return None if session is None else session[0]

@@ -8,6 +8,7 @@ new ID; ``session_expires <= 0`` gives a new ID every time.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -50,7 +51,7 @@ async def test_cookie_keeps_the_id_across_reconnects(start_server: StartServer) 
     value = cookie_value(set_cookie)
     client_id, expiry, _mac = value.split(".")
     assert client_id == first_id and str(uuid.UUID(client_id)) == client_id
-    assert time.time() < int(expiry) <= time.time() + 61
+    assert time.time() < int(expiry) / 1000 <= time.time() + 60  # milliseconds
     await conn.close()
     await wait_for(lambda: not srv.ws.clients, what="the first connection to close")
     again, again_id, _ = await connect(srv, f"wshub={value}")
@@ -65,6 +66,34 @@ async def test_cookie_keeps_the_id_across_reconnects(start_server: StartServer) 
         await c.close()
     await wait_for(lambda: not srv.ws.clients, what="clients to close")
     assert not srv.ws._reserved and len(srv.ws._per_ip) == 0
+
+
+async def test_a_session_lasts_from_its_first_connection(start_server: StartServer) -> None:
+    # Absolute, not sliding: each reconnect gets the cookie back with the
+    # expiry it was first issued with, to the millisecond; once that has
+    # passed (session_expires=1.5 s) the client gets a new ID.
+    srv = await start_server(secret="s3cret", session_expires=1.5)
+    echo(srv)
+    issued_at = time.time()
+    conn, first_id, set_cookie = await connect(srv)
+    value = cookie_value(set_cookie)
+    expiry_ms = int(value.split(".")[1])
+    # Sub-second precision: 1.5 s after the handshake, not rounded to 1 or 2 s.
+    assert issued_at + 1.5 <= expiry_ms / 1000 <= time.time() + 1.5
+    assert "max-age=2" in set_cookie.lower()  # whole seconds, rounded up
+    await conn.close()
+    await wait_for(lambda: not srv.ws.clients, what="the first connection to close")
+    for _ in range(2):
+        again, again_id, again_cookie = await connect(srv, f"wshub={value}")
+        assert again_id == first_id
+        assert cookie_value(again_cookie) == value  # the expiry does not move
+        await again.close()
+        await wait_for(lambda: not srv.ws.clients, what="the reconnection to close")
+    await asyncio.sleep(max(0.0, expiry_ms / 1000 - time.time()) + 0.05)
+    late, late_id, late_cookie = await connect(srv, f"wshub={value}")
+    assert late_id != first_id
+    assert int(cookie_value(late_cookie).split(".")[1]) > expiry_ms  # a new session
+    await late.close()
 
 
 async def test_forged_tampered_expired_malformed_cookies_ignored(

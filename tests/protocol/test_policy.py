@@ -224,11 +224,32 @@ ID = "7f1c7a4e-2d7b-4f57-9d1f-0a3c5b6e8f90"
 
 def test_session_round_trip_and_expiry() -> None:
     s = SessionSigner(b"k" * 32)
-    value = s.sign(ID, 2000)
-    assert value.startswith(ID + ".2000.")
-    assert s.verify(value, 1999.0) == ID
-    assert s.verify(value, 2000.0) is None  # expired
+    value = s.sign(ID, 1764200000)
+    assert value.startswith(ID + ".1764200000000.")  # milliseconds
+    assert s.verify(value, 1764199999.0) == ID
+    assert s.session(value, 1764199999.0) == (ID, 1764200000.0)
+    assert s.verify(value, 1764200000.0) is None  # expired
     assert SessionSigner(b"other").verify(value, 0) is None  # another secret
+
+
+def test_session_expiry_to_the_millisecond() -> None:
+    s = SessionSigner(b"k" * 32)
+    value = s.sign(ID, 1764200000.25)
+    assert value.split(".")[1] == "1764200000250"
+    assert s.session(value, 1764200000.249) == (ID, 1764200000.25)
+    assert s.verify(value, 1764200000.25) is None
+
+
+def test_session_cookie_of_wshub_0_1_still_accepted() -> None:
+    # wshub 0.1 wrote the expiry in whole seconds: <id>.<seconds>.<mac>.
+    import base64
+
+    key = b"secret-key"
+    mac = hmac.new(key, f"{ID}.1764200000".encode(), hashlib.sha256).digest()
+    old = f"{ID}.1764200000.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+    s = SessionSigner(key)
+    assert s.session(old, 1764199999.5) == (ID, 1764200000.0)
+    assert s.verify(old, 1764200000.0) is None
 
 
 @pytest.mark.parametrize("key", [b"secret-key", b"k" * 64, b"x" * 65, bytes(range(200))])
@@ -239,10 +260,11 @@ def test_session_mac_is_hmac_sha256(key: bytes) -> None:
     import base64
 
     signer = SessionSigner(key)
-    for expiry in (2000, 1764200000):
-        mac = hmac.new(key, f"{ID}.{expiry}".encode(), hashlib.sha256).digest()
+    for expiry in (2000, 1764200000.5):
+        millis = int(expiry * 1000)
+        mac = hmac.new(key, f"{ID}.{millis}".encode(), hashlib.sha256).digest()
         expected = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
-        assert signer.sign(ID, expiry) == f"{ID}.{expiry}.{expected}"
+        assert signer.sign(ID, expiry) == f"{ID}.{millis}.{expected}"
 
 
 def test_client_ids_are_random_uuid4_strings() -> None:
@@ -266,14 +288,14 @@ def test_client_ids_are_random_uuid4_strings() -> None:
     "mutate",
     [
         lambda v: v[:-1] + ("A" if v[-1] != "A" else "B"),  # tampered MAC
-        lambda v: v.replace(".2000.", ".9999."),  # extended expiry
+        lambda v: v.replace(".2000000.", ".9999000."),  # extended expiry
         lambda v: "00000000-0000-4000-8000-000000000000" + v[36:],  # another ID
         lambda v: v.upper(),
         lambda v: v + ".x",
         lambda v: v.split(".")[0],
         lambda v: "",
         lambda v: "a.b.c",
-        lambda v: v.replace(".2000.", ".²²²²."),  # non-ASCII digits
+        lambda v: v.replace(".2000000.", ".²²²²."),  # non-ASCII digits
         lambda v: v[:-2] + "é",  # non-ASCII MAC
         lambda v: v.replace("-", "", 1),  # non-canonical UUID spelling
         lambda v: "{" + ID + "}" + v[36:],

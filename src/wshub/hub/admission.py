@@ -10,6 +10,7 @@ every TCP connection of the attached server under ``limit_by_ip``.
 
 from __future__ import annotations
 
+import math
 import time
 from urllib.parse import urlsplit
 
@@ -19,7 +20,7 @@ from ..policy import ClientIds, PerIpCounter, client_ip, ip_key, parse_cookie, v
 from ..protocol.connection import MessageCodec
 from ..protocol.deflate import negotiate_extensions
 from ..transport.link import Link, LinkConfig, UpgradeRequest
-from .options import HubOptions
+from .options import COOKIE_TAIL, HubOptions
 from .registry import Registry
 
 __all__ = ["AdmissionControl", "PendingClient", "split_target"]
@@ -154,14 +155,20 @@ class AdmissionControl:
                 if accepted is not None:
                     response_headers.append(("Sec-WebSocket-Extensions", accepted[0]))
                     codec = accepted[1]
-            client_id = self._pick_id(headers.get("cookie"))
+            client_id, expiry = self._pick_id(headers.get("cookie"))
             self.reserved.add(client_id)
             expires = options.session_expires
             if expires > 0:
-                expiry = int(time.time() + expires)
+                if expiry is None:  # a new session
+                    expiry = time.time() + expires
+                    attributes = options.cookie_attributes
+                else:
+                    # What is left of the session, rounded up (Max-Age=0 would
+                    # delete the cookie); wshub checks the exact expiry inside it.
+                    remaining = math.ceil(expiry - time.time())
+                    attributes = f"; Max-Age={max(1, remaining)}{COOKIE_TAIL}"
                 cookie = (
-                    f"{options.cookie_name}={options.signer.sign(client_id, expiry)}"
-                    f"{options.cookie_attributes}"
+                    f"{options.cookie_name}={options.signer.sign(client_id, expiry)}{attributes}"
                 )
                 if tls:
                     cookie += "; Secure"
@@ -199,16 +206,23 @@ class AdmissionControl:
             return False
         return self.per_ip.count(key) + self._backplane.ip_count(key) >= limit
 
-    def _pick_id(self, cookie_header: str | None) -> str:
+    def _pick_id(self, cookie_header: str | None) -> tuple[str, float | None]:
+        """The client's ID, and the end of its session if a cookie gave it.
+
+        A valid cookie whose ID is free gives that ID back with the expiry
+        it was first issued with: a session lasts ``session_expires`` from
+        its first connection, however often the client reconnects.  A new
+        ID comes with None (its session starts now).
+        """
         options = self._options
-        if options.session_expires > 0:
+        if options.session_expires > 0 and cookie_header:
             value = parse_cookie(cookie_header, options.cookie_name)
-            client_id = options.signer.verify(value, time.time())
+            session = options.signer.session(value, time.time())
             if (
-                client_id is not None
-                and client_id not in self.registry.clients
-                and client_id not in self.reserved
-                and self._backplane.owner(client_id) is None
+                session is not None
+                and session[0] not in self.registry.clients
+                and session[0] not in self.reserved
+                and self._backplane.owner(session[0]) is None
             ):
-                return client_id
-        return self._ids.new()
+                return session
+        return self._ids.new(), None

@@ -9,6 +9,7 @@ that the links read directly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 from ..encodings import Encoding, check_encoding
@@ -16,7 +17,10 @@ from ..policy import OriginPolicy, SessionSigner, TrustedProxies
 from ..protocol.deflate import DeflateOptions
 from ..transport.link import LinkConfig
 
-__all__ = ["HubOptions", "check_int", "check_number"]
+__all__ = ["COOKIE_TAIL", "HubOptions", "check_int", "check_number"]
+
+#: The attributes after Max-Age in every session Set-Cookie.
+COOKIE_TAIL = "; Path=/; HttpOnly; SameSite=Lax"
 
 
 def check_number(name: str, value: object) -> float:
@@ -181,9 +185,10 @@ class HubOptions:
 
 def _check_session_expires(options: HubOptions, value: object) -> float:
     v = check_number("session_expires", value)
-    #: What follows the value in every Set-Cookie, made once.
+    #: What follows the value in the Set-Cookie of a new session, made once
+    #: (Max-Age rounded up: Max-Age=0 would delete the cookie).
     object.__setattr__(
-        options, "cookie_attributes", f"; Max-Age={int(v)}; Path=/; HttpOnly; SameSite=Lax"
+        options, "cookie_attributes", f"; Max-Age={max(1, math.ceil(v))}{COOKIE_TAIL}"
     )
     return v
 
