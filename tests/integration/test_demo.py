@@ -6,40 +6,20 @@ The page exposes ``window.wshubDemo.received`` (every message it saw) and
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from tests.integration.chromium_support import chromium
 from tests.integration.cli_support import free_port, start_program, wshub_command
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: run 'make test' as root (it apt-installs chromium)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        pytest.fail("the playwright package is missing: run 'make venv'")
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with chromium() as b:
+        yield b
 
 
 async def received(page: Any) -> list[dict[str, Any]]:
