@@ -4,6 +4,7 @@
 //
 // plan: {
 //   protocolVersion?: 13 | 8,         // ws supports hybi-08 too
+//   protocols?: ["name", ...],        // offered in Sec-WebSocket-Protocol
 //   headers?: {name: value},          // extra request headers (e.g. Cookie)
 //   send?: [{text: "...", repeat?: n} | {hex: "..."}],   // sent in order once open
 //   sendAfter?: n,                    // ... or once n messages have arrived
@@ -11,7 +12,7 @@
 //   stayMs?: n,                       // then stay open this long (counting pings)
 //   close?: [code, reason]            // then close (else wait for the server to)
 // }
-// Prints one JSON line: {opened, upgradeHeaders, messages: [{type, data|hex}],
+// Prints one JSON line: {opened, protocol, upgradeHeaders, messages: [{type, data|hex}],
 // pings, close: {code, reason}, error}.
 import WebSocket from "ws";
 
@@ -19,7 +20,7 @@ const [url, planText] = process.argv.slice(2);
 const plan = JSON.parse(planText || "{}");
 const result = { opened: false, upgradeHeaders: null, messages: [], pings: 0, close: null, error: null };
 
-const ws = new WebSocket(url, {
+const ws = new WebSocket(url, plan.protocols || [], {
   protocolVersion: plan.protocolVersion || 13,
   headers: plan.headers || {},
   perMessageDeflate: plan.deflate || false,
@@ -46,6 +47,7 @@ ws.on("upgrade", (res) => { result.upgradeHeaders = res.headers; });
 ws.on("unexpected-response", (_req, res) => {
   result.error = `unexpected response ${res.statusCode}`;
   result.status = res.statusCode;
+  result.responseHeaders = res.headers;
   done.finish();
 });
 function sendAll() {
@@ -57,6 +59,7 @@ function sendAll() {
 
 ws.on("open", () => {
   result.opened = true;
+  result.protocol = ws.protocol;
   if (!plan.sendAfter) sendAll();
   maybeClose();
 });
