@@ -44,7 +44,14 @@ from urllib.parse import urlsplit
 
 from .errors import ClientNotFound, WsHubError
 
-__all__ = ["Backplane", "BackplaneHub", "LocalBackplane", "RedisBackplane", "make_backplane"]
+__all__ = [
+    "Backplane",
+    "BackplaneHub",
+    "LocalBackplane",
+    "RedisBackplane",
+    "TopicHub",
+    "make_backplane",
+]
 
 log = logging.getLogger("wshub.backplane")
 
@@ -79,6 +86,40 @@ class BackplaneHub(Protocol):
         ...
 
 
+class TopicHub(Protocol):
+    """What a backplane calls on the topics of the hub it serves.
+
+    Implemented by ``wshub.hub.topics.TopicsPort``, handed to
+    :meth:`Backplane.bind_topics`.
+    """
+
+    def follows(self, name: str) -> bool:
+        """Whether a local client follows topic ``name``."""
+        ...
+
+    def followed_topics(self) -> list[str]:
+        """Every topic that a local client follows."""
+        ...
+
+    def subscriptions(self, name: str) -> dict[str, str]:
+        """The local subscribers of ``name``: client ID → URL path."""
+        ...
+
+    def deliver_publication(
+        self, name: str, payload: bytes, text: bool, exclude: frozenset[str]
+    ) -> int:
+        """Deliver a publication of another node to the local subscribers; return how many."""
+        ...
+
+    def remote_joined(self, client_id: str, name: str) -> None:
+        """A client of another node subscribed to ``name`` (the ``"join"`` event)."""
+        ...
+
+    def remote_left(self, client_id: str, name: str) -> None:
+        """A client of another node left ``name`` (the ``"leave"`` event)."""
+        ...
+
+
 class Backplane:
     """The interface between a hub and the rest of its cluster.
 
@@ -96,12 +137,17 @@ class Backplane:
     def __init__(self) -> None:
         self.node_id = uuid.uuid4().hex[:16]
         self._hub: BackplaneHub | None = None
+        self._topic_hub: TopicHub | None = None
 
     def bind(self, hub: BackplaneHub) -> None:
         """Called once by the hub: ``hub`` is where routed work is delivered."""
         if self._hub is not None and self._hub is not hub:
             raise RuntimeError("this backplane already serves another hub")
         self._hub = hub
+
+    def bind_topics(self, topics: TopicHub) -> None:
+        """Called once by the hub: where publications of other nodes are delivered."""
+        self._topic_hub = topics
 
     async def start(self) -> None:
         """Connect; return once the registry is loaded (or the first attempt failed)."""
@@ -146,6 +192,28 @@ class Backplane:
         """Every live node's client IDs."""
         hub = self._hub
         return [c[0] for c in hub.local_clients()] if hub is not None else []
+
+    # Topics: this node's part of every topic, told as it changes.
+
+    def topic_followed(self, name: str) -> None:
+        """A local client now follows ``name``, and none did before."""
+
+    def topic_unfollowed(self, name: str) -> None:
+        """The last local subscriber of ``name`` left."""
+
+    def topic_joined(self, client_id: str, name: str, path: str) -> None:
+        """Local client ``client_id`` (connected to ``path``) subscribed to ``name``."""
+
+    def topic_left(self, client_id: str, name: str) -> None:
+        """Local client ``client_id`` left ``name`` (unsubscribed or closed)."""
+
+    def publish_topic(self, name: str, payload: bytes, text: bool, exclude: frozenset[str]) -> None:
+        """Hand a publication to the other nodes that follow ``name`` (this node
+        has already delivered it); ``exclude`` holds only IDs not connected here."""
+
+    async def topic_presence(self, name: str) -> dict[str, tuple[str, str]]:
+        """The subscribers of ``name`` on the other live nodes: client ID → (node, path)."""
+        return {}
 
 
 class LocalBackplane(Backplane):

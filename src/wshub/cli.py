@@ -15,7 +15,7 @@ from .backplane import Backplane, make_backplane
 from .http import Request, Response
 from .hub import CloseEvent, WebSocket
 from .protocol.deflate import DeflateOptions
-from .transport.server import HttpServer
+from .transport.server import HttpServer, check_drain
 
 __all__ = ["main"]
 
@@ -102,6 +102,41 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="join a cluster through Redis, e.g. redis://127.0.0.1:6379/0 (needs wshub[redis])",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N worker processes on one port (SO_REUSEPORT), joined by --backplane "
+        "(needed when N > 1); SIGHUP restarts them one by one (default 0: one process, "
+        "no supervisor)",
+    )
+    serve.add_argument(
+        "--health",
+        action="store_true",
+        help="answer GET /livez and /readyz (Kubernetes probes, load balancers)",
+    )
+    serve.add_argument(
+        "--drain-window",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="on SIGTERM, spread the clients' closes over this many seconds (default 5)",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, cut what is still open after this many seconds (default 30)",
+    )
+    serve.add_argument(
+        "--drain-code",
+        type=int,
+        choices=[1001, 1012],
+        default=1012,
+        help="close code on SIGTERM: 1012 service restart (default) or 1001 going away",
+    )
 
     demo = sub.add_parser("demo", help="the demo chat page on http://127.0.0.1:8080")
     _common(demo, 8080)
@@ -142,12 +177,68 @@ def _deflate_option(args: argparse.Namespace) -> bool | DeflateOptions:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    cc = None if args.loopback_congestion == "system" else args.loopback_congestion
+    if args.workers < 0:
+        print("wshub serve: --workers must be >= 0", file=sys.stderr)
+        return 2
+    if args.workers > 1 and not args.backplane:
+        print(
+            f"wshub serve: --workers {args.workers} needs --backplane redis://HOST:PORT/DB "
+            "so that the workers act as one hub (without one each worker would be a hub "
+            "of its own: a broadcast would reach only its clients)",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        server = HttpServer(loopback_congestion=cc)
+        check_drain(args.drain_window, args.drain_timeout, args.drain_code, "")
+    except ValueError as exc:
+        print(f"wshub serve: --drain-window/--drain-timeout: {exc}", file=sys.stderr)
+        return 2
+    try:
+        HttpServer(**_server_options(args))
     except ValueError as exc:
         print(f"wshub serve: --loopback-congestion: {exc}", file=sys.stderr)
         return EXIT_UNSUPPORTED
+    # A bad URL, a missing redis-py or compressor: said once, here, not by every worker.
+    _backplane_option(args.backplane)
+    _deflate_option(args)
+    scheme = "wss" if args.tls else "ws"
+    what = f"{args.workers} workers, " if args.workers else ""
+    print(
+        f"wshub serve: {what}{args.mode} on {scheme}://{args.host}:{args.port}/",
+        file=sys.stderr,
+        flush=True,
+    )
+    if args.workers:
+        from . import workers
+
+        return workers.run(
+            lambda: _serve_app(args),
+            args.workers,
+            args.host,
+            args.port,
+            _tls_context(args),
+            loop=args.loop,
+        )
+    _serve_app(args).run(args.host, args.port, _tls_context(args), loop=args.loop)
+    return 0
+
+
+def _server_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "loopback_congestion": None
+        if args.loopback_congestion == "system"
+        else args.loopback_congestion,
+        "health": args.health,
+        "drain_window": args.drain_window,
+        "drain_timeout": args.drain_timeout,
+        "drain_code": args.drain_code,
+        "drain_reason": "service restart" if args.drain_code == 1012 else "going away",
+    }
+
+
+def _serve_app(args: argparse.Namespace) -> HttpServer:
+    """The server of ``wshub serve`` (built in each worker with ``--workers``)."""
+    server = HttpServer(**_server_options(args))
     ws = WebSocket(
         server,
         allow_origin=_origin_option(args.allow_origin),
@@ -171,14 +262,7 @@ def _serve(args: argparse.Namespace) -> int:
         def fan_out(client_id: str, data: str | bytes) -> None:
             broadcast(data)
 
-    scheme = "wss" if args.tls else "ws"
-    print(
-        f"wshub serve: {args.mode} on {scheme}://{args.host}:{args.port}/",
-        file=sys.stderr,
-        flush=True,
-    )
-    server.run(args.host, args.port, _tls_context(args), loop=args.loop)
-    return 0
+    return server
 
 
 def _demo_page() -> bytes:

@@ -28,6 +28,7 @@ from .admission import AdmissionControl, PendingClient
 from .events import Callback, Events
 from .options import HubOptions, check_number
 from .registry import BackplanePort, Registry, encode_payload
+from .topics import PresenceInfo, TopicsPort
 
 if TYPE_CHECKING:
     from ..asgi import ASGIApp, AsgiApp
@@ -65,6 +66,7 @@ class WebSocket:
         write_limit: int = 1024 * 1024,
         backplane: str | Backplane | None = None,
         cluster_limit_by_ip: bool = False,
+        max_topics_per_client: int = 1000,
     ) -> None:
         options = self._options = HubOptions(
             allow_origin=allow_origin,
@@ -92,6 +94,9 @@ class WebSocket:
         self._admission = AdmissionControl(options, registry, per_ip, self._backplane)
         # The backplane calls back through a port of its own, not this facade.
         self._backplane.bind(BackplanePort(registry, events))
+        topics = self._topics = registry.topics
+        topics.limit = topics.check_limit(max_topics_per_client)
+        self._backplane.bind_topics(TopicsPort(topics, events))
         # The registry's client table, read by send() on every message; and
         # (for white-box tests) the parts' other tables: the same objects.
         self._clients = registry.clients
@@ -210,8 +215,10 @@ class WebSocket:
     def on(self, name: str, callback: F | None = None) -> F | Callable[[F], F]:
         """Register ``callback`` for event ``name`` (or use as ``@ws.on(name)``).
 
-        Names: ``"open"``, ``"message"``, ``"close"``, ``"error"``, or a URL
-        path such as ``"/chat"`` for messages from clients connected there.
+        Names: ``"open"``, ``"message"``, ``"close"``, ``"error"``,
+        ``"join"`` / ``"leave"`` (a client subscribed to / left a topic:
+        ``(client_id, topic)``), or a URL path such as ``"/chat"`` for
+        messages from clients connected there.
         """
         events = self._events
         event = events.event_name(name)
@@ -388,6 +395,63 @@ class WebSocket:
     async def cluster_clients(self) -> list[str]:
         """IDs of the clients connected to every live node (just :attr:`clients` without one)."""
         return await self._registry.cluster_clients()
+
+    # ================================================================= topics
+
+    @property
+    def max_topics_per_client(self) -> int:
+        """The most topics one client may follow (``subscribe`` raises TopicLimitError past it)."""
+        return self._topics.limit
+
+    @max_topics_per_client.setter
+    def max_topics_per_client(self, value: int) -> None:
+        self._topics.limit = self._topics.check_limit(value)
+
+    def subscribe(self, client_id: str, topic: str) -> bool:
+        """Make local client ``client_id`` follow ``topic``; False if it already did.
+
+        Emits ``"join"`` with ``(client_id, topic)``.  A topic is a non-empty
+        ``str`` of at most 256 bytes of UTF-8.  Raises ClientNotFound for an
+        ID not connected to this process, TopicLimitError past
+        ``max_topics_per_client``.
+        """
+        return self._topics.subscribe(client_id, topic)
+
+    def unsubscribe(self, client_id: str, topic: str) -> bool:
+        """Stop ``client_id`` following ``topic`` (emits ``"leave"``); False if it did not."""
+        return self._topics.unsubscribe(client_id, topic)
+
+    def publish(
+        self,
+        topic: str,
+        data: str | bytes | bytearray | memoryview,
+        *,
+        exclude: Iterable[str] = (),
+    ) -> int:
+        """Send to every subscriber of ``topic``, on every node; return how many here.
+
+        Like :meth:`broadcast`: a ``str`` is encoded with the hub's
+        ``encoding``, the frame is built once per group of connections that
+        can share it, and the count is of this process's subscribers.
+        """
+        payload, text = encode_payload(data, self._options.encoding)
+        return self._topics.publish(topic, payload, text, exclude)
+
+    def topics(self, client_id: str) -> list[str]:
+        """The topics local client ``client_id`` follows, in the order it subscribed."""
+        return self._topics.topics_of(client_id)
+
+    def subscribers(self, topic: str) -> list[str]:
+        """IDs of this process's subscribers of ``topic``, in the order they subscribed."""
+        return self._topics.subscribers(topic)
+
+    async def cluster_subscribers(self, topic: str) -> list[str]:
+        """IDs of the subscribers of ``topic`` on every live node (local ones first)."""
+        return list(await self._topics.presence(topic))
+
+    async def presence(self, topic: str) -> dict[str, PresenceInfo]:
+        """Who follows ``topic`` on every live node: client ID → ``PresenceInfo(node, path)``."""
+        return await self._topics.presence(topic)
 
     # ============================== for the server (HttpServer, the ASGI adapter)
 

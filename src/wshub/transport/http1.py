@@ -643,7 +643,7 @@ class Http1Protocol(asyncio.Protocol):
             # RFC 9112 §3.2: 400 for an invalid Host (or several of them).
             self._refuse(400, "malformed Host header")
             return
-        handler = self.server.handler
+        handler = self.server.request_handler
         if handler is None:
             self._respond(req, Response.text(404, "Not Found\n"))
             return

@@ -577,7 +577,7 @@ class Http2Protocol(asyncio.Protocol):
             return
         body = bytes(stream.body)
         self._release_body(stream)
-        handler = self.server.handler
+        handler = self.server.request_handler
         if handler is None:
             self._respond(stream, Response.text(404, "Not Found\n"))
             return

@@ -214,8 +214,13 @@ class UpgradeHandler(Protocol):
         """Shutdown begins: leave the cluster while the clients are still connected."""
         ...
 
-    async def shutdown(self, code: int, reason: str) -> None:
-        """Close every client with ``code`` and ``reason``; return once all are gone."""
+    def ready(self) -> bool:
+        """Whether the hub can take clients: its cluster backplane, if any, is joined."""
+        ...
+
+    async def shutdown(self, code: int, reason: str, window: float = 0.0) -> None:
+        """Close every client with ``code`` and ``reason``, spread evenly over
+        ``window`` seconds; return once all are gone."""
         ...
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl as ssl_module
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import HandshakeError
-from ..http import Handler
+from ..http import Handler, Request, Response
+from ..protocol.frames import is_valid_close_code
 from .http1 import Http1Protocol
 
 if TYPE_CHECKING:
@@ -47,6 +49,16 @@ def event_loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | N
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
+
+
+def run_on_loop(main: Coroutine[Any, Any, None], loop: str) -> None:
+    """Run ``main`` to the end on a new event loop of kind ``loop`` (see :meth:`HttpServer.run`)."""
+    factory = event_loop_factory(loop)
+    if sys.version_info >= (3, 11) and factory is not None:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main)
+    else:
+        asyncio.run(main)
 
 
 class HttpServer:
@@ -92,6 +104,18 @@ class HttpServer:
     every socket as the system made it (see docs/performance.md, "Tunings
     and what they cost").  A name the kernel refuses is ignored (logged at
     debug level).  Remote clients are never affected.
+
+    ``health``: answer ``GET /livez`` (200 while the event loop runs) and
+    ``GET /readyz`` (200 when listening and, with a cluster backplane,
+    joined to the cluster; 503 otherwise, and while draining) before the
+    ``handler`` sees the request (see :meth:`readiness`).
+
+    Graceful shutdown (:meth:`drain`, what :meth:`run` does on SIGTERM or
+    SIGINT): stop listening, then close the WebSockets with ``drain_code``
+    and ``drain_reason`` (1012 "service restart" by default: come back
+    soon) spread evenly over ``drain_window`` seconds, so that they do not
+    all reconnect in the same instant, and wait at most ``drain_timeout``
+    seconds in all (window included) before the rest are cut.
     """
 
     def __init__(
@@ -104,7 +128,13 @@ class HttpServer:
         max_body_size: int = 1024 * 1024,
         write_timeout: float = 30.0,
         loopback_congestion: str | None = None,
+        health: bool = False,
+        drain_window: float = 5.0,
+        drain_timeout: float = 30.0,
+        drain_code: int = 1012,
+        drain_reason: str = "service restart",
     ) -> None:
+        check_drain(drain_window, drain_timeout, drain_code, drain_reason)
         if handshake_timeout < 0:
             raise ValueError("handshake_timeout must be >= 0")
         if not write_timeout > 0:
@@ -127,7 +157,16 @@ class HttpServer:
         # Congestion control for WebSocket connections from this host once
         # they send a large message (see FramedLink._tune_for_bulk).
         self.loopback_congestion = loopback_congestion
+        self.drain_window = float(drain_window)
+        self.drain_timeout = float(drain_timeout)
+        self.drain_code = int(drain_code)
+        self.drain_reason = drain_reason
         self.websocket: UpgradeHandler | None = None
+        # Plain-HTTP paths the server answers itself, before ``handler``.
+        self._endpoints: dict[str, Handler] = {}
+        if health:
+            self._endpoints["/livez"] = self._livez
+            self._endpoints["/readyz"] = self._readyz
         # What the transports share: live connections, per-IP slots,
         # request-head deadlines, HTTP/2 sessions.
         self.connections = ServerConnections(self)
@@ -147,6 +186,67 @@ class HttpServer:
     def add_shutdown_hook(self, hook: Callable[[int, str], Awaitable[None]]) -> None:
         """``hook(code, reason)`` runs in :meth:`close`, before connections are dropped."""
         self._shutdown_hooks.append(hook)
+
+    # ----------------------------------------------- plain HTTP: own endpoints
+
+    def add_endpoint(self, path: str, handler: Handler) -> None:
+        """Answer requests for ``path`` with ``handler``, before :attr:`handler` sees them.
+
+        For the server's own endpoints (health, metrics): an exact path,
+        any method; the query string is ignored.
+        """
+        if not path.startswith("/"):
+            raise ValueError("an endpoint path starts with '/'")
+        if path in self._endpoints:
+            raise ValueError(f"{path} is already an endpoint of this server")
+        self._endpoints[path] = handler
+
+    @property
+    def request_handler(self) -> Handler | None:
+        """What the transports call for a plain request: the endpoints, then ``handler``."""
+        if not self._endpoints:
+            return self.handler
+        return self._route
+
+    def _route(self, request: Request) -> Any:
+        endpoint = self._endpoints.get(request.path)
+        if endpoint is not None:
+            return endpoint(request)
+        handler = self.handler
+        if handler is None:
+            return Response.text(404, "Not Found\n")
+        return handler(request)
+
+    # ------------------------------------------------------------ health
+
+    @property
+    def draining(self) -> bool:
+        """True from the start of :meth:`close` (or :meth:`drain`) on."""
+        return self._closing
+
+    def readiness(self) -> str | None:
+        """Why this server should get no new clients now, or None when it is ready.
+
+        Ready means listening, not draining, and, with a cluster backplane,
+        connected to the cluster and registered in it.
+        """
+        if self._closing:
+            return "draining"
+        if not self._servers:
+            return "not listening"
+        hub = self.websocket
+        if hub is not None and not hub.ready():
+            return "backplane not connected"
+        return None
+
+    def _livez(self, request: Request) -> Response:
+        return Response(f"alive (pid {os.getpid()})\n", headers=_NO_STORE)
+
+    def _readyz(self, request: Request) -> Response:
+        why = self.readiness()
+        if why is None:
+            return Response(f"ready (pid {os.getpid()})\n", headers=_NO_STORE)
+        return Response(f"not ready: {why} (pid {os.getpid()})\n", 503, _NO_STORE)
 
     # --------------------------------------------------------------- serving
 
@@ -210,15 +310,39 @@ class HttpServer:
             raise RuntimeError("call serve() first")
         await self._closed.wait()
 
+    async def drain(self) -> None:
+        """Shut down gracefully, as configured (``drain_*`` options).
+
+        What :meth:`run` does on SIGTERM and SIGINT: :meth:`close` with the
+        server's drain settings.
+        """
+        await self.close(
+            self.drain_code, self.drain_reason, self.drain_timeout, window=self.drain_window
+        )
+
     async def close(
-        self, code: int = 1001, reason: str = "server shutting down", timeout: float = 5.0
+        self,
+        code: int = 1001,
+        reason: str = "server shutting down",
+        timeout: float = 5.0,
+        *,
+        window: float = 0.0,
     ) -> None:
-        """Stop listening, close every WebSocket with ``code`` and every connection."""
+        """Stop listening, close every WebSocket with ``code`` and every connection.
+
+        The WebSockets are closed one by one, evenly spread over ``window``
+        seconds (0: all at once); whatever is still open ``timeout`` seconds
+        after the start is cut.  Plain HTTP connections stay until the end
+        (a probe on a kept-alive connection sees ``/readyz`` answer 503).
+        """
+        check_drain(window, timeout, code, reason)
         if self._closing:
             if self._closed is not None:
                 await self._closed.wait()
             return
         self._closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         for srv in self._servers:
             srv.close()
         self.connections.stop_sweeping()
@@ -238,7 +362,9 @@ class HttpServer:
                 log.exception("error in a shutdown hook")
         if hub is not None:
             try:
-                await asyncio.wait_for(hub.shutdown(code, reason), timeout)
+                await asyncio.wait_for(
+                    hub.shutdown(code, reason, window), max(0.0, deadline - loop.time())
+                )
             except asyncio.TimeoutError:
                 log.warning("clients did not finish closing within %.1fs", timeout)
         for proto in list(self.connections.protocols):
@@ -264,19 +390,13 @@ class HttpServer:
         loop: str = "auto",
         **kwargs: Any,
     ) -> None:
-        """Serve until SIGINT/SIGTERM, then close every client with 1001 (blocking).
+        """Serve until SIGTERM or SIGINT, then :meth:`drain` (blocking).
 
         ``loop``: ``"auto"`` runs on uvloop when it is installed (``pip install
         wshub[speed]``), else on asyncio's own loop; ``"asyncio"`` or
         ``"uvloop"`` choose one (the latter fails if uvloop is missing).
         """
-        factory = event_loop_factory(loop)
-        main = self._run(host, port, ssl, **kwargs)
-        if sys.version_info >= (3, 11) and factory is not None:
-            with asyncio.Runner(loop_factory=factory) as runner:
-                runner.run(main)
-        else:
-            asyncio.run(main)
+        run_on_loop(self._run(host, port, ssl, **kwargs), loop)
 
     async def _run(
         self,
@@ -295,8 +415,21 @@ class HttpServer:
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
-        await self.close()
+        await self.drain()
         waiter.cancel()
+
+
+_NO_STORE = [("Cache-Control", "no-store")]
+
+
+def check_drain(window: float, timeout: float, code: int, reason: str) -> None:
+    """Validate graceful-shutdown settings (ValueError)."""
+    if not 0 <= window <= timeout:
+        raise ValueError("need 0 <= drain window <= drain timeout")
+    if isinstance(code, bool) or not isinstance(code, int) or not is_valid_close_code(code):
+        raise ValueError(f"{code!r} is not a close code that may be sent")
+    if len(reason.encode("utf-8")) > 123:
+        raise ValueError("close reason longer than 123 bytes")
 
 
 class GoawaySession(Protocol):
