@@ -46,11 +46,10 @@ class MemoryLink(FramedLink):
         return 0
 
 
-async def main(receivers: int = 500, rounds: int = 200, window: int = 8) -> None:
-    ws = WebSocket(ping_delay=0, limit_by_ip=0)
+def open_links(ws: WebSocket, count: int) -> list[MemoryLink]:
+    """``count`` clients of ``ws``, each admitted and opened the way a transport does it."""
     links = []
-    for i in range(receivers):
-        # Each receiver is admitted and opened the way a transport does it.
+    for i in range(count):
         admission = ws.admit(
             UpgradeRequest(
                 target="/",
@@ -63,6 +62,12 @@ async def main(receivers: int = 500, rounds: int = 200, window: int = 8) -> None
         link = MemoryLink(Connection(), admission.config, CountingTransport())
         admission.open(link)
         links.append(link)
+    return links
+
+
+async def main(receivers: int = 500, rounds: int = 200, window: int = 8) -> None:
+    ws = WebSocket(ping_delay=0, limit_by_ip=0)
+    links = open_links(ws, receivers)
     assert len(ws.clients) == receivers
     message = "x" * 64
     best = float("inf")

@@ -18,6 +18,7 @@ from .errors import (
     ClientNotFound,
     ConnectionClosedError,
     HandshakeError,
+    TopicLimitError,
     WebSocketProtocolError,
     WsHubError,
 )
@@ -27,7 +28,7 @@ from .protocol.frames import CloseCode
 
 if _TYPE_CHECKING:
     from .http import Request, Response
-    from .hub import CloseEvent, WebSocket
+    from .hub import CloseEvent, PresenceInfo, WebSocket
     from .transport.server import HttpServer
 
 # The server side is imported on first use (PEP 562), so that importing the
@@ -35,6 +36,7 @@ if _TYPE_CHECKING:
 _LAZY = {
     "CloseEvent": "wshub.hub",
     "HttpServer": "wshub.transport.server",
+    "PresenceInfo": "wshub.hub",
     "Request": "wshub.http",
     "Response": "wshub.http",
     "WebSocket": "wshub.hub",
@@ -76,8 +78,10 @@ __all__ = [
     "DeflateOptions",
     "HandshakeError",
     "HttpServer",
+    "PresenceInfo",
     "Request",
     "Response",
+    "TopicLimitError",
     "WebSocket",
     "WebSocketProtocolError",
     "WsHubError",

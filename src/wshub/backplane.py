@@ -149,6 +149,11 @@ class Backplane:
         """Called once by the hub: where publications of other nodes are delivered."""
         self._topic_hub = topics
 
+    @property
+    def connected(self) -> bool:
+        """Whether this node is joined to its cluster right now (a local one always is)."""
+        return True
+
     async def start(self) -> None:
         """Connect; return once the registry is loaded (or the first attempt failed)."""
 

@@ -9,6 +9,7 @@ __all__ = [
     "ClientNotFound",
     "ConnectionClosedError",
     "HandshakeError",
+    "TopicLimitError",
     "WebSocketProtocolError",
     "WsHubError",
 ]
@@ -23,6 +24,18 @@ class ClientNotFound(WsHubError, KeyError):
 
     def __str__(self) -> str:
         return f"client {self.client_id!r} is not connected"
+
+
+class TopicLimitError(WsHubError, ValueError):
+    """``subscribe`` would make a client follow more than ``max_topics_per_client`` topics."""
+
+    def __init__(self, client_id: str, limit: int) -> None:
+        super().__init__(client_id, limit)
+        self.client_id = client_id
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"client {self.client_id!r} already follows {self.limit} topics (the limit)"
 
 
 class WebSocketProtocolError(WsHubError):

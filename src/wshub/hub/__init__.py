@@ -7,6 +7,8 @@
                negotiation: an upgrade's yes (a reserved slot) or no
 ``events``     handlers (``on`` / ``off``), running them, ``"error"``
 ``registry``   the local clients, send/broadcast, backplane routing
+``topics``     which clients follow which topic, publish, presence
+``fanout``     one message to many clients, the frame built once per group
 ``pings``      the periodic ping timer
 =============  ==========================================================
 """
@@ -16,5 +18,6 @@ from __future__ import annotations
 from .admission import split_target
 from .events import CloseEvent
 from .facade import WebSocket
+from .topics import PresenceInfo
 
-__all__ = ["CloseEvent", "WebSocket", "split_target"]
+__all__ = ["CloseEvent", "PresenceInfo", "WebSocket", "split_target"]

@@ -25,7 +25,9 @@ log = logging.getLogger("wshub")
 
 Callback = Callable[..., Any]
 
-_RESERVED_EVENTS = ("open", "close", "error", "message")
+# Named events never start with "/"; a path event always does, so no URL
+# path can take the name of one ("/join" is a path, "join" the topic event).
+_RESERVED_EVENTS = ("open", "close", "error", "message", "join", "leave")
 
 
 class CloseEvent:
@@ -75,7 +77,9 @@ class Events:
         if not isinstance(name, str) or not name:
             raise TypeError("event name must be a non-empty str")
         if name not in _RESERVED_EVENTS and not name.startswith("/"):
-            raise ValueError(f"unknown event {name!r}: use open, message, close, error or a /path")
+            raise ValueError(
+                f"unknown event {name!r}: use open, message, close, error, join, leave or a /path"
+            )
         return "message" if name == "/" else name
 
     def add(self, name: str, callback: Callback) -> None:

@@ -14,6 +14,7 @@ The hub never touches a socket or an HTTP version: it judges upgrades
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import SplitResult
@@ -471,7 +472,37 @@ class WebSocket:
         if not self._backplane.is_local:
             await self._backplane.stop()
 
-    async def shutdown(self, code: int, reason: str) -> None:
+    def ready(self) -> bool:
+        """Called by the server's readiness check: False while the backplane
+        is cut off from its cluster (always True without one)."""
+        return self._backplane.connected
+
+    async def shutdown(self, code: int, reason: str, window: float = 0.0) -> None:
         """Called by the server after :meth:`stop`: close every client with
-        ``code`` and return once they are all gone."""
+        ``code``, spread evenly over ``window`` seconds, and return once they
+        are all gone."""
+        if window > 0:
+            await self._close_spread(code, reason, window)
         await self._registry.close_all(code, reason)
+
+    async def _close_spread(self, code: int, reason: str, window: float) -> None:
+        # Client i of n is closed ``window * i / n`` seconds after the start,
+        # so that they do not all reconnect in the same instant.  One wakeup
+        # closes every client then due (at most one wakeup per 10 ms).
+        ids = list(self._clients)
+        count = len(ids)
+        if count < 2:
+            return
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        done = 0
+        while done < count:
+            due = min(count, int((loop.time() - start) * count / window) + 1)
+            for client_id in ids[done:due]:
+                client = self._clients.get(client_id)
+                if client is not None:
+                    client.link.close(code, reason)
+            done = due
+            if done < count:
+                next_at = start + window * done / count
+                await asyncio.sleep(max(0.01, next_at - loop.time()))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from urllib.parse import SplitResult, urlsplit
 
 from ..backplane import Backplane
@@ -22,8 +22,10 @@ from ..policy import PerIpCounter
 from ..protocol.frames import CloseCode
 from ..transport.link import Link
 from .events import CloseEvent, Events
+from .fanout import queue_to_all
 from .options import HubOptions
 from .pings import PingTimer
+from .topics import Topics
 
 __all__ = ["BackplanePort", "Client", "Registry", "encode_payload", "event_for_path"]
 
@@ -101,7 +103,16 @@ class Client:
 class Registry:
     """The clients of this process by ID; local and routed send/broadcast."""
 
-    __slots__ = ("_all_closed", "_backplane", "_events", "_options", "_per_ip", "clients", "pings")
+    __slots__ = (
+        "_all_closed",
+        "_backplane",
+        "_events",
+        "_options",
+        "_per_ip",
+        "clients",
+        "pings",
+        "topics",
+    )
 
     def __init__(
         self,
@@ -115,6 +126,8 @@ class Registry:
         self.clients: dict[str, Client] = {}
         #: The periodic ping of these clients.
         self.pings = PingTimer(self.clients, options)
+        #: The topics these clients follow.
+        self.topics = Topics(self.clients, events, backplane)
         self._options = options
         self._events = events
         self._per_ip = per_ip
@@ -158,6 +171,7 @@ class Registry:
         if self.clients.get(client.id) is not client:
             return
         del self.clients[client.id]
+        self.topics.client_closed(client.id)
         self._backplane.client_removed(client.id, client.ip_key, client.event)
         self._per_ip.release(client.ip_key)
         if not self.clients:
@@ -228,36 +242,19 @@ class Registry:
         """Queue one message for every open local client of ``event`` (None: all) but
         ``excluded``; return how many.  The frame is built once per group of links
         that can share it."""
-        frames: dict[Hashable, bytes] = {}
-        # Nearly every receiver shares one key (same extension settings):
-        # the last key and frame are kept at hand.
-        last_key: Hashable | None = None
-        last_frame = b""
-        count = 0
-        for client in list(self.clients.values()):
-            if excluded is not None and client.id in excluded:
-                continue
-            if event is not None and client.event != event:
-                continue
-            link = client.link
-            key = link.broadcast_key
-            try:
-                if key is None:
-                    link.send_message(payload, text)
-                elif key is last_key:
-                    link.queue_prepared(last_frame)  # raises if the client is closing
-                else:
-                    frame = frames.get(key)
-                    if frame is None:
-                        if not link.is_open:
-                            continue
-                        frame = frames[key] = link.prepare(payload, text)
-                    link.queue_prepared(frame)
-                    last_key, last_frame = key, frame
-            except ConnectionClosedError:
-                continue
-            count += 1
-        return count
+        clients = self.clients.values()
+        if excluded is None and event is None:
+            return queue_to_all(list(clients), payload, text)
+        return queue_to_all(
+            [
+                c
+                for c in clients
+                if (excluded is None or c.id not in excluded)
+                and (event is None or c.event == event)
+            ],
+            payload,
+            text,
+        )
 
     async def cluster_clients(self) -> list[str]:
         """IDs of the clients connected to every live node."""

@@ -1,0 +1,54 @@
+"""Queueing one message for many clients, the frame built once per group.
+
+Shared by ``broadcast`` (every client, or those of one path) and ``publish``
+(the subscribers of one topic): the receivers are grouped by their link's
+``broadcast_key`` (no compression, or one compression setting without
+context takeover), and the frame is built once per group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from typing import Protocol
+
+from ..errors import ConnectionClosedError
+from ..transport.link import Link
+
+__all__ = ["Receiver", "queue_to_all"]
+
+
+class Receiver(Protocol):
+    """A client as the fan-out sees it: its link."""
+
+    @property
+    def link(self) -> Link: ...
+
+
+def queue_to_all(receivers: Iterable[Receiver], payload: bytes, text: bool) -> int:
+    """Queue one message for every receiver whose link is open; return how many."""
+    frames: dict[Hashable, bytes] = {}
+    # Nearly every receiver shares one key (same extension settings):
+    # the last key and frame are kept at hand.
+    last_key: Hashable | None = None
+    last_frame = b""
+    count = 0
+    for receiver in receivers:
+        link = receiver.link
+        key = link.broadcast_key
+        try:
+            if key is None:
+                link.send_message(payload, text)
+            elif key is last_key:
+                link.queue_prepared(last_frame)  # raises if the client is closing
+            else:
+                frame = frames.get(key)
+                if frame is None:
+                    if not link.is_open:
+                        continue
+                    frame = frames[key] = link.prepare(payload, text)
+                link.queue_prepared(frame)
+                last_key, last_frame = key, frame
+        except ConnectionClosedError:
+            continue
+        count += 1
+    return count

@@ -1,0 +1,296 @@
+"""Topics: which local clients follow which topic; publishing; presence.
+
+:class:`Topics` keeps, for this process, every followed topic (a
+:class:`Topic` with its subscribers) and every client's topics, and keeps
+the two in step: ``subscribe`` / ``unsubscribe`` / a client's close.  A
+publication is queued for the topic's subscribers with the frame built once
+per compression group (:func:`~wshub.hub.fanout.queue_to_all`, as
+``broadcast`` does), then handed to the backplane for the other nodes.
+
+The backplane is told when this process starts or stops following a topic
+(its first subscriber comes, its last one goes), so that a node listens in
+the cluster only to the topics its clients follow, and of every join and
+leave (cluster-wide presence).  :class:`TopicsPort` is what the backplane
+calls in return (:class:`~wshub.backplane.TopicHub`).
+
+A :class:`Topic` is the one place per topic where its state lives, so that
+a position (epoch + sequence) and a bounded history can later be kept next
+to its subscribers without changing how clients are found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple, Protocol
+
+from ..backplane import Backplane
+from ..errors import ClientNotFound, TopicLimitError
+from ..transport.link import Link
+from .events import Events
+from .fanout import queue_to_all
+from .options import check_int
+
+__all__ = [
+    "MAX_TOPIC_BYTES",
+    "PresenceInfo",
+    "Subscriber",
+    "Topic",
+    "Topics",
+    "TopicsPort",
+    "check_topic",
+]
+
+#: The longest topic name, in bytes of UTF-8.
+MAX_TOPIC_BYTES = 256
+
+
+def check_topic(name: object) -> str:
+    """``name`` if it is a valid topic name; TypeError or ValueError saying why not."""
+    if not isinstance(name, str):
+        raise TypeError(f"topic must be a str, not {type(name).__name__}")
+    if not name:
+        raise ValueError("topic must not be empty")
+    try:
+        size = len(name) if name.isascii() else len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("topic is not valid Unicode (it has a lone surrogate)") from None
+    if size > MAX_TOPIC_BYTES:
+        raise ValueError(f"topic longer than {MAX_TOPIC_BYTES} bytes of UTF-8")
+    return name
+
+
+def path_of(event: str) -> str:
+    """The URL path of a client whose messages go to ``event``."""
+    return "/" if event == "message" else event
+
+
+class Subscriber(Protocol):
+    """A local client as the topics see it (the registry's ``Client``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def event(self) -> str: ...
+
+    @property
+    def link(self) -> Link: ...
+
+
+class PresenceInfo(NamedTuple):
+    """Where a subscriber of a topic is connected (a value of ``presence()``)."""
+
+    #: The node it is connected to (``ws.backplane.node_id`` of that node).
+    node: str
+    #: The URL path it connected to.
+    path: str
+
+
+class Topic:
+    """One topic that clients of this process follow."""
+
+    __slots__ = ("name", "subscribers")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        #: Client ID → client, in the order they subscribed.
+        self.subscribers: dict[str, Subscriber] = {}
+
+
+class Topics:
+    """The topics of this process's clients."""
+
+    __slots__ = ("_backplane", "_clients", "_events", "by_client", "by_name", "limit")
+
+    def __init__(
+        self,
+        clients: Mapping[str, Subscriber],
+        events: Events,
+        backplane: Backplane,
+        limit: int = 1000,
+    ) -> None:
+        self._clients = clients
+        self._events = events
+        self._backplane = backplane
+        #: Topic name → :class:`Topic`, for every topic with a local subscriber.
+        self.by_name: dict[str, Topic] = {}
+        #: Client ID → its topics (name → :class:`Topic`), in subscription order;
+        #: only clients with at least one.
+        self.by_client: dict[str, dict[str, Topic]] = {}
+        #: The most topics one client may follow (``max_topics_per_client``).
+        self.limit = limit
+
+    @staticmethod
+    def check_limit(value: object) -> int:
+        limit = check_int("max_topics_per_client", value)
+        if limit < 1:
+            raise ValueError("max_topics_per_client must be >= 1")
+        return limit
+
+    def _client(self, client_id: str) -> Subscriber:
+        try:
+            return self._clients[client_id]
+        except (KeyError, TypeError):
+            raise ClientNotFound(client_id) from None
+
+    # ----------------------------------------------------------- subscriptions
+
+    def subscribe(self, client_id: str, name: str) -> bool:
+        """Add ``client_id`` to topic ``name``; False if it was already there."""
+        client = self._client(client_id)
+        check_topic(name)
+        followed = self.by_client.get(client_id)
+        if followed is not None and name in followed:
+            return False
+        if followed is None:
+            followed = {}
+        elif len(followed) >= self.limit:
+            raise TopicLimitError(client_id, self.limit)
+        topic = self.by_name.get(name)
+        if topic is None:
+            topic = self.by_name[name] = Topic(name)
+            self._backplane.topic_followed(name)
+        topic.subscribers[client_id] = client
+        # Keyed by the topic's own name object: one string per topic, however
+        # many clients follow it.
+        followed[topic.name] = topic
+        self.by_client[client_id] = followed
+        self._backplane.topic_joined(client_id, name, path_of(client.event))
+        self._events.emit("join", (client_id, name), client_id)
+        return True
+
+    def unsubscribe(self, client_id: str, name: str) -> bool:
+        """Remove ``client_id`` from topic ``name``; False if it was not there."""
+        self._client(client_id)
+        if not isinstance(name, str):
+            raise TypeError(f"topic must be a str, not {type(name).__name__}")
+        followed = self.by_client.get(client_id)
+        topic = followed.pop(name, None) if followed is not None else None
+        if topic is None:
+            return False
+        if not followed:
+            del self.by_client[client_id]
+        self._leave(topic, client_id)
+        return True
+
+    def client_closed(self, client_id: str) -> None:
+        """``client_id`` is gone: it leaves every topic it followed."""
+        followed = self.by_client.pop(client_id, None)
+        if followed:
+            for topic in followed.values():
+                self._leave(topic, client_id)
+
+    def _leave(self, topic: Topic, client_id: str) -> None:
+        subscribers = topic.subscribers
+        del subscribers[client_id]
+        name = topic.name
+        self._backplane.topic_left(client_id, name)
+        if not subscribers:
+            del self.by_name[name]
+            self._backplane.topic_unfollowed(name)
+        self._events.emit("leave", (client_id, name), client_id)
+
+    def topics_of(self, client_id: str) -> list[str]:
+        """The topics of local client ``client_id``, in the order it subscribed."""
+        self._client(client_id)
+        followed = self.by_client.get(client_id)
+        return list(followed) if followed else []
+
+    def subscribers(self, name: str) -> list[str]:
+        """IDs of the local subscribers of ``name``, in the order they subscribed."""
+        topic = self.by_name.get(name) if isinstance(name, str) else None
+        if topic is None:
+            check_topic(name)
+            return []
+        return list(topic.subscribers)
+
+    # --------------------------------------------------------------- publishing
+
+    def publish(self, name: str, payload: bytes, text: bool, exclude: Iterable[str]) -> int:
+        """Queue a message for the subscribers of ``name`` here, hand it to the other
+        nodes; return how many local subscribers it was queued for."""
+        topic = self.by_name.get(name) if type(name) is str else None
+        if topic is None:
+            check_topic(name)
+        excluded = set(exclude) if exclude else None
+        count = 0 if topic is None else self.deliver(topic, payload, text, excluded)
+        backplane = self._backplane
+        if not backplane.is_local:
+            # The other nodes need only the excluded IDs that are not here.
+            clients = self._clients
+            remote_excluded = (
+                frozenset(c for c in excluded if c not in clients) if excluded else frozenset()
+            )
+            backplane.publish_topic(name, payload, text, remote_excluded)
+        return count
+
+    @staticmethod
+    def deliver(
+        topic: Topic, payload: bytes, text: bool, excluded: set[str] | frozenset[str] | None
+    ) -> int:
+        """Queue one message for the subscribers of ``topic`` but ``excluded``."""
+        subscribers = topic.subscribers
+        if excluded:
+            receivers = [c for cid, c in subscribers.items() if cid not in excluded]
+        else:
+            receivers = list(subscribers.values())
+        return queue_to_all(receivers, payload, text)
+
+    # ----------------------------------------------------------------- presence
+
+    def local_presence(self, name: str) -> dict[str, PresenceInfo]:
+        """The local subscribers of ``name`` with where they are."""
+        topic = self.by_name.get(name)
+        if topic is None:
+            return {}
+        node = self._backplane.node_id
+        return {cid: PresenceInfo(node, path_of(c.event)) for cid, c in topic.subscribers.items()}
+
+    async def presence(self, name: str) -> dict[str, PresenceInfo]:
+        """Every subscriber of ``name`` on every live node, local ones first."""
+        check_topic(name)
+        found = self.local_presence(name)
+        backplane = self._backplane
+        if not backplane.is_local:
+            remote = await backplane.topic_presence(name)
+            for client_id, (node, path) in remote.items():
+                found.setdefault(client_id, PresenceInfo(node, path))
+        return found
+
+
+class TopicsPort:
+    """What the backplane calls on the topics it serves (:class:`~wshub.backplane.TopicHub`)."""
+
+    __slots__ = ("_events", "_topics")
+
+    def __init__(self, topics: Topics, events: Events) -> None:
+        self._topics = topics
+        self._events = events
+
+    def follows(self, name: str) -> bool:
+        return name in self._topics.by_name
+
+    def followed_topics(self) -> list[str]:
+        return list(self._topics.by_name)
+
+    def subscriptions(self, name: str) -> dict[str, str]:
+        topic = self._topics.by_name.get(name)
+        if topic is None:
+            return {}
+        return {cid: path_of(c.event) for cid, c in topic.subscribers.items()}
+
+    def deliver_publication(
+        self, name: str, payload: bytes, text: bool, exclude: frozenset[str]
+    ) -> int:
+        topic = self._topics.by_name.get(name)
+        if topic is None:
+            return 0
+        return self._topics.deliver(topic, payload, text, exclude or None)
+
+    def remote_joined(self, client_id: str, name: str) -> None:
+        if name in self._topics.by_name:
+            self._events.emit("join", (client_id, name), None)
+
+    def remote_left(self, client_id: str, name: str) -> None:
+        if name in self._topics.by_name:
+            self._events.emit("leave", (client_id, name), None)
