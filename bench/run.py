@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -161,6 +162,18 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
     cluster: bool = False  # takes --backplane URL
     label: str = ""
+    # wshub serve --workers N: N > 1 needs a redis-server (--backplane) in
+    # every scenario, and the trial waits until every worker listens.
+    workers: int = 0
+    only: tuple[str, ...] = ()  # the scenarios it runs in (empty: every one)
+
+
+def workers_in(cmd: list[str]) -> int:
+    """N of ``--workers N`` in a server command (0 without it)."""
+    for flag, value in itertools.pairwise(cmd):
+        if flag == "--workers" and value.isdigit():
+            return int(value)
+    return 0
 
 
 def servers() -> dict[str, Server]:
@@ -179,6 +192,15 @@ def servers() -> dict[str, Server]:
             [wshub, "serve"],
             ["py:wshub", "py:uvloop", "py:isal"],
             cluster=True,
+        ),
+        Server(
+            "wshub-w2",
+            [wshub, "serve", "--workers", "2"],
+            ["py:wshub", "py:uvloop", "py:isal"],
+            cluster=True,
+            label="wshub, 2 workers joined by redis-server",
+            workers=2,
+            only=("S1", "S7"),
         ),
         Server(
             "wshub-pure",
@@ -247,6 +269,29 @@ def tree(pid: int) -> list[int]:
         out.append(p)
         todo.extend(kids.get(p, []))
     return out
+
+
+def wait_workers(port: int, proc: subprocess.Popen[bytes], count: int, timeout: float = 30) -> str:
+    """'ok' once /readyz answered from ``count`` worker PIDs, or why not."""
+    seen: set[bytes] = set()
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            return f"exit {proc.returncode}"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while chunk := sock.recv(4096):
+                    answer += chunk
+        except OSError:
+            answer = b""
+        if answer.startswith(b"HTTP/1.1 200") and b"(pid " in answer:
+            seen.add(answer.rsplit(b"(pid ", 1)[1])
+            if len(seen) >= count:
+                return "ok"
+        time.sleep(0.02)
+    return f"only {len(seen)} of {count} workers listened"
 
 
 def tree_cpu(pids: list[int]) -> float:
@@ -382,7 +427,7 @@ class Runner:
         tmp = tempfile.mkdtemp(prefix="redis-", dir=self.logdir)
         try:
             extra: list[str] = []
-            if scen.kind == "cluster":
+            if scen.kind == "cluster" or server.workers > 1:
                 redis_port = free_port()
                 redis = self.start(
                     [
@@ -419,6 +464,7 @@ class Runner:
                     "--deflate",
                     "on" if scen.deflate else "off",
                     *extra,
+                    *(["--health"] if server.workers else []),
                 ]
                 nodes.append(self.start(cmd, server.env, self.opts.server_cpu, log))
             procs += nodes
@@ -426,6 +472,8 @@ class Runner:
                 status = self.wait_listening(port, proc)
                 if status == "exit 3":
                     return {"na": unsupported_reason(log)}
+                if status == "ok" and server.workers:
+                    status = wait_workers(port, proc, server.workers)
                 if status != "ok":
                     return {"failure": f"server {status} (log: {log})"}
             pids = [p.pid for p in procs]
@@ -893,7 +941,8 @@ def main(argv: list[str] | None = None) -> int:
         name, _, command = spec.partition("=")
         if not name or not command:
             ap.error(f"--server wants NAME=COMMAND, not {spec!r}")
-        all_srvs[name] = Server(name, shlex.split(command), [])
+        cmd = shlex.split(command)
+        all_srvs[name] = Server(name, cmd, [], workers=workers_in(cmd))
     if opts.list:
         for s in all_scens.values():
             print(f"{s.id}: {s.title} ({s.unit})")
@@ -940,14 +989,16 @@ def main(argv: list[str] | None = None) -> int:
             c = cells[(s.id, srv.name)]
             if s.kind == "cluster" and not srv.cluster:
                 c.skipped = "no backplane"
+            elif srv.only and s.id not in srv.only:
+                c.skipped = f"{', '.join(srv.only)} only"
             elif missing[srv.name]:
                 c.na = f"not installed here: {missing[srv.name]}"
     if not shutil.which("redis-server"):
         for s in scens:
-            if s.kind == "cluster":
-                for srv in srvs:
-                    if not cells[(s.id, srv.name)].skipped:
-                        cells[(s.id, srv.name)].na = "redis-server is not installed"
+            for srv in srvs:
+                needs_redis = s.kind == "cluster" or srv.workers > 1
+                if needs_redis and not cells[(s.id, srv.name)].skipped:
+                    cells[(s.id, srv.name)].na = "redis-server is not installed"
 
     todo = [
         (s, n, srv)
