@@ -28,13 +28,14 @@ from .protocol.frames import CloseCode
 
 if _TYPE_CHECKING:
     from .http import Request, Response
-    from .hub import CloseEvent, PresenceInfo, WebSocket
+    from .hub import CloseEvent, Handshake, PresenceInfo, WebSocket
     from .transport.server import HttpServer
 
 # The server side is imported on first use (PEP 562), so that importing the
 # sans-I/O layer (wshub.protocol) loads no asyncio server, httptools or h2.
 _LAZY = {
     "CloseEvent": "wshub.hub",
+    "Handshake": "wshub.hub",
     "HttpServer": "wshub.transport.server",
     "PresenceInfo": "wshub.hub",
     "Request": "wshub.http",
@@ -76,6 +77,7 @@ __all__ = [
     "CloseEvent",
     "ConnectionClosedError",
     "DeflateOptions",
+    "Handshake",
     "HandshakeError",
     "HttpServer",
     "PresenceInfo",

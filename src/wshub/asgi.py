@@ -76,8 +76,16 @@ from .errors import ConnectionClosedError, WebSocketProtocolError
 from .protocol.connection import Connection, ConnectionState, EndMode
 from .protocol.frames import CloseCode
 from .protocol.handshake import Headers, add_header
-from .transport.link import LinkConfig, LinkListener, ReadyState
-from .transport.upgrade import Refusal, RequestHead, judge_upgrade
+from .transport.link import Admission, LinkConfig, LinkListener, ReadyState
+from .transport.upgrade import (
+    PendingVerdict,
+    Refusal,
+    RequestHead,
+    discard_upgrade,
+    hook_timeout,
+    judge_upgrade,
+    settle_upgrade,
+)
 
 if TYPE_CHECKING:
     from .hub import WebSocket
@@ -125,6 +133,10 @@ def _request_from_scope(scope: Scope) -> RequestHead:
     client = scope.get("client")
     peer = (str(client[0]), int(client[1])) if client else ("", 0)
     scheme = "wss" if scope.get("scheme") == "wss" else "ws"
+    tls = None
+    if scheme == "wss":
+        # The TLS extension (when the server has it) tells the version.
+        tls = (scope.get("extensions") or {}).get("tls")
     return RequestHead(
         method="GET",
         target=target,
@@ -132,6 +144,7 @@ def _request_from_scope(scope: Scope) -> RequestHead:
         headers=headers,
         peer=peer,
         scheme=scheme,
+        tls=tls,
     )
 
 
@@ -520,9 +533,17 @@ class AsgiApp:
     HTTP requests get 404 and lifespan events are acknowledged.
     """
 
-    def __init__(self, hub: WebSocket, app: ASGIApp | None = None) -> None:
+    def __init__(
+        self, hub: WebSocket, app: ASGIApp | None = None, *, handshake_timeout: float = 10.0
+    ) -> None:
+        if isinstance(handshake_timeout, bool) or not isinstance(handshake_timeout, (int, float)):
+            raise TypeError("handshake_timeout must be a number")
+        if not handshake_timeout >= 0:
+            raise ValueError("handshake_timeout must be >= 0")
         self.hub = hub
         self.app = app
+        #: The bound of an ``async`` handshake hook, in seconds (0: none).
+        self.handshake_timeout = float(handshake_timeout)
         self._links: set[AsgiLink] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -601,18 +622,28 @@ class AsgiApp:
             log.exception("malformed ASGI websocket scope")
             await self._refuse(scope, send, Refusal(400, "malformed request"))
             return
-        verdict = judge_upgrade(self.hub, head, carrier="asgi")
+        judged = judge_upgrade(self.hub, head, carrier="asgi")
+        verdict = await self._settle(judged, head) if isinstance(judged, asyncio.Future) else judged
         if isinstance(verdict, Refusal):
             await self._refuse(scope, send, verdict)
             return
         admission = verdict
         peer = head.peer[0] or "?"
+        # The subprotocol goes in its own field: the ASGI server writes
+        # the Sec-WebSocket-Protocol header from it.
         headers = [
             (name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in admission.response_headers
+            if name.lower() != "sec-websocket-protocol"
         ]
         try:
-            await send({"type": "websocket.accept", "headers": headers})
+            await send(
+                {
+                    "type": "websocket.accept",
+                    "subprotocol": admission.subprotocol,
+                    "headers": headers,
+                }
+            )
         except Exception as exc:
             log.info("%s: the ASGI server could not accept the WebSocket: %r", peer, exc)
             admission.cancel()
@@ -624,6 +655,19 @@ class AsgiApp:
             await link.run()
         finally:
             self._links.discard(link)
+
+    async def _settle(self, verdict: PendingVerdict, head: RequestHead) -> Admission | Refusal:
+        """Wait for the hub's async handshake hook, at most ``handshake_timeout``."""
+        timeout = self.handshake_timeout
+        try:
+            done, _ = await asyncio.wait({verdict}, timeout=timeout if timeout > 0 else None)
+        except BaseException:  # cancelled: the ASGI server gave up on the connection
+            discard_upgrade(verdict)
+            raise
+        if not done:
+            discard_upgrade(verdict)
+            return hook_timeout(head, "asgi", timeout)
+        return settle_upgrade(verdict, head, "asgi")
 
     async def _refuse(self, scope: Scope, send: Send, refused: Refusal) -> None:
         extensions = scope.get("extensions") or {}

@@ -6,20 +6,35 @@ picks the client ID (the session cookie's, when valid and free) and answers
 with a :class:`PendingClient`: the response headers and a reserved slot
 that ``open(link)`` turns into a client of the registry.  It also counts
 every TCP connection of the attached server under ``limit_by_ip``.
+
+The hub's ``on_handshake`` hook runs after the guards (Host and target,
+origin, per IP) and before the rest (extension, client ID, cookie), with
+the client's per-IP slot held.  Without a hook, admission is synchronous
+as it always was; with a hook returning an awaitable, :meth:`admit`
+answers with a task whose result is the :class:`PendingClient` (the
+carrier waits for it; cancelling it frees the slot).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import math
 import time
+from collections.abc import Awaitable
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..backplane import Backplane
 from ..errors import HandshakeError
+from ..http import Response
 from ..policy import ClientIds, PerIpCounter, client_ip, ip_key, parse_cookie, valid_host
 from ..protocol.connection import MessageCodec
 from ..protocol.deflate import negotiate_extensions
-from ..transport.link import Link, LinkConfig, UpgradeRequest
+from ..protocol.handshake import select_subprotocol
+from ..protocol.http import reason_phrase
+from ..transport.link import Admission, Link, LinkConfig, UpgradeRequest
+from .handshake import ClientExtras, Handshake, check_fields
 from .options import COOKIE_TAIL, HubOptions
 from .registry import Registry
 
@@ -56,9 +71,11 @@ class PendingClient:
         "client_id",
         "codec",
         "config",
+        "extras",
         "ip_key",
         "path",
         "response_headers",
+        "subprotocol",
         "url_text",
     )
 
@@ -72,6 +89,8 @@ class PendingClient:
         headers: list[tuple[str, str]],
         codec: MessageCodec | None,
         config: LinkConfig,
+        subprotocol: str | None = None,
+        extras: Handshake | ClientExtras | None = None,
     ) -> None:
         self._control = control
         self.client_id = client_id
@@ -81,6 +100,9 @@ class PendingClient:
         self.response_headers = headers
         self.codec = codec
         self.config = config
+        self.subprotocol = subprotocol
+        # What the client record keeps of the handshake (None: nothing).
+        self.extras = extras
         self._done = False
 
     def open(self, link: Link) -> None:
@@ -89,7 +111,9 @@ class PendingClient:
         self._done = True
         control = self._control
         control.reserved.discard(self.client_id)
-        control.registry.open(self.client_id, self.ip_key, self.url_text, self.path, link)
+        control.registry.open(
+            self.client_id, self.ip_key, self.url_text, self.path, link, self.extras
+        )
 
     def cancel(self) -> None:
         if not self._done:
@@ -122,11 +146,14 @@ class AdmissionControl:
         #: IDs admitted but not yet open (or cancelled).
         self.reserved: set[str] = set()
 
-    def admit(self, request: UpgradeRequest) -> PendingClient:
-        """Judge a well-formed upgrade; raise HandshakeError to refuse it."""
+    def admit(self, request: UpgradeRequest) -> PendingClient | asyncio.Future[Admission]:
+        """Judge a well-formed upgrade; raise HandshakeError to refuse it.
+
+        With an ``async`` hook: a task of the :class:`PendingClient` (its
+        exception: the refusal).
+        """
         options = self._options
         headers = request.headers
-        tls = request.scheme == "wss"
         # The URL's path and query come from the target, the host from Host
         # (":authority"), which must be a host and nothing more: a Host of
         # "x/admin?" must not turn "/public" into "/admin".
@@ -137,48 +164,123 @@ class AdmissionControl:
             path, query = split_target(request.target)
         except ValueError:
             raise HandshakeError(400, "malformed request target") from None
-        if not options.origin_policy.allows(request.info.origin, headers.get("host"), tls):
+        if not options.origin_policy.allows(
+            request.info.origin, headers.get("host"), request.scheme == "wss"
+        ):
             raise HandshakeError(403, "origin not allowed")
-        peer_ip = request.peer[0]
-        key = ip_key(client_ip(peer_ip, headers, options.trusted))
+        client = client_ip(request.peer[0], headers, options.trusted)
+        key = ip_key(client)
         if self._cluster_ip_full(key) or not self.per_ip.try_acquire(key, options.limit_by_ip):
             raise HandshakeError(429, "too many connections from this address")
         try:
             url_text = f"{request.scheme}://{host}{path}"
             if query:
                 url_text += "?" + query
-            response_headers: list[tuple[str, str]] = []
-            codec: MessageCodec | None = None
-            deflate = options.per_message_deflate
-            if request.info.extensions and deflate is not False:
-                accepted = negotiate_extensions(request.info.extensions, deflate)
-                if accepted is not None:
-                    response_headers.append(("Sec-WebSocket-Extensions", accepted[0]))
-                    codec = accepted[1]
-            client_id, expiry = self._pick_id(headers.get("cookie"))
-            self.reserved.add(client_id)
-            expires = options.session_expires
-            if expires > 0:
-                if expiry is None:  # a new session
-                    expiry = time.time() + expires
-                    attributes = options.cookie_attributes
-                else:
-                    # What is left of the session, rounded up (Max-Age=0 would
-                    # delete the cookie); wshub checks the exact expiry inside it.
-                    remaining = math.ceil(expiry - time.time())
-                    attributes = f"; Max-Age={max(1, remaining)}{COOKIE_TAIL}"
-                cookie = (
-                    f"{options.cookie_name}={options.signer.sign(client_id, expiry)}{attributes}"
-                )
-                if tls:
-                    cookie += "; Secure"
-                response_headers.append(("Set-Cookie", cookie))
-        except Exception:
+            offered = request.info.subprotocols
+            chosen = select_subprotocol(offered, options.subprotocols) if offered else None
+            hook = options.on_handshake
+            if hook is None:
+                extras = None if chosen is None else ClientExtras(chosen)
+                return self._complete(request, key, url_text, path, chosen, extras, ())
+            handshake = Handshake(
+                request, client=client, path=path, query=query, url=url_text, subprotocol=chosen
+            )
+            result = hook(handshake)
+            if inspect.isawaitable(result):
+                return self._await_hook(handshake, result, request, key, path)
+            return self._after_hook(handshake, result, request, key, path)
+        except BaseException:
             self.per_ip.release(key)
             raise
+
+    def _complete(
+        self,
+        request: UpgradeRequest,
+        key: str,
+        url_text: str,
+        path: str,
+        subprotocol: str | None,
+        extras: Handshake | ClientExtras | None,
+        fields: list[tuple[str, str]] | tuple[()],
+    ) -> PendingClient:
+        """After the guards and the hook: extension, client ID, session cookie."""
+        options = self._options
+        response_headers: list[tuple[str, str]] = []
+        if subprotocol is not None:
+            response_headers.append(("Sec-WebSocket-Protocol", subprotocol))
+        codec: MessageCodec | None = None
+        deflate = options.per_message_deflate
+        if request.info.extensions and deflate is not False:
+            accepted = negotiate_extensions(request.info.extensions, deflate)
+            if accepted is not None:
+                response_headers.append(("Sec-WebSocket-Extensions", accepted[0]))
+                codec = accepted[1]
+        client_id, expiry = self._pick_id(request.headers.get("cookie"))
+        self.reserved.add(client_id)
+        expires = options.session_expires
+        if expires > 0:
+            if expiry is None:  # a new session
+                expiry = time.time() + expires
+                attributes = options.cookie_attributes
+            else:
+                # What is left of the session, rounded up (Max-Age=0 would
+                # delete the cookie); wshub checks the exact expiry inside it.
+                remaining = math.ceil(expiry - time.time())
+                attributes = f"; Max-Age={max(1, remaining)}{COOKIE_TAIL}"
+            cookie = f"{options.cookie_name}={options.signer.sign(client_id, expiry)}{attributes}"
+            if request.scheme == "wss":
+                cookie += "; Secure"
+            response_headers.append(("Set-Cookie", cookie))
+        if fields:
+            response_headers.extend(fields)
         return PendingClient(
-            self, client_id, key, url_text, path, response_headers, codec, options.link_config
+            self,
+            client_id,
+            key,
+            url_text,
+            path,
+            response_headers,
+            codec,
+            options.link_config,
+            subprotocol,
+            extras,
         )
+
+    def _after_hook(
+        self, handshake: Handshake, result: object, request: UpgradeRequest, key: str, path: str
+    ) -> PendingClient:
+        """What the hook answered: None admits (with its choices), a Response refuses."""
+        if result is not None:
+            raise _refusal(result)
+        fields = check_fields(handshake.response_headers, answer=True)
+        return self._complete(
+            request, key, handshake.url, path, handshake.subprotocol, handshake, fields
+        )
+
+    def _await_hook(
+        self,
+        handshake: Handshake,
+        awaitable: Awaitable[object],
+        request: UpgradeRequest,
+        key: str,
+        path: str,
+    ) -> asyncio.Future[Admission]:
+        async def finish() -> Admission:
+            result = await awaitable
+            return self._after_hook(handshake, result, request, key, path)
+
+        task = asyncio.ensure_future(finish())
+
+        def ended(task: asyncio.Future[Admission]) -> None:
+            # Refused, failed or cancelled (by the carrier: connection lost,
+            # stream reset, handshake timeout): the slot is free again.
+            if task.cancelled() or task.exception() is not None:
+                self.per_ip.release(key)
+                if inspect.iscoroutine(awaitable):
+                    awaitable.close()  # cancelled before it ever ran
+
+        task.add_done_callback(ended)
+        return task
 
     def connection_opened(self, peer_ip: str, *, force: bool = False) -> str | None:
         """Count a TCP connection under ``limit_by_ip``; the key, or None if not counted.
@@ -226,3 +328,19 @@ class AdmissionControl:
             ):
                 return session
         return self._ids.new(), None
+
+
+def _refusal(result: Any) -> HandshakeError:
+    """The refusal a hook answered with (a Response of status 300-599)."""
+    if not isinstance(result, Response):
+        raise TypeError(
+            f"on_handshake must return None or a wshub.Response, not {type(result).__name__}"
+        )
+    status = result.status
+    if isinstance(status, bool) or not isinstance(status, int) or not 300 <= status <= 599:
+        raise ValueError(f"on_handshake refused with status {status!r}; it must be 300-599")
+    body = result.body
+    if not isinstance(body, bytes):
+        raise TypeError("the body of on_handshake's Response must be bytes or str")
+    fields = check_fields(result.headers, answer=False)
+    return HandshakeError(status, f"{reason_phrase(status)} (on_handshake)", fields, body)

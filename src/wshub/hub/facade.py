@@ -24,9 +24,10 @@ from ..encodings import Encoding, check_encoding
 from ..policy import PerIpCounter
 from ..protocol.deflate import DeflateOptions
 from ..protocol.frames import is_valid_close_code
-from ..transport.link import UpgradeRequest
+from ..transport.link import Admission, UpgradeRequest
 from .admission import AdmissionControl, PendingClient
 from .events import Callback, Events
+from .handshake import ClientExtras, Handshake
 from .options import HubOptions, check_number
 from .registry import BackplanePort, Registry, encode_payload
 from .topics import PresenceInfo, TopicsPort
@@ -37,6 +38,10 @@ if TYPE_CHECKING:
 __all__ = ["WebSocket"]
 
 F = TypeVar("F", bound=Callback)
+
+#: ``on_handshake``: a function (or ``async`` function) of the
+#: :class:`Handshake`; None admits, a :class:`~wshub.Response` refuses.
+HandshakeHook = Callable[[Handshake], Any]
 
 
 class WebSocket:
@@ -67,6 +72,8 @@ class WebSocket:
         write_limit: int = 1024 * 1024,
         backplane: str | Backplane | None = None,
         cluster_limit_by_ip: bool = False,
+        on_handshake: HandshakeHook | None = None,
+        subprotocols: Iterable[str] = (),
         max_topics_per_client: int = 1000,
     ) -> None:
         options = self._options = HubOptions(
@@ -86,6 +93,8 @@ class WebSocket:
             write_low=write_low,
             write_limit=write_limit,
             cluster_limit_by_ip=cluster_limit_by_ip,
+            on_handshake=on_handshake,
+            subprotocols=subprotocols,
         )
         self._backplane: Backplane = make_backplane(backplane)
         events = self._events = Events()
@@ -201,6 +210,27 @@ class WebSocket:
         self._options.close_timeout = value
 
     @property
+    def on_handshake(self) -> HandshakeHook | None:
+        """Called with the :class:`Handshake` of every upgrade that passed the
+        built-in guards (origin, per IP); None admits, a ``Response`` refuses.
+        May be ``async`` (bounded by the server's handshake timeout)."""
+        return self._options.on_handshake
+
+    @on_handshake.setter
+    def on_handshake(self, value: HandshakeHook | None) -> None:
+        self._options.on_handshake = value
+
+    @property
+    def subprotocols(self) -> list[str]:
+        """The subprotocols this hub speaks.  By default the first of the
+        *client's* offers that is listed here is chosen (RFC 6455 §4.2.2)."""
+        return list(self._options.subprotocols)
+
+    @subprotocols.setter
+    def subprotocols(self, value: Iterable[str]) -> None:
+        self._options.subprotocols = value  # type: ignore[assignment]  # checked into a tuple
+
+    @property
     def clients(self) -> list[str]:
         """IDs of the clients connected to this process."""
         return list(self._clients)
@@ -238,8 +268,9 @@ class WebSocket:
 
     # ============================================================== admission
 
-    def admit(self, request: UpgradeRequest) -> PendingClient:
-        """Judge a well-formed upgrade (transport → hub); raise HandshakeError to refuse."""
+    def admit(self, request: UpgradeRequest) -> PendingClient | asyncio.Future[Admission]:
+        """Judge a well-formed upgrade (transport → hub); raise HandshakeError to
+        refuse.  A future of the answer while an ``async`` ``on_handshake`` runs."""
         return self._admission.admit(request)
 
     def connection_opened(self, peer_ip: str, *, force: bool = False) -> str | None:
@@ -317,6 +348,31 @@ class WebSocket:
         )
         return self._pings.ping(client.link, timeout)
 
+    def data(self, client_id: str) -> Any:
+        """The object attached to the client (``Handshake.data``, :meth:`set_data`), or None."""
+        extras = self._registry.get(client_id).extras
+        return None if extras is None else extras.data
+
+    def set_data(self, client_id: str, value: Any) -> None:
+        """Attach ``value`` to the client (read back with :meth:`data`)."""
+        client = self._registry.get(client_id)
+        if client.extras is None:
+            client.extras = ClientExtras(None, value)
+        else:
+            client.extras.data = value
+
+    def request(self, client_id: str) -> Handshake | None:
+        """The client's :class:`Handshake` (headers, cookies, path, query, client,
+        TLS ...); None when no ``on_handshake`` hook was set at its handshake
+        (without one, the hub keeps nothing of the request)."""
+        extras = self._registry.get(client_id).extras
+        return extras if isinstance(extras, Handshake) else None
+
+    def subprotocol(self, client_id: str) -> str | None:
+        """The subprotocol negotiated with the client, or None."""
+        extras = self._registry.get(client_id).extras
+        return None if extras is None else extras.subprotocol
+
     def url(self, client_id: str) -> SplitResult:
         """The URL the client asked for (``ws://host/path?query``, ``wss`` under TLS)."""
         return self._registry.get(client_id).url
@@ -365,17 +421,19 @@ class WebSocket:
 
     # ================================================================== ASGI
 
-    def asgi(self, app: ASGIApp | None = None) -> AsgiApp:
+    def asgi(self, app: ASGIApp | None = None, *, handshake_timeout: float = 10.0) -> AsgiApp:
         """This hub as an ASGI 3 application (for uvicorn, Hypercorn, Starlette, FastAPI).
 
         ``"websocket"`` scopes become clients of this hub, with the same
         admission, events and methods; other scopes go to ``app`` (an ASGI
         application, e.g. a FastAPI app), or get 404 without one.  What ASGI
-        cannot express is listed in :mod:`wshub.asgi`.
+        cannot express is listed in :mod:`wshub.asgi`.  ``handshake_timeout``
+        bounds an ``async`` ``on_handshake`` hook (0: no bound), as
+        ``HttpServer``'s does.
         """
         from ..asgi import AsgiApp
 
-        return AsgiApp(self, app)
+        return AsgiApp(self, app, handshake_timeout=handshake_timeout)
 
     # ============================================ cluster (see wshub.backplane)
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..encodings import Encoding, check_encoding
 from ..policy import OriginPolicy, SessionSigner, TrustedProxies
 from ..protocol.deflate import DeflateOptions
+from ..protocol.handshake import is_token
 from ..transport.link import LinkConfig
 
 __all__ = ["COOKIE_TAIL", "HubOptions", "check_int", "check_number"]
@@ -58,12 +60,14 @@ class HubOptions:
         "encoding",
         "limit_by_ip",
         "link_config",
+        "on_handshake",
         "origin_policy",
         "per_message_deflate",
         "ping_delay",
         "pong_timeout",
         "session_expires",
         "signer",
+        "subprotocols",
         "trusted",
     )
 
@@ -74,12 +78,14 @@ class HubOptions:
     encoding: str
     limit_by_ip: int
     link_config: LinkConfig
+    on_handshake: Callable[[Any], Any] | None
     origin_policy: OriginPolicy
     per_message_deflate: bool | DeflateOptions
     ping_delay: float
     pong_timeout: float
     session_expires: float
     signer: SessionSigner
+    subprotocols: tuple[str, ...]
     trusted: TrustedProxies
 
     def __init__(
@@ -101,6 +107,8 @@ class HubOptions:
         write_low: int,
         write_limit: int,
         cluster_limit_by_ip: bool,
+        on_handshake: Callable[[Any], Any] | None = None,
+        subprotocols: Iterable[str] = (),
     ) -> None:
         #: The limits every link of this hub reads (one object, shared).
         self.link_config = LinkConfig()
@@ -120,6 +128,8 @@ class HubOptions:
         self.close_timeout = close_timeout
         self.set_write_limits(write_high, write_low, write_limit)
         self.cluster_limit_by_ip = bool(cluster_limit_by_ip)
+        self.on_handshake = on_handshake
+        self.subprotocols = subprotocols  # type: ignore[assignment]  # checked into a tuple
 
     def __setattr__(self, name: str, value: object) -> None:
         check = _CHECKS.get(name)
@@ -205,6 +215,24 @@ def _check_cluster_limit(options: HubOptions, value: object) -> bool:
     return value
 
 
+def _check_hook(options: HubOptions, value: object) -> object:
+    if value is not None and not callable(value):
+        raise TypeError("on_handshake must be a function (or async function) or None")
+    return value
+
+
+def _check_subprotocols(options: HubOptions, value: object) -> tuple[str, ...]:
+    """A list or tuple of distinct subprotocol names (HTTP tokens), kept as a tuple."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise TypeError("subprotocols must be a list of names, e.g. ['chat.v2', 'chat.v1']")
+    for name in value:
+        if not isinstance(name, str) or not is_token(name):
+            raise ValueError(f"subprotocol {name!r} is not a valid name (an HTTP token)")
+    if len(set(value)) != len(value):
+        raise ValueError("subprotocols lists a name twice")
+    return tuple(value)
+
+
 _CHECKS: dict[str, Callable[[HubOptions, object], object]] = {
     "encoding": lambda options, value: check_encoding(value),
     "limit_by_ip": lambda options, value: check_int("limit_by_ip", value),
@@ -213,4 +241,6 @@ _CHECKS: dict[str, Callable[[HubOptions, object], object]] = {
     "session_expires": _check_session_expires,
     "per_message_deflate": _check_deflate,
     "cluster_limit_by_ip": _check_cluster_limit,
+    "on_handshake": _check_hook,
+    "subprotocols": _check_subprotocols,
 }

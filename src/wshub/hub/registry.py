@@ -23,6 +23,7 @@ from ..protocol.frames import CloseCode
 from ..transport.link import Link
 from .events import CloseEvent, Events
 from .fanout import queue_to_all
+from .handshake import ClientExtras, Handshake
 from .options import HubOptions
 from .pings import PingTimer
 from .topics import Topics
@@ -55,6 +56,7 @@ class Client:
         "encoding",
         "event",
         "events",
+        "extras",
         "id",
         "ip_key",
         "link",
@@ -73,6 +75,7 @@ class Client:
         path: str,
         ip_key: str,
         encoding: str,
+        extras: Handshake | ClientExtras | None = None,
     ) -> None:
         self.registry = registry
         self.events = events
@@ -84,6 +87,9 @@ class Client:
         self.encoding = encoding
         # True until the "open" callbacks are done (ready_state "opening").
         self.opening = True
+        # The handshake (when a hook saw it), or just the subprotocol and
+        # data (ClientExtras), or None: nothing to keep.
+        self.extras = extras
 
     @property
     def url(self) -> SplitResult:
@@ -143,10 +149,26 @@ class Registry:
 
     # --------------------------------------------------------- coming and going
 
-    def open(self, client_id: str, ip_key: str, url_text: str, path: str, link: Link) -> None:
+    def open(
+        self,
+        client_id: str,
+        ip_key: str,
+        url_text: str,
+        path: str,
+        link: Link,
+        extras: Handshake | ClientExtras | None = None,
+    ) -> None:
         """An admitted client is connected through ``link``: register it, run ``"open"``."""
         client = Client(
-            self, self._events, client_id, link, url_text, path, ip_key, self._options.encoding
+            self,
+            self._events,
+            client_id,
+            link,
+            url_text,
+            path,
+            ip_key,
+            self._options.encoding,
+            extras,
         )
         self.clients[client_id] = client
         self._backplane.client_added(client_id, ip_key, client.event)

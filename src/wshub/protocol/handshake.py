@@ -27,7 +27,10 @@ __all__ = [
     "check_h2_connect",
     "check_http1_upgrade",
     "header_tokens",
+    "is_token",
     "is_websocket_upgrade",
+    "parse_subprotocols",
+    "select_subprotocol",
 ]
 
 Headers = dict[str, str]
@@ -43,27 +46,42 @@ class HandshakeError(WsHubError):
 
     ``reason`` is a short, safe text for the response body and the log line;
     ``headers`` are extra response headers (426 carries the versions we speak).
+    ``body``: the whole answer's body instead of the reason (``headers`` are
+    then the answer's fields as they are: a handshake hook's Response).
     """
 
     def __init__(
-        self, status: int, reason: str, headers: list[tuple[str, str]] | None = None
+        self,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes | None = None,
     ) -> None:
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
         self.headers = headers or []
+        self.body = body
 
 
 class UpgradeInfo:
     """What a valid upgrade request told us."""
 
-    __slots__ = ("extensions", "key", "origin", "version")
+    __slots__ = ("extensions", "key", "origin", "subprotocols", "version")
 
-    def __init__(self, version: int, key: str | None, origin: str | None, extensions: str) -> None:
+    def __init__(
+        self,
+        version: int,
+        key: str | None,
+        origin: str | None,
+        extensions: str,
+        subprotocols: tuple[str, ...] = (),
+    ) -> None:
         self.version = version
         self.key = key  # None for HTTP/2 (RFC 8441 §5: no key, no accept)
         self.origin = origin
         self.extensions = extensions
+        self.subprotocols = subprotocols  # Sec-WebSocket-Protocol, in the client's order
 
 
 _KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
@@ -89,6 +107,46 @@ def _has_token(value: str, token: str) -> bool:
     if value.lower() == token:  # the usual single token: no split
         return True
     return token in header_tokens(value)
+
+
+# RFC 9110 §5.6.2: token = 1*tchar.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def is_token(value: str) -> bool:
+    """True if ``value`` is an HTTP token (RFC 9110 §5.6.2), as subprotocol names must be."""
+    return _TOKEN.fullmatch(value) is not None
+
+
+def parse_subprotocols(value: str | None) -> tuple[str, ...]:
+    """The subprotocols a client offers in ``Sec-WebSocket-Protocol``, in its order.
+
+    RFC 6455 §4.1 and §11.3.4: a comma-separated list of tokens, possibly
+    over several header lines (joined with ", " by :func:`add_header`);
+    empty list elements are ignored (RFC 9110 §5.6.1.2).  Names compare
+    exactly, case included.  Raises :class:`HandshakeError` (400) for a
+    name that is not a token or a name offered twice.
+    """
+    if not value:
+        return ()
+    if _TOKEN.fullmatch(value):  # the usual single offer: no split
+        return (value,)
+    offers = tuple(item for item in (part.strip(" \t") for part in value.split(",")) if item)
+    for name in offers:
+        if _TOKEN.fullmatch(name) is None:
+            raise HandshakeError(400, "invalid Sec-WebSocket-Protocol")
+    if len(set(offers)) != len(offers):
+        raise HandshakeError(400, "a subprotocol offered twice in Sec-WebSocket-Protocol")
+    return offers
+
+
+def select_subprotocol(offered: tuple[str, ...], supported: tuple[str, ...]) -> str | None:
+    """The default choice (RFC 6455 §4.2.2): the first of the client's offers
+    that the server speaks, or None."""
+    for name in offered:
+        if name in supported:
+            return name
+    return None
 
 
 def is_websocket_upgrade(headers: Headers) -> bool:
@@ -161,7 +219,13 @@ def check_http1_upgrade(
         # bytes).  Also catches a repeated header, joined to "a, b" above.
         raise HandshakeError(400, "invalid Sec-WebSocket-Key")
     version = _version(headers)
-    return UpgradeInfo(version, key, _origin(headers), headers.get("sec-websocket-extensions", ""))
+    return UpgradeInfo(
+        version,
+        key,
+        _origin(headers),
+        headers.get("sec-websocket-extensions", ""),
+        parse_subprotocols(headers.get("sec-websocket-protocol")),
+    )
 
 
 def check_h2_connect(method: str, protocol: str | None, headers: Headers) -> UpgradeInfo:
@@ -181,4 +245,10 @@ def check_h2_connect(method: str, protocol: str | None, headers: Headers) -> Upg
         raise HandshakeError(
             426, "unsupported WebSocket version", [("sec-websocket-version", "13")]
         )
-    return UpgradeInfo(13, None, _origin(headers), headers.get("sec-websocket-extensions", ""))
+    return UpgradeInfo(
+        13,
+        None,
+        _origin(headers),
+        headers.get("sec-websocket-extensions", ""),
+        parse_subprotocols(headers.get("sec-websocket-protocol")),
+    )

@@ -29,8 +29,18 @@ from ..protocol.handshake import (
     is_websocket_upgrade,
 )
 from ..protocol.http import frame_http1, switching_protocols
-from .link import FramedLink, LinkConfig
-from .upgrade import Refusal, RequestHead, bulk_congestion_for, judge_upgrade, new_connection
+from .link import Admission, FramedLink, LinkConfig
+from .upgrade import (
+    PendingVerdict,
+    Refusal,
+    RequestHead,
+    bulk_congestion_for,
+    discard_upgrade,
+    hook_timeout,
+    judge_upgrade,
+    new_connection,
+    settle_upgrade,
+)
 
 if TYPE_CHECKING:
     from .server import HttpServer
@@ -251,6 +261,17 @@ class _ParsedRequest:
         self.keep_alive = True
 
 
+class _PendingUpgrade:
+    """An upgrade waiting for the hub's ``async`` handshake hook."""
+
+    __slots__ = ("head", "rest", "verdict")
+
+    def __init__(self, verdict: PendingVerdict, head: RequestHead, rest: bytes) -> None:
+        self.verdict = verdict
+        self.head = head
+        self.rest = rest  # what came after the request head: the link's first bytes
+
+
 class Http1Protocol(asyncio.Protocol):
     """Serves one HTTP/1.1 connection; becomes a WebSocket after an upgrade."""
 
@@ -268,6 +289,7 @@ class Http1Protocol(asyncio.Protocol):
         "_req",
         "_sniff",
         "_timer",
+        "_upgrading",
         "_write_mark",
         "_write_paused",
         "_write_timer",
@@ -308,6 +330,8 @@ class Http1Protocol(asyncio.Protocol):
         # Reads large frames in place; None over TLS (the TLS layer reads
         # into its own buffers anyway) and until the first large frame.
         self._direct: _DirectReader | None = None
+        # An upgrade whose async handshake hook runs (reading is paused).
+        self._upgrading: _PendingUpgrade | None = None
 
     # ----------------------------------------------------------- asyncio hooks
 
@@ -345,6 +369,9 @@ class Http1Protocol(asyncio.Protocol):
             return
         parser = self._parser
         if parser is None:
+            upgrading = self._upgrading
+            if upgrading is not None:  # read before the pause took effect
+                upgrading.rest += data
             return
         if parser is _LAZY and not self._sniff:
             # The first read: nearly always a whole, plain upgrade request,
@@ -453,6 +480,10 @@ class Http1Protocol(asyncio.Protocol):
             self._write_timer = None
         self._closing = True
         self.server.connections.lost(self)
+        upgrading = self._upgrading
+        if upgrading is not None:
+            self._upgrading = None
+            discard_upgrade(upgrading.verdict)
         if self.link is not None:
             self.link.connection_lost(exc)
 
@@ -544,6 +575,15 @@ class Http1Protocol(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
+        upgrading = self._upgrading
+        if upgrading is not None and not self._closing:
+            # The hub's handshake hook is still running: give up on it.
+            self._upgrading = None
+            self._busy = False
+            discard_upgrade(upgrading.verdict)
+            timeout = self.server.handshake_timeout
+            self._send_refusal(hook_timeout(upgrading.head, "http/1.1", timeout))
+            return
         if self.link is None and not self._closing and not self._busy:
             if self._headers_done or self._raw_size:
                 self._refuse(
@@ -597,6 +637,8 @@ class Http1Protocol(asyncio.Protocol):
         # client's address, which forwarding headers may tell): give back the
         # connection's own count first, so that it is counted once.
         server.connections.release_ip_slot(self)
+        transport = self.transport
+        assert transport is not None
         head = RequestHead(
             method=method,
             target=target,
@@ -604,12 +646,43 @@ class Http1Protocol(asyncio.Protocol):
             headers=headers,
             peer=self.peer,
             scheme="wss" if self.tls else "ws",
+            tls=transport.get_extra_info("ssl_object") if self.tls else None,
         )
         verdict = judge_upgrade(server.websocket, head, carrier="http/1.1", is_upgrade=is_upgrade)
         if isinstance(verdict, Refusal):
             self._send_refusal(verdict)
+        elif isinstance(verdict, asyncio.Future):
+            # The hub's hook is async: read nothing more until it has
+            # answered (the request-head deadline stays armed and bounds it).
+            self._parser = None
+            self._busy = True
+            self._upgrading = _PendingUpgrade(verdict, head, rest)
+            if transport.is_reading():
+                transport.pause_reading()
+            verdict.add_done_callback(self._verdict_ready)
+        else:
+            self._upgrade(verdict, headers, rest)
+
+    def _verdict_ready(self, verdict: PendingVerdict) -> None:
+        upgrading = self._upgrading
+        if upgrading is None or upgrading.verdict is not verdict:
+            return  # given up on (connection lost, timeout): discard_upgrade cleans up
+        self._upgrading = None
+        self._busy = False
+        answer = settle_upgrade(verdict, upgrading.head, "http/1.1")
+        if isinstance(answer, Refusal):
+            self._send_refusal(answer)
             return
-        admission = verdict
+        transport = self.transport
+        if transport is None or self._closing or transport.is_closing():
+            answer.cancel()
+            return
+        transport.resume_reading()
+        self._upgrade(answer, upgrading.head.headers, upgrading.rest)
+
+    def _upgrade(self, admission: Admission, headers: Headers, rest: bytes) -> None:
+        """Answer 101 and hand the connection to its link."""
+        server = self.server
         transport = self.transport
         key = headers.get("sec-websocket-key")
         assert transport is not None and key is not None

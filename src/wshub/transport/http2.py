@@ -48,8 +48,18 @@ from ..policy import valid_host
 from ..protocol.connection import Connection
 from ..protocol.handshake import Headers, add_header
 from ..protocol.http import frame_http2
-from .link import FramedLink, LinkConfig
-from .upgrade import Refusal, RequestHead, bulk_congestion_for, judge_upgrade, new_connection
+from .link import Admission, FramedLink, LinkConfig
+from .upgrade import (
+    PendingVerdict,
+    Refusal,
+    RequestHead,
+    bulk_congestion_for,
+    discard_upgrade,
+    hook_timeout,
+    judge_upgrade,
+    new_connection,
+    settle_upgrade,
+)
 
 if TYPE_CHECKING:
     from .http1 import Http1Protocol
@@ -126,6 +136,7 @@ class _Budget:
 _REQUEST = 1  # a plain request: collecting its body, or answered by the handler
 _WEBSOCKET = 2  # an open WebSocket (link attached)
 _DONE = 3  # answered / link finished: inbound DATA is acknowledged and dropped
+_PENDING = 4  # a WebSocket whose async handshake hook runs: inbound DATA waits
 
 
 class _Stream:
@@ -163,6 +174,7 @@ class _Stream:
         self.headers: Headers = {}
         self.body = bytearray()
         self.responded = False
+        # A plain request's async handler, or a WebSocket's pending verdict.
         self.task: asyncio.Future[Any] | None = None
         self.link: Http2Link | None = None
         # Outbound: what the peer's window does not admit yet.
@@ -536,6 +548,7 @@ class Http2Protocol(asyncio.Protocol):
             peer=self.peer,
             scheme="wss" if self.tls else "ws",
             protocol=stream.pseudo.get(":protocol"),
+            tls=self.transport.get_extra_info("ssl_object") if self.tls else None,
         )
         if not self._websockets:
             # Like an HTTP/1.1 upgrade: the connection's own per-IP count
@@ -546,15 +559,71 @@ class Http2Protocol(asyncio.Protocol):
         if isinstance(verdict, Refusal):
             self._send_refusal(stream, verdict)
             self._recount_if_idle()
+        elif isinstance(verdict, asyncio.Future):
+            # The hub's hook is async: this stream waits (its DATA unread),
+            # the others go on.  Counted as a WebSocket meanwhile: the
+            # connection's per-IP slot stays with the pending client.
+            self._websockets += 1
+            stream.kind = _PENDING
+            stream.task = verdict
+            timeout = self.server.handshake_timeout
+            if timeout > 0:
+                stream.deadline = self._loop.call_later(timeout, self._hook_timed_out, stream, head)
+            verdict.add_done_callback(lambda done: self._verdict_ready(stream, head, done))
+        else:
+            self._websockets += 1
+            self._accept(stream, verdict)
+
+    def _verdict_ready(self, stream: _Stream, head: RequestHead, verdict: PendingVerdict) -> None:
+        if stream.task is not verdict or stream.kind != _PENDING:
+            return  # given up on (reset, connection lost, timeout): discard_upgrade cleans up
+        stream.task = None
+        if stream.deadline is not None:
+            stream.deadline.cancel()
+            stream.deadline = None
+        answer = settle_upgrade(verdict, head, "h2")
+        if self._lost or self._dead or self.streams.get(stream.id) is not stream:
+            if not isinstance(answer, Refusal):
+                answer.cancel()
+            self._end_pending(stream)
             return
-        admission = verdict
+        if isinstance(answer, Refusal):
+            self._end_pending(stream)
+            self._send_refusal(stream, answer)
+        else:
+            self._accept(stream, answer)
+            if stream.inbox or stream.eof_pending:
+                self._drain_inbox(stream)
+        self._transmit()
+
+    def _hook_timed_out(self, stream: _Stream, head: RequestHead) -> None:
+        stream.deadline = None
+        if stream.kind != _PENDING or self.streams.get(stream.id) is not stream:
+            return
+        self._end_pending(stream)
+        self._send_refusal(stream, hook_timeout(head, "h2", self.server.handshake_timeout))
+        self._transmit()
+
+    def _end_pending(self, stream: _Stream) -> None:
+        """A pending WebSocket will not open (refused, reset, timed out, lost)."""
+        stream.kind = _DONE
+        verdict = stream.task
+        if verdict is not None:
+            stream.task = None
+            discard_upgrade(verdict)
+        self._websockets -= 1
+        self._recount_if_idle()
+
+    def _accept(self, stream: _Stream, admission: Admission) -> None:
+        """Answer 200 and make the stream a WebSocket (counted in ``_websockets``)."""
         headers = [(":status", "200")]
         headers.extend((k.lower(), v) for k, v in admission.response_headers)
         if not self._send_headers(stream, headers, end=False):
             admission.cancel()
+            stream.kind = _DONE
+            self._websockets -= 1
             self._recount_if_idle()
             return
-        self._websockets += 1
         stream.responded = True
         link = Http2Link(
             self,
@@ -707,8 +776,8 @@ class Http2Protocol(asyncio.Protocol):
         if stream is None:
             self._ack(stream_id, size)
             return
-        if stream.kind == _WEBSOCKET:
-            if stream.read_paused or stream.inbox:
+        if stream.kind == _WEBSOCKET or stream.kind == _PENDING:
+            if stream.read_paused or stream.inbox or stream.kind == _PENDING:
                 # Not acknowledged: the peer's window for this stream shrinks.
                 stream.inbox.append((data, size))
                 return
@@ -746,6 +815,9 @@ class Http2Protocol(asyncio.Protocol):
         if stream is None:
             return
         stream.remote_ended = True
+        if stream.kind == _PENDING:
+            stream.eof_pending = True  # for the link, if the hook admits it
+            return
         if stream.kind == _WEBSOCKET:
             if stream.inbox:
                 stream.eof_pending = True
@@ -957,6 +1029,8 @@ class Http2Protocol(asyncio.Protocol):
             stream.deadline = None
         if stream.body:
             self._release_body(stream)
+        if stream.kind == _PENDING:
+            self._end_pending(stream)
         if stream.task is not None:
             stream.task.cancel()
             stream.task = None

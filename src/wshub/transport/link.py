@@ -134,7 +134,7 @@ class Link(Protocol):
 class UpgradeRequest:
     """A valid WebSocket upgrade, whatever HTTP version carried it, for the hub to judge."""
 
-    __slots__ = ("headers", "http_version", "info", "method", "peer", "scheme", "target")
+    __slots__ = ("headers", "http_version", "info", "method", "peer", "scheme", "target", "tls")
 
     def __init__(
         self,
@@ -146,6 +146,7 @@ class UpgradeRequest:
         scheme: str,
         method: str = "GET",
         http_version: str = "1.1",
+        tls: object = None,
     ) -> None:
         self.target = target  # the request target as sent: "/path?query"
         self.headers = headers  # lower-case names (":authority" folded into "host")
@@ -154,6 +155,9 @@ class UpgradeRequest:
         self.scheme = scheme  # "ws" or "wss"
         self.method = method  # "GET" (HTTP/1.1), "CONNECT" (HTTP/2)
         self.http_version = http_version  # "1.1", "2", or what the ASGI server says
+        # Where the TLS details come from (read only if asked): the
+        # transport's ssl.SSLObject, an ASGI scope's "tls" extension, or None.
+        self.tls = tls
 
 
 class Admission(Protocol):
@@ -161,6 +165,7 @@ class Admission(Protocol):
 
     client_id: str
     response_headers: list[tuple[str, str]]
+    subprotocol: str | None  # also in response_headers (ASGI sends it apart)
     codec: MessageCodec | None
     config: LinkConfig
 
@@ -184,8 +189,13 @@ class UpgradeHandler(Protocol):
     connections).
     """
 
-    def admit(self, request: UpgradeRequest) -> Admission:
-        """Judge an upgrade; raise ``HandshakeError`` (403, 429 ...) to refuse it."""
+    def admit(self, request: UpgradeRequest) -> Admission | asyncio.Future[Admission]:
+        """Judge an upgrade; raise ``HandshakeError`` (403, 429 ...) to refuse it.
+
+        A future instead (an ``async`` handshake hook runs): its result is
+        the admission, its exception the refusal; cancelling it gives back
+        what was reserved.
+        """
         ...
 
     def connection_opened(self, peer_ip: str, *, force: bool = False) -> str | None:

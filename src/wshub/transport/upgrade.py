@@ -8,11 +8,19 @@ server, and returns either the hub's :class:`~wshub.transport.link.Admission`
 :class:`Refusal` (status, fields, body) to frame with
 :mod:`wshub.protocol.http`.  Nothing here does I/O or keeps state: every
 refusal is decided, and logged once, in this one place.
+
+When the hub's handshake hook is ``async``, the verdict is a
+:data:`PendingVerdict` (a future) instead: the carrier waits for it without
+blocking anything else, then calls :func:`settle_upgrade`; if it gives up
+(connection lost, stream reset, :func:`hook_timeout`), it calls
+:func:`discard_upgrade`, which cancels the hook and gives back the slots.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 from ..protocol.connection import Connection
 from ..protocol.handshake import (
@@ -21,19 +29,35 @@ from ..protocol.handshake import (
     UpgradeInfo,
     check_h2_connect,
     check_http1_upgrade,
+    parse_subprotocols,
 )
 from ..protocol.http import refusal
 from .link import Admission, UpgradeHandler, UpgradeRequest, is_loopback
 
-__all__ = ["Refusal", "RequestHead", "bulk_congestion_for", "judge_upgrade", "new_connection"]
+__all__ = [
+    "SNI_ATTRIBUTE",
+    "PendingVerdict",
+    "Refusal",
+    "RequestHead",
+    "bulk_congestion_for",
+    "discard_upgrade",
+    "hook_timeout",
+    "judge_upgrade",
+    "new_connection",
+    "settle_upgrade",
+]
 
 log = logging.getLogger("wshub")
+
+#: The attribute of a server-side ``ssl.SSLObject`` where the server keeps
+#: the SNI the client sent (``server_hostname`` is None on the server side).
+SNI_ATTRIBUTE = "wshub_server_name"
 
 
 class RequestHead:
     """What a carrier read of an upgrade request."""
 
-    __slots__ = ("headers", "http_version", "method", "peer", "protocol", "scheme", "target")
+    __slots__ = ("headers", "http_version", "method", "peer", "protocol", "scheme", "target", "tls")
 
     def __init__(
         self,
@@ -45,6 +69,7 @@ class RequestHead:
         peer: tuple[str, int],
         scheme: str,
         protocol: str | None = None,
+        tls: Any = None,
     ) -> None:
         self.method = method
         self.target = target  # as sent: "/path?query"
@@ -53,6 +78,9 @@ class RequestHead:
         self.peer = peer  # (ip, port) of the TCP peer
         self.scheme = scheme  # "ws" or "wss"
         self.protocol = protocol  # HTTP/2's :protocol pseudo-header
+        # The TLS details' source, read only if the hub asks: the
+        # transport's ssl.SSLObject, an ASGI scope's "tls" extension, or None.
+        self.tls = tls
 
 
 class Refusal:
@@ -61,11 +89,18 @@ class Refusal:
     __slots__ = ("body", "headers", "reason", "status")
 
     def __init__(
-        self, status: int, reason: str, extra: list[tuple[str, str]] | None = None
+        self,
+        status: int,
+        reason: str,
+        extra: list[tuple[str, str]] | None = None,
+        body: bytes | None = None,
     ) -> None:
         self.status = status
         self.reason = reason
-        self.headers, self.body = refusal(status, reason, extra)
+        if body is None:
+            self.headers, self.body = refusal(status, reason, extra)
+        else:  # a handshake hook's own answer: its fields and body as they are
+            self.headers, self.body = list(extra or ()), body
 
     def __repr__(self) -> str:
         return f"Refusal({self.status}, {self.reason!r})"
@@ -81,9 +116,17 @@ def _check(head: RequestHead, carrier: str, ended: bool, is_upgrade: bool) -> Up
         return info
     # ASGI: the server validated the handshake (version 13) and negotiates
     # extensions itself, framing every message: the hub answers no offer.
+    # The subprotocol is the hub's choice (websocket.accept carries it).
     headers = head.headers
     origin = headers.get("origin") or headers.get("sec-websocket-origin")
-    return UpgradeInfo(13, None, origin, "")
+    return UpgradeInfo(
+        13, None, origin, "", parse_subprotocols(headers.get("sec-websocket-protocol"))
+    )
+
+
+#: The verdict of an upgrade whose handshake hook is ``async``: a future of
+#: the hub's admission (or of its refusal, as the exception).
+PendingVerdict = asyncio.Future[Admission]
 
 
 def judge_upgrade(
@@ -93,14 +136,16 @@ def judge_upgrade(
     carrier: str,
     ended: bool = False,
     is_upgrade: bool = False,
-) -> Admission | Refusal:
+) -> Admission | Refusal | PendingVerdict:
     """Validate ``head`` for its ``carrier`` ("http/1.1", "h2" or "asgi") and
     let ``handler`` (the hub) admit it.
 
     ``ended``: HTTP/2's request stream ended with the headers (an error for
     a CONNECT).  ``is_upgrade``: the HTTP/1.1 caller already saw
-    ``Upgrade: websocket``.  Malformed input is a 4xx; a bug is a 500 with
-    the traceback in the log, never on the wire.
+    ``Upgrade: websocket``.  Malformed input is a 4xx; a bug (or an
+    exception in the hub's handshake hook) is a 500 with the traceback in
+    the log, never on the wire.  A :data:`PendingVerdict` when the hook is
+    ``async``: see :func:`settle_upgrade`.
     """
     try:
         info = _check(head, carrier, ended, is_upgrade)
@@ -114,9 +159,40 @@ def judge_upgrade(
             scheme=head.scheme,
             method=head.method,
             http_version=head.http_version,
+            tls=head.tls,
         )
         return handler.admit(request)
-    except HandshakeError as exc:
+    except Exception as exc:
+        return _refusal_for(exc, head, carrier)
+
+
+def settle_upgrade(verdict: PendingVerdict, head: RequestHead, carrier: str) -> Admission | Refusal:
+    """What a finished, not cancelled :data:`PendingVerdict` decided."""
+    exc = verdict.exception()
+    if exc is None:
+        return verdict.result()
+    return _refusal_for(exc, head, carrier)
+
+
+def discard_upgrade(verdict: PendingVerdict) -> None:
+    """The carrier gives up on a pending verdict (connection lost, stream
+    reset, timeout): cancel the hook, or give back an admission that came."""
+    if not verdict.done():
+        verdict.cancel()  # the hub frees the per-IP slot when the task ends
+    elif not verdict.cancelled() and verdict.exception() is None:
+        verdict.result().cancel()
+
+
+def hook_timeout(head: RequestHead, carrier: str, timeout: float) -> Refusal:
+    """The refusal (503, logged once) of an upgrade whose handshake hook did
+    not answer within the handshake timeout; the carrier discards the verdict."""
+    return _refusal_for(
+        HandshakeError(503, f"handshake hook did not answer within {timeout:.1f}s"), head, carrier
+    )
+
+
+def _refusal_for(exc: BaseException, head: RequestHead, carrier: str) -> Refusal:
+    if isinstance(exc, HandshakeError):
         log.info(
             "%s: refused WebSocket upgrade (%s): %d %s",
             head.peer[0] or "?",
@@ -124,10 +200,15 @@ def judge_upgrade(
             exc.status,
             exc.reason,
         )
-        return Refusal(exc.status, exc.reason, exc.headers)
-    except Exception:
-        log.exception("%s: internal error in the WebSocket handshake", head.peer[0] or "?")
-        return Refusal(500, "internal server error")
+        return Refusal(exc.status, exc.reason, exc.headers, exc.body)
+    log.error(
+        "%s: error in the WebSocket handshake of %s (%s): 500",
+        head.peer[0] or "?",
+        head.target[:200],
+        carrier,
+        exc_info=exc,
+    )
+    return Refusal(500, "internal server error")
 
 
 def new_connection(admission: Admission) -> Connection:
