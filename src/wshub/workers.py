@@ -33,7 +33,8 @@ The supervisor (the parent) holds no socket and runs no event loop:
   a listener; the next begins when the old one has exited.
 
 Workers ignore SIGINT and SIGHUP (a terminal sends them to the whole
-process group; the supervisor decides) and drain on SIGTERM.
+process group; the supervisor decides) and drain on SIGTERM, or when they
+find that their supervisor is gone (checked every second).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 10.0
 _STABLE_AFTER = 10.0  # a worker that served this long resets its backoff
 _KILL_GRACE = 10.0  # past its drain_timeout, a stopping worker is killed
+_ORPHAN_CHECK = 1.0  # how often a worker checks that its supervisor lives
 
 
 @dataclass
@@ -483,6 +485,18 @@ async def _serve_worker(server: HttpServer, report_fd: int, listen: _Listen) -> 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    supervisor = os.getppid()
+
+    def orphaned() -> None:
+        # The supervisor died without a word (kill -9): drain rather than
+        # serve on unsupervised.
+        if os.getppid() != supervisor:
+            log.error("worker %d: the supervisor %d is gone: draining", os.getpid(), supervisor)
+            stop.set()
+        else:
+            loop.call_later(_ORPHAN_CHECK, orphaned)
+
+    loop.call_later(_ORPHAN_CHECK, orphaned)
     await server.serve(
         listen.host, listen.port, listen.ssl, reuse_port=True, backlog=listen.backlog
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ import websockets
 from tests.integration.cli_support import ROOT, free_port
 from tests.integration.cluster_support import RedisServer
 from tests.integration.workers_support import (
+    CLUSTER_SECRET,
     Supervised,
     children_of,
     connect_tagged,
@@ -282,3 +284,159 @@ async def test_a_first_worker_that_cannot_start_stops_the_supervisor(tmp_path: P
     status, text = await run_script(script, str(free_port()))
     assert status == 1, text
     assert text.count("RuntimeError: no database") == 1, text  # no restart, no second worker
+
+
+async def test_limit_by_ip_counts_over_every_worker(
+    redis: RedisServer, tmp_path: Path, started: list[Supervised]
+) -> None:
+    program, pids = await two_workers(
+        redis, tmp_path, started, "--mode", "echo", "--limit-by-ip", "3"
+    )
+    admitted: dict[int, list[Any]] = {pid: [] for pid in pids}
+    try:
+        # Three clients of 127.0.0.1 on both workers (2 + 1): neither worker
+        # reaches the limit alone, so only the cluster count can refuse more.
+        for _ in range(40):
+            count = sum(len(c) for c in admitted.values())
+            if count == 3 and all(admitted.values()):
+                break
+            if count == 3:  # all on one worker: give one back and try again
+                await admitted[max(admitted, key=lambda p: len(admitted[p]))].pop().close()
+            pid, conn = await connect_tagged(program.port)
+            admitted[pid].append(conn)
+            await asyncio.sleep(0.2)  # its join reaches the other worker (one pub/sub hop)
+        assert sorted(len(c) for c in admitted.values()) == [1, 2], admitted
+        refused = 0
+        for _ in range(10):
+            with pytest.raises(websockets.InvalidStatus) as info:
+                await websockets.connect(f"ws://127.0.0.1:{program.port}/", open_timeout=10)
+            assert info.value.response.status_code == 429
+            refused += 1
+        assert refused == 10
+        # One leaves: a place is free again, on whichever worker.
+        await next(c for c in admitted.values() if len(c) == 2).pop().close()
+        for _ in range(100):
+            try:
+                conn = await websockets.connect(f"ws://127.0.0.1:{program.port}/")
+            except websockets.InvalidStatus:
+                await asyncio.sleep(0.05)  # the leave has not reached that worker yet
+                continue
+            admitted[next(iter(admitted))].append(conn)
+            break
+        else:
+            raise AssertionError("no place came free after a client left")
+    finally:
+        await close_all(admitted)
+
+
+async def test_send_between_workers_from_python(redis: RedisServer, tmp_path: Path) -> None:
+    # wshub.workers.run with an application of its own: every client learns
+    # its ID and worker, and sends to another client by ID, on any worker.
+    script = textwrap.dedent(
+        """
+        import json, logging, os, sys
+        from wshub import HttpServer, WebSocket, workers
+        logging.basicConfig(level=logging.INFO)
+
+        def app():
+            server = HttpServer()
+            ws = WebSocket(server, backplane=sys.argv[2])
+
+            @ws.on("open")
+            def opened(client_id):
+                ws.send(client_id, json.dumps({"id": client_id, "pid": os.getpid()}))
+
+            @ws.on("message")
+            def relay(client_id, data):
+                order = json.loads(data)
+                ws.send(order["to"], json.dumps({"from": client_id, "pid": os.getpid()}))
+
+            return server
+
+        sys.exit(workers.run(app, workers=2, port=int(sys.argv[1])))
+        """
+    )
+    port = free_port()
+    log_path = tmp_path / "python-workers.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, str(port), redis.url],
+            cwd=str(ROOT),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, WSHUB_SECRET=CLUSTER_SECRET),
+        )
+    program = Supervised(proc, port, log_path)
+    clients: dict[int, list[tuple[str, Any]]] = {}
+    try:
+        await program.wait_log("worker 0 (pid", timeout=30)
+        await program.wait_log("worker 1 (pid", timeout=30)  # "... is listening"
+        for _ in range(60):
+            conn = await websockets.connect(f"ws://127.0.0.1:{port}/", open_timeout=10)
+            welcome = json.loads(await asyncio.wait_for(conn.recv(), 10))
+            clients.setdefault(welcome["pid"], []).append((welcome["id"], conn))
+            if len(clients) == 2 and all(len(c) >= 2 for c in clients.values()):
+                break
+        assert len(clients) == 2, clients
+        everyone = [c for per_worker in clients.values() for c in per_worker]
+        ids = [client_id for client_id, _conn in everyone]
+        assert len(set(ids)) == len(ids)  # unique over both workers
+        (pid_a, on_a), (pid_b, on_b) = clients.items()
+        # The relay runs on the sender's worker and names it: the message
+        # crossed to the target's worker through the backplane.
+        for (sender_id, sender), (target_id, target), sender_pid in [
+            (on_a[0], on_b[0], pid_a),
+            (on_b[1], on_a[1], pid_b),
+        ]:
+            await asyncio.sleep(0.2)  # the target's join reaches the other worker
+            await sender.send(json.dumps({"to": target_id}))
+            got = json.loads(await asyncio.wait_for(target.recv(), 10))
+            assert got == {"from": sender_id, "pid": sender_pid}
+        program.signal(signal.SIGTERM)
+        for _client_id, conn in everyone:
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(conn.recv(), 15)
+            assert conn.close_code == 1012
+        assert await program.wait(30) == 0
+    finally:
+        for per_worker in clients.values():
+            for _client_id, conn in per_worker:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 5)
+        program.kill_all()
+    assert "Traceback" not in program.log_text()
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+async def test_workers_drain_when_the_supervisor_is_killed(
+    redis: RedisServer, tmp_path: Path, started: list[Supervised]
+) -> None:
+    program, pids = await two_workers(redis, tmp_path, started, "--mode", "echo")
+    by_pid = await clients_on_every_worker(program.port, pids)
+    try:
+        os.kill(program.proc.pid, signal.SIGKILL)
+        program.proc.wait(10)
+        for conns in by_pid.values():
+            for conn in conns:
+                with pytest.raises(websockets.ConnectionClosed):
+                    await asyncio.wait_for(conn.recv(), 20)
+                assert conn.close_code == 1012
+        for _ in range(1000):
+            if all(gone(pid) for pid in pids):
+                break
+            await asyncio.sleep(0.02)
+        assert all(gone(pid) for pid in pids)
+        assert "the supervisor" in program.log_text()
+    finally:
+        await close_all(by_pid)
+        for pid in pids:  # orphans of a failed test: stopped by PID
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
