@@ -27,7 +27,8 @@ The supervisor (the parent) holds no socket and runs no event loop:
   and the supervisor returns non-zero instead of restarting it forever;
 - SIGTERM or SIGINT: every worker drains (:meth:`HttpServer.drain`), the
   supervisor waits for them (killing one that outlives its
-  ``drain_timeout`` by 10 s) and returns 0;
+  ``drain_timeout`` by 10 s) and returns 0; a second one makes the workers
+  close their remaining clients at once;
 - SIGHUP: a rolling restart.  One worker at a time: a new one is started
   and the old one drains once the new one listens, so the port always has
   a listener; the next begins when the old one has exited.
@@ -108,6 +109,7 @@ class _State:
     failures: dict[int, int] = field(default_factory=dict)  # by slot: quick deaths in a row
     restart_at: dict[int, float] = field(default_factory=dict)  # by slot
     stopping: bool = False
+    hurry_asked: bool = False  # a second SIGTERM/SIGINT: the workers hurry
     status: int = 0
     rolling: _Rolling | None = None
     reload_asked: bool = False
@@ -214,7 +216,11 @@ class _Supervisor:
 
     def _on_stop(self, signum: int, frame: object) -> None:
         if self.state.stopping:
-            log.info("supervisor: already stopping (workers are draining)")
+            log.info(
+                "supervisor: %s again: the workers close their clients now",
+                signal.Signals(signum).name,
+            )
+            self.state.hurry_asked = True
         else:
             log.info("supervisor: %s: draining every worker", signal.Signals(signum).name)
         self.state.stopping = True
@@ -353,10 +359,13 @@ class _Supervisor:
         self.state.restart_at.clear()
         self.state.rolling = None
         self.state.waiting_slots = []
+        hurry, self.state.hurry_asked = self.state.hurry_asked, False
         for worker in list(self.state.workers.values()):
             if worker.stop_sent is None:
                 self._signal(worker, signal.SIGTERM)
                 worker.stop_sent = now
+            elif hurry:
+                self._signal(worker, signal.SIGTERM)  # the second: skip the window
             elif now - worker.stop_sent > worker.drain_timeout + _KILL_GRACE:
                 log.error("worker %d (pid %d) did not stop: killed", worker.slot, worker.pid)
                 self._signal(worker, signal.SIGKILL)
@@ -484,7 +493,13 @@ def _worker_main(
 async def _serve_worker(server: HttpServer, report_fd: int, listen: _Listen) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    def on_sigterm() -> None:
+        if stop.is_set():
+            server.hurry()  # a second one: skip the rest of the drain window
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     supervisor = os.getppid()
 
     def orphaned() -> None:

@@ -158,3 +158,71 @@ async def test_rolling_restart_loses_no_connection_attempt(
         f"{len(client.failed_attempts)} attempts retried, {client.echoed} echoes"
     )
     assert "Traceback" not in program.log_text()
+
+
+async def test_hurry_closes_the_rest_at_once() -> None:
+    # A window of a minute; hurry() (a second SIGTERM under run()) ends it.
+    server = HttpServer(drain_window=60.0, drain_timeout=120.0)
+    ws = WebSocket(server)
+    await server.serve("127.0.0.1", 0)
+    conns = [await websockets.connect(f"ws://127.0.0.1:{server.port}/") for _ in range(10)]
+    try:
+        assert len(ws.clients) == 10
+        drain = asyncio.ensure_future(server.drain())
+        first = await asyncio.wait_for(
+            asyncio.wait(
+                [asyncio.ensure_future(c.wait_closed()) for c in conns],
+                return_when=asyncio.FIRST_COMPLETED,
+            ),
+            30,
+        )
+        assert len(first[0]) == 1  # client 0 at once, the next one 6 s later
+        server.hurry()
+        await asyncio.wait_for(drain, 30)  # not the 60 s window
+        for conn in conns:
+            await asyncio.wait_for(conn.wait_closed(), 10)
+            assert (conn.close_code, conn.close_reason) == (1012, "service restart")
+    finally:
+        await server.close(timeout=2.0)
+
+
+async def test_a_second_sigterm_hurries_every_worker(redis: RedisServer, tmp_path: Path) -> None:
+    port = free_port()
+    program = serve_workers(
+        port,
+        tmp_path,
+        "--workers",
+        "2",
+        "--backplane",
+        redis.url,
+        "--mode",
+        "echo",
+        "--drain-window",
+        "60",
+        "--drain-timeout",
+        "120",
+    )
+    conns = []
+    try:
+        await worker_pids(port, 2)
+        conns = [await websockets.connect(f"ws://127.0.0.1:{port}/") for _ in range(10)]
+        program.signal(signal.SIGTERM)
+        await program.wait_log("draining every worker")
+        # Each worker closes its first client at once, the others wait their
+        # turn: two closes mean both workers are draining (or one has them all).
+        waits = [asyncio.ensure_future(c.wait_closed()) for c in conns]
+        for done in asyncio.as_completed(waits):
+            await asyncio.wait_for(done, 30)
+            if sum(w.done() for w in waits) >= 2:
+                break
+        program.signal(signal.SIGTERM)
+        for conn in conns:
+            await asyncio.wait_for(conn.wait_closed(), 30)  # not the 60 s window
+            assert conn.close_code == 1012
+        assert await program.wait(30) == 0
+    finally:
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 5)
+        program.kill_all()
+    assert "SIGTERM again" in program.log_text()

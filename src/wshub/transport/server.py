@@ -174,6 +174,9 @@ class HttpServer:
         self._closing = False
         self._closed: asyncio.Event | None = None
         self._shutdown_hooks: list[Callable[[int, str], Awaitable[None]]] = []
+        # Set by hurry(): the rest of the drain window is skipped.
+        self._hurried = False
+        self._hurry_event: asyncio.Event | None = None
 
     # ------------------------------------------------------------- attachment
 
@@ -362,9 +365,7 @@ class HttpServer:
                 log.exception("error in a shutdown hook")
         if hub is not None:
             try:
-                await asyncio.wait_for(
-                    hub.shutdown(code, reason, window), max(0.0, deadline - loop.time())
-                )
+                await self._close_clients(hub, code, reason, window, deadline)
             except asyncio.TimeoutError:
                 log.warning("clients did not finish closing within %.1fs", timeout)
         for proto in list(self.connections.protocols):
@@ -381,6 +382,39 @@ class HttpServer:
         if self._closed is not None:
             self._closed.set()
 
+    def hurry(self) -> None:
+        """Skip the rest of the drain window: close the remaining clients now
+        (what a second SIGTERM or SIGINT does under :meth:`run`)."""
+        self._hurried = True
+        if self._hurry_event is not None:
+            self._hurry_event.set()
+
+    async def _close_clients(
+        self, hub: UpgradeHandler, code: int, reason: str, window: float, deadline: float
+    ) -> None:
+        """``hub.shutdown`` over ``window`` until :meth:`hurry`; TimeoutError at ``deadline``."""
+        loop = asyncio.get_running_loop()
+        if window > 0 and not self._hurried:
+            hurry = self._hurry_event = asyncio.Event()
+            spread = asyncio.ensure_future(hub.shutdown(code, reason, window))
+            hurried = asyncio.ensure_future(hurry.wait())
+            await asyncio.wait(
+                {spread, hurried},
+                timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            hurried.cancel()
+            if spread.done():
+                spread.result()
+                return
+            spread.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await spread
+            if not hurry.is_set():
+                raise asyncio.TimeoutError
+            log.info("drain hurried: closing the remaining clients now")
+        await asyncio.wait_for(hub.shutdown(code, reason, 0.0), max(0.0, deadline - loop.time()))
+
     def run(
         self,
         host: str | list[str] | None = "127.0.0.1",
@@ -391,6 +425,9 @@ class HttpServer:
         **kwargs: Any,
     ) -> None:
         """Serve until SIGTERM or SIGINT, then :meth:`drain` (blocking).
+
+        A second SIGTERM or SIGINT during the drain closes the remaining
+        clients at once (:meth:`hurry`).
 
         ``loop``: ``"auto"`` runs on uvloop when it is installed (``pip install
         wshub[speed]``), else on asyncio's own loop; ``"asyncio"`` or
@@ -408,9 +445,15 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         await self.serve(host, port, ssl, **kwargs)
         stop = asyncio.Event()
+
+        def on_signal() -> None:
+            if stop.is_set():
+                self.hurry()  # a second one: skip the rest of the window
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal)
         waiter = asyncio.ensure_future(self.serve_forever())
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
