@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import websockets
 
-from tests.integration.cli_support import free_port
 from tests.integration.cluster_support import RedisServer
-from tests.integration.workers_support import Supervised, serve_workers, worker_pids
+from tests.integration.workers_support import Supervised, serve_two_workers, worker_pids
 from wshub import HttpServer, WebSocket
 
 pytestmark = pytest.mark.timeout(180)
@@ -110,21 +109,10 @@ class SteadyClient:
 async def test_rolling_restart_loses_no_connection_attempt(
     redis: RedisServer, tmp_path: Path
 ) -> None:
-    port = free_port()
-    program: Supervised = serve_workers(
-        port,
-        tmp_path,
-        "--workers",
-        "2",
-        "--backplane",
-        redis.url,
-        "--mode",
-        "echo",
-        "--deflate",
-        "off",
-        "--drain-window",
-        "1",
+    program: Supervised = serve_two_workers(
+        redis.url, tmp_path, "--mode", "echo", "--drain-window", "1"
     )
+    port = program.port
     try:
         before = await worker_pids(port, 2)
         client = SteadyClient(port)
@@ -187,21 +175,10 @@ async def test_hurry_closes_the_rest_at_once() -> None:
 
 
 async def test_a_second_sigterm_hurries_every_worker(redis: RedisServer, tmp_path: Path) -> None:
-    port = free_port()
-    program = serve_workers(
-        port,
-        tmp_path,
-        "--workers",
-        "2",
-        "--backplane",
-        redis.url,
-        "--mode",
-        "echo",
-        "--drain-window",
-        "60",
-        "--drain-timeout",
-        "120",
+    program = serve_two_workers(
+        redis.url, tmp_path, "--mode", "echo", "--drain-window", "60", "--drain-timeout", "120"
     )
+    port = program.port
     conns = []
     try:
         await worker_pids(port, 2)

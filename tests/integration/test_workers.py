@@ -30,6 +30,7 @@ from tests.integration.workers_support import (
     Supervised,
     children_of,
     connect_tagged,
+    serve_two_workers,
     serve_workers,
     worker_pids,
 )
@@ -49,20 +50,9 @@ async def started(tmp_path: Path) -> AsyncIterator[list[Supervised]]:
 async def two_workers(
     redis: RedisServer, tmp_path: Path, started: list[Supervised], *extra: str
 ) -> tuple[Supervised, set[int]]:
-    port = free_port()
-    program = serve_workers(
-        port,
-        tmp_path,
-        "--workers",
-        "2",
-        "--backplane",
-        redis.url,
-        "--deflate",
-        "off",
-        *extra,
-    )
+    program = serve_two_workers(redis.url, tmp_path, *extra)
     started.append(program)
-    pids = await worker_pids(port, 2)
+    pids = await worker_pids(program.port, 2)
     assert set(children_of(program.proc.pid)) == pids
     return program, pids
 

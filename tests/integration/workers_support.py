@@ -21,7 +21,7 @@ from typing import Any
 
 import websockets
 
-from tests.integration.cli_support import ROOT, wshub_command
+from tests.integration.cli_support import ROOT, free_port, wshub_command
 
 #: The cluster secret of the workers the tests start (WSHUB_SECRET).
 CLUSTER_SECRET = "workers test secret"
@@ -199,3 +199,18 @@ def serve_workers(port: int, workdir: Path, *args: str) -> Supervised:
             env=dict(os.environ, PYTHONUNBUFFERED="1", WSHUB_SECRET=CLUSTER_SECRET),
         )
     return Supervised(proc, port, log_path)
+
+
+def serve_two_workers(redis_url: str, workdir: Path, *args: str) -> Supervised:
+    """``wshub serve --workers 2 --backplane REDIS --deflate off ARGS`` on a free port."""
+    return serve_workers(
+        free_port(),
+        workdir,
+        "--workers",
+        "2",
+        "--backplane",
+        redis_url,
+        "--deflate",
+        "off",
+        *args,
+    )
