@@ -76,7 +76,14 @@ from .errors import ConnectionClosedError, WebSocketProtocolError
 from .protocol.connection import Connection, ConnectionState, EndMode
 from .protocol.frames import CloseCode
 from .protocol.handshake import Headers, add_header
-from .transport.link import Admission, LinkConfig, LinkListener, ReadyState
+from .transport.link import (
+    Admission,
+    CloseInitiator,
+    ClosingReporter,
+    LinkConfig,
+    LinkListener,
+    ReadyState,
+)
 from .transport.upgrade import (
     PendingVerdict,
     Refusal,
@@ -148,7 +155,7 @@ def _request_from_scope(scope: Scope) -> RequestHead:
     )
 
 
-class AsgiLink:
+class AsgiLink(ClosingReporter):
     """One client's connection through an ASGI server (a :class:`~wshub.transport.link.Link`).
 
     Created by :class:`AsgiApp` after ``websocket.accept``; :meth:`run` is the
@@ -178,8 +185,9 @@ class AsgiLink:
         self._go.set()
         self._held = False
         self._user_paused = False
-        self.conn = Connection(max_payload=config.max_payload, limits=config)
+        self.conn = Connection(limits=config)
         self._finished = False
+        self.closing_reported = False  # listener.on_closing was called
         self._send_failed = False
         # What our Close said: some ASGI servers (Hypercorn) report the
         # peer's echo of it without its code.
@@ -238,7 +246,9 @@ class AsgiLink:
                 self._queued_bytes,
                 self.config.write_limit,
             )
-            self._send_close(CloseCode.POLICY_VIOLATION, "write buffer limit exceeded")
+            self._send_close(
+                CloseCode.POLICY_VIOLATION, "write buffer limit exceeded", CloseInitiator.SERVER
+            )
             return False
         return self._queued_bytes <= self.config.write_high
 
@@ -293,16 +303,17 @@ class AsgiLink:
     def close(self, code: int = 1000, reason: str = "") -> bool:
         if self._close_sent or self._finished:
             return False
-        self._send_close(code, reason)
+        self._send_close(code, reason, CloseInitiator.APPLICATION)
         return True
 
-    def _send_close(self, code: int, reason: str) -> None:
+    def _send_close(self, code: int, reason: str, initiator: CloseInitiator) -> None:
         # The core starts the closing handshake and its deadline; the ASGI
         # server makes the frame from this message.
         self.conn.send_close(code, reason, asyncio.get_running_loop().time())
         self._sent_code = code
         self._sent_reason = reason
         self._enqueue({"type": "websocket.close", "code": code, "reason": reason}, 0)
+        self.report_closing(code, reason, initiator)
         self._follow_core()
 
     def _follow_core(self) -> None:
@@ -490,7 +501,10 @@ class AsgiLink:
         if 0 < limit < size:
             log.info("message of %d bytes over max_payload %d: closing with 1009", size, limit)
             listener.on_error(WebSocketProtocolError(CloseCode.MESSAGE_TOO_BIG, "message too big"))
-            self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            if not self._close_sent:
+                self._send_close(
+                    CloseCode.MESSAGE_TOO_BIG, "message too big", CloseInitiator.SERVER
+                )
             return
         if not listener.on_message(data):
             self.hold()
@@ -513,6 +527,9 @@ class AsgiLink:
         self._wake_sender.set()
         self._wake_drain_waiters()
         self._done.set()
+        # (A close the peer started, or the peer gone: the ASGI server
+        # reports both only now.)
+        self.report_closing(result.code, result.reason, CloseInitiator.PEER)
         listener = self.listener
         if listener is not None:
             self.listener = None  # the client record points back at us: no cycle

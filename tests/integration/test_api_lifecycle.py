@@ -12,7 +12,7 @@ import websockets
 
 from tests.conftest import StartServer, wait_for
 from tests.rawws import RawClient, client_frame, close_body
-from wshub import ClientNotFound, CloseEvent, ConnectionClosedError, WebSocketProtocolError
+from wshub import ClientNotFound, CloseEvent, WebSocketProtocolError
 
 
 def connect(url: str, **kwargs: Any) -> Any:
@@ -293,19 +293,41 @@ async def test_exceptions_in_open_close_and_error_callbacks_are_contained(
         assert await again.recv() == "still up"
 
 
-async def test_send_to_a_closing_client_raises_instead_of_dropping(
+async def test_a_closing_client_is_unlisted_and_never_raises(
     start_server: StartServer,
 ) -> None:
+    # From the start of its closing handshake to its "close" event: not in
+    # ws.clients, send() is False (dropped: it could never be delivered),
+    # close() and ping() are False, the other methods still answer; after
+    # the "close" event the ID is unknown (ClientNotFound).
     srv = await start_server()
     ws = srv.ws
+    closed: list[tuple[str, CloseEvent]] = []
+    ws.on("close", lambda cid, event: closed.append((cid, event)))
     raw = await RawClient.connect("127.0.0.1", srv.port)
     try:
         await wait_for(lambda: len(ws.clients) == 1)
         [cid] = ws.clients
         assert ws.close(cid) is True
-        with pytest.raises(ConnectionClosedError):
-            ws.send(cid, "too late")  # "nothing is ever silently dropped"
+        assert ws.clients == []
+        assert ws.send(cid, "too late") is False
+        assert ws.broadcast("too late") == 0
+        assert ws.close(cid) is False
         assert ws.ping(cid) is False
+        assert ws.ready_state(cid) == "readOnly"
+        assert ws.url(cid).path == "/"
+        assert ws.bytes_read(cid) > 0 and ws.bytes_written(cid) > 0
+        assert ws.is_paused(cid) is False
+        assert ws.set_encoding(cid, "hex") is True
+        assert closed == []  # the peer has not answered yet
         assert await raw.recv_close() == (1000, "")
+        await raw.send(client_frame(0x8, close_body(1000)))
+        await wait_for(lambda: closed, what="the close event")
+        assert [(c, e.code, e.was_clean) for c, e in closed] == [(cid, 1000, True)]
+        with pytest.raises(ClientNotFound):
+            ws.send(cid, "x")
+        for call in (ws.url, ws.close, ws.ready_state):
+            with pytest.raises(ClientNotFound):
+                call(cid)
     finally:
         raw.close()

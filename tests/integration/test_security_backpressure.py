@@ -30,6 +30,7 @@ from tests.integration.security_support import (
     upgrade,
     wshub_lines,
 )
+from wshub import ClientNotFound
 
 MiB = 1024 * 1024
 
@@ -114,8 +115,10 @@ async def test_write_limit_closes_with_1008(
     (cid,) = opened
     caplog.clear()
     chunk = b"x" * (64 * 1024)
+    closed: list[tuple[str, int, bool]] = []
+    ws.on("close", lambda c, event: closed.append((c, event.code, event.was_clean)))
     for _ in range(10_000):  # a sender that ignores send()'s False
-        if ws.ready_state(cid) != "open":
+        if cid not in ws.clients:
             break
         ws.send(cid, chunk)
         await asyncio.sleep(0)
@@ -123,6 +126,13 @@ async def test_write_limit_closes_with_1008(
         pytest.fail("the write buffer was never capped")
     lines = wshub_lines(caplog)
     assert len(lines) == 1 and "write_limit" in lines[0], lines
+    # A close the server decided is reported at once, with its code; the
+    # ID is free while the connection still drains towards its Close.
+    assert closed == [(cid, 1008, False)]
+    with pytest.raises(ClientNotFound):  # its "close" ran: the ID is unknown
+        ws.send(cid, b"late")
+    # The stalled socket still counts under limit_by_ip until it is gone.
+    assert ws._per_ip.count("127.0.0.1") == 2  # it and the bystander
     await bystander.check()
     # The client finally reads: behind the backlog is our Close, 1008.
     assert await read_close(reader, timeout=20) == 1008

@@ -240,6 +240,35 @@ def test_lifecycle_transitions(
     assert conn.deadline is None
 
 
+def test_a_pong_timeout_says_which_close_it_started() -> None:
+    # The driver reports a close the server started at once, with its code
+    # (close_code / close_reason, as after a failure); what connection_lost
+    # reports still depends on the peer's answer.
+    d = Driver()
+    d.step("ping", 5.0)
+    d.step("time", 5.0)
+    conn = d.conn
+    assert (conn.state, conn.close_code, conn.close_reason) == (CLOSE_SENT, 1011, "pong timeout")
+    d.step("peer", client_frame(CLOSE, close_body(1011)))
+    assert (conn.state, conn.close_code) == (CLOSED, 1011)
+    lost = conn.connection_lost()
+    assert (lost.code, lost.was_clean) == (1011, True)
+
+
+def test_max_payload_from_shared_limits_applies_from_the_next_frame() -> None:
+    limits = ConnectionLimits(max_payload=10)
+    conn = Connection(limits=limits)
+    assert conn.receive_data(client_frame(TEXT, b"x" * 10)) == ["x" * 10]
+    limits.max_payload = 20  # raised: what was too big passes
+    assert conn.receive_data(client_frame(BINARY, b"y" * 20)) == [b"y" * 20]
+    limits.max_payload = 5  # lowered: the next larger message fails with 1009
+    events = conn.receive_data(client_frame(BINARY, b"z" * 6))
+    assert [type(e) for e in events] == [ProtocolError]
+    assert events[0].code == 1009  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        Connection(max_payload=5, limits=limits)
+
+
 def test_the_close_reply_follows_what_the_application_sends() -> None:
     # The peer's message and Close arrive together: the application's answer
     # to the message (sent while it handles the events) precedes our reply.

@@ -323,6 +323,7 @@ class AdmissionControl:
             if (
                 session is not None
                 and session[0] not in self.registry.clients
+                and session[0] not in self.registry.closing
                 and session[0] not in self.reserved
                 and self._backplane.owner(session[0]) is None
             ):

@@ -21,6 +21,7 @@ from urllib.parse import SplitResult
 
 from ..backplane import Backplane, make_backplane
 from ..encodings import Encoding, check_encoding
+from ..errors import ConnectionClosedError
 from ..policy import PerIpCounter
 from ..protocol.deflate import DeflateOptions
 from ..protocol.frames import is_valid_close_code
@@ -134,6 +135,7 @@ class WebSocket:
     @encoding.setter
     def encoding(self, value: Encoding) -> None:
         self._options.encoding = value
+        self._registry.default_encoding_changed()
 
     @property
     def limit_by_ip(self) -> int:
@@ -296,9 +298,13 @@ class WebSocket:
         data: str | bytes | bytearray | memoryview,
         encoding: str | None = None,
     ) -> bool:
-        """Send one message; False means "slow down" (the buffer is above its high-water mark).
+        """Send one message; False means "not sent, or slow down".
 
-        With a backplane, an ID connected to another node is routed there.
+        False when the write buffer is above its high-water mark (the message
+        is queued: ``await drain(id)``), or when the client's closing
+        handshake has started (the message is dropped: it could never be
+        delivered).  With a backplane, an ID connected to another node is
+        routed there.
         """
         # The local case is the hot path: handled here, with no further call
         # layer; routing to other nodes is the registry's.
@@ -309,7 +315,10 @@ class WebSocket:
         if encoding is not None:
             check_encoding(encoding)
         payload, text = encode_payload(data, encoding or client.encoding)
-        return client.link.send_message(payload, text)
+        try:
+            return client.link.send_message(payload, text)
+        except ConnectionClosedError:  # closing, a moment before the hub hears of it
+            return False
 
     async def drain(self, client_id: str) -> None:
         """Wait until the client's write buffer is under its low-water mark."""
@@ -330,7 +339,8 @@ class WebSocket:
         return self._registry.broadcast(data, path, exclude)
 
     def close(self, client_id: str, code: int = 1000, reason: str = "") -> bool:
-        """Start the closing handshake; False if it had already started."""
+        """Start the closing handshake; False if it had already started (the
+        client is closing: no longer in :attr:`clients`, its ``"close"`` due)."""
         client = self._registry.get(client_id)
         if not isinstance(code, int) or not is_valid_close_code(code):
             raise ValueError(f"{code!r} is not a close code that may be sent")
@@ -407,7 +417,11 @@ class WebSocket:
         return state
 
     def set_encoding(self, client_id: str, encoding: Encoding = "utf8") -> bool:
-        self._registry.get(client_id).encoding = check_encoding(encoding)
+        """This client's own encoding, from now on (it no longer follows ``ws.encoding``)."""
+        checked = check_encoding(encoding)
+        client = self._registry.get(client_id)
+        client.encoding = checked
+        client.own_encoding = True
         return True
 
     def set_keep_alive(

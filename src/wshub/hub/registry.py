@@ -20,7 +20,7 @@ from ..encodings import check_encoding, encode_str
 from ..errors import ClientNotFound, ConnectionClosedError
 from ..policy import PerIpCounter
 from ..protocol.frames import CloseCode
-from ..transport.link import Link
+from ..transport.link import CloseInitiator, Link
 from .events import CloseEvent, Events
 from .fanout import queue_to_all
 from .handshake import ClientExtras, Handshake
@@ -49,6 +49,12 @@ def encode_payload(data: str | bytes | bytearray | memoryview, encoding: str) ->
     raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
 
 
+# A client's phases (Client.phase): listed in Registry.clients; in its
+# closing handshake (Registry.closing: not listed, its "close" event due);
+# its "close" event ran (the ID is free); its connection is gone.
+OPEN, CLOSING, REPORTED, GONE = 0, 1, 2, 3
+
+
 class Client:
     """The hub's record of one connected client; the link's listener."""
 
@@ -61,6 +67,8 @@ class Client:
         "ip_key",
         "link",
         "opening",
+        "own_encoding",
+        "phase",
         "registry",
         "url_text",
     )
@@ -85,6 +93,10 @@ class Client:
         self.ip_key = ip_key
         self.event = event_for_path(path)
         self.encoding = encoding
+        # False while the client follows the hub's encoding (set_encoding
+        # gives it its own).
+        self.own_encoding = False
+        self.phase = OPEN
         # True until the "open" callbacks are done (ready_state "opening").
         self.opening = True
         # The handshake (when a hook saw it), or just the subprotocol and
@@ -102,6 +114,9 @@ class Client:
     def on_error(self, exc: Exception) -> None:
         self.events.emit_error(self.id, exc)
 
+    def on_closing(self, code: int, reason: str, initiator: CloseInitiator) -> None:
+        self.registry.client_closing(self, code, reason, initiator)
+
     def on_close(self, code: int, reason: str, was_clean: bool) -> None:
         self.registry.client_closed(self, CloseEvent(code, reason, was_clean))
 
@@ -113,9 +128,11 @@ class Registry:
         "_all_closed",
         "_backplane",
         "_events",
+        "_finishing",
         "_options",
         "_per_ip",
         "clients",
+        "closing",
         "pings",
         "topics",
     )
@@ -130,6 +147,13 @@ class Registry:
         #: Client ID → :class:`Client`, for every client open on this process.
         #: The dict itself is never replaced (the hub's ``send`` reads it).
         self.clients: dict[str, Client] = {}
+        #: Client ID → :class:`Client`, for the clients in their closing
+        #: handshake: no longer in ``clients``, their ``"close"`` event still
+        #: due.  Their IDs stay taken, and the per-client methods still answer.
+        self.closing: dict[str, Client] = {}
+        # Clients whose "close" ran when the server closed them (their ID is
+        # free) but whose connection still finishes its closing handshake.
+        self._finishing = 0
         #: The periodic ping of these clients.
         self.pings = PingTimer(self.clients, options)
         #: The topics these clients follow.
@@ -141,11 +165,25 @@ class Registry:
         self._all_closed: asyncio.Event | None = None
 
     def get(self, client_id: str) -> Client:
-        """The local client ``client_id``; ClientNotFound if it is not connected here."""
+        """The local client ``client_id``, open or closing; ClientNotFound if
+        it never was here or its ``"close"`` event has run."""
         try:
             return self.clients[client_id]
-        except (KeyError, TypeError):
+        except KeyError:
+            client = self.closing.get(client_id)
+            if client is None:
+                raise ClientNotFound(client_id) from None
+            return client
+        except TypeError:
             raise ClientNotFound(client_id) from None
+
+    def default_encoding_changed(self) -> None:
+        """The hub's ``encoding`` changed: clients without their own follow it."""
+        encoding = self._options.encoding
+        for table in (self.clients, self.closing):
+            for client in table.values():
+                if not client.own_encoding:
+                    client.encoding = encoding
 
     # --------------------------------------------------------- coming and going
 
@@ -185,30 +223,81 @@ class Registry:
 
     def _opened(self, client: Client) -> None:
         client.opening = False
-        if self.clients.get(client.id) is client:
+        if client.phase != GONE:
+            # (A closing client too: the messages before its Close, and our
+            # reply to it, wait for this.)
             client.link.release()
 
-    def client_closed(self, client: Client, event: CloseEvent) -> None:
-        """``client``'s connection ended: forget it, give back its slot, run ``"close"``."""
-        if self.clients.get(client.id) is not client:
+    def client_closing(
+        self, client: Client, code: int, reason: str, initiator: CloseInitiator
+    ) -> None:
+        """``client``'s closing handshake started: it leaves ``clients`` (and
+        its topics, and the cluster's registry).
+
+        A close the server decided (a limit, a timeout, a protocol error) is
+        reported now, with the code sent and ``was_clean=False``, and the ID
+        is free at once; the connection finishes its closing handshake
+        without further events.  A close the peer or the application
+        started is reported when the connection is gone.
+        """
+        if client.phase != OPEN:
             return
-        del self.clients[client.id]
+        if self.clients.get(client.id) is client:
+            del self.clients[client.id]
         self.topics.client_closed(client.id)
         self._backplane.client_removed(client.id, client.ip_key, client.event)
-        self._per_ip.release(client.ip_key)
         if not self.clients:
             self.pings.stop()
-            if self._all_closed is not None:
-                self._all_closed.set()
+        if initiator == CloseInitiator.SERVER:
+            self._finishing += 1
+            self._report(client, CloseEvent(code, reason, False))
+        else:
+            client.phase = CLOSING
+            self.closing[client.id] = client
+
+    def client_closed(self, client: Client, event: CloseEvent) -> None:
+        """``client``'s connection is gone: give back its per-IP slot, and run
+        ``"close"`` unless it ran already."""
+        phase = client.phase
+        if phase == GONE:
+            return
+        if phase == OPEN:  # (a link tells on_closing first; be safe anyway)
+            self.client_closing(client, event.code, event.reason, CloseInitiator.PEER)
+            phase = client.phase
+        # The socket counted under limit_by_ip until now, closing or not.
+        self._per_ip.release(client.ip_key)
+        if phase == CLOSING:
+            if self.closing.get(client.id) is client:
+                del self.closing[client.id]
+            self._report(client, event)
+        else:  # REPORTED: its connection finished in the background
+            self._finishing -= 1
+        client.phase = GONE
+        self._check_all_closed()
+
+    def _report(self, client: Client, event: CloseEvent) -> None:
+        """Run ``"close"`` for ``client``: from now on its ID is unknown here."""
+        client.phase = REPORTED
         self._events.emit("close", (client.id, event), None)
 
+    def _check_all_closed(self) -> None:
+        if (
+            self._all_closed is not None
+            and not self.clients
+            and not self.closing
+            and not self._finishing
+        ):
+            self._all_closed.set()
+
     async def close_all(self, code: int, reason: str) -> None:
-        """Close every client with ``code`` and wait until they are gone."""
-        if not self.clients:
+        """Close every client with ``code`` and wait until their connections
+        are gone (those already closing included)."""
+        if not (self.clients or self.closing or self._finishing):
             return
         self._all_closed = asyncio.Event()
         for client in list(self.clients.values()):
             client.link.close(code, reason)
+        self._check_all_closed()
         await self._all_closed.wait()
 
     # ----------------------------------------------------------------- routing
@@ -223,6 +312,9 @@ class Registry:
         ``send`` stays synchronous.  If the client left meanwhile, its node
         answers and the ``"error"`` event reports ClientNotFound for that ID.
         """
+        if isinstance(client_id, str) and client_id in self.closing:
+            # Listed a moment ago, closing now: not sent, and no error.
+            return False
         backplane = self._backplane
         if backplane.is_local or not isinstance(client_id, str):
             raise ClientNotFound(client_id)
@@ -295,9 +387,11 @@ class BackplanePort:
         self._events = events
 
     def deliver_send(self, client_id: str, data: str | bytes, text: bool) -> bool:
-        client = self._registry.clients.get(client_id)
+        registry = self._registry
+        client = registry.clients.get(client_id)
         if client is None:
-            return False
+            # Closing here: it was listed when the sender looked; not an error.
+            return client_id in registry.closing
         try:
             if isinstance(data, str):
                 payload, text = encode_str(data, client.encoding)

@@ -39,7 +39,7 @@ transitions tested one by one in ``tests/protocol/test_lifecycle.py``::
     OPEN --protocol error / ping flood--> CLOSED (failed), end=HALF_CLOSE
     any --EOF before CLOSED--> end=CLOSE, reported as 1006
     CLOSE_SENT / end set --close_timeout passes--> end=ABORT
-    OPEN --pong_timeout passes--> CLOSE_SENT (1011)
+    OPEN --pong_timeout passes--> CLOSE_SENT (1011; close_code 1011 until the peer answers)
 
 The server closes the TCP connection first once both Close frames passed
 (RFC 6455 §7.1.1); a failed connection stops writing but keeps reading
@@ -258,18 +258,22 @@ class CloseResult:
 
 class ConnectionLimits:
     """The lifecycle's limits; one object may be shared by many connections
-    (a change applies to each from its next use of the value)."""
+    (a change applies to each from its next use of the value: the next
+    frame header for ``max_payload``, the next close for ``close_timeout``)."""
 
-    __slots__ = ("close_timeout", "ping_burst", "ping_flood_limit", "ping_rate")
+    __slots__ = ("close_timeout", "max_payload", "ping_burst", "ping_flood_limit", "ping_rate")
 
     def __init__(
         self,
         *,
+        max_payload: int = 0,
         close_timeout: float = 10.0,
         ping_burst: int = 16,
         ping_rate: float = 8.0,
         ping_flood_limit: int = 128,
     ) -> None:
+        # Bytes in one message (all fragments, after decompression); < 1: no limit.
+        self.max_payload = max_payload
         # Seconds from our Close frame (or from the decision to end the
         # transport) until the transport is aborted.
         self.close_timeout = close_timeout
@@ -343,10 +347,13 @@ class _TimerField(Generic[_T]):
 class Connection:
     """Server side of one WebSocket connection.
 
-    ``max_payload`` bounds one message (all fragments, after decompression);
-    ``< 1`` means no limit.  ``codec`` is the negotiated per-message
-    extension, if any; without one an RSV1 bit is a protocol error.
-    ``limits`` holds the timeouts and the ping-flood guard's figures.
+    ``limits`` holds ``max_payload`` (one message, all fragments, after
+    decompression; ``< 1``: no limit), the timeouts and the ping-flood
+    guard's figures, read where they are used: a shared
+    :class:`ConnectionLimits` changed later applies from the next frame.
+    ``max_payload`` alone (no ``limits``) makes limits of its own.
+    ``codec`` is the negotiated per-message extension, if any; without one
+    an RSV1 bit is a protocol error.
     """
 
     __slots__ = (
@@ -374,7 +381,6 @@ class Connection:
         "end",
         "failed",
         "limits",
-        "max_payload",
         "pending",
         "state",
     )
@@ -389,13 +395,16 @@ class Connection:
     def __init__(
         self,
         *,
-        max_payload: int = 0,
+        max_payload: int | None = None,
         codec: MessageCodec | None = None,
         limits: ConnectionLimits | None = None,
     ) -> None:
-        self.max_payload = max_payload
+        if limits is None:
+            limits = ConnectionLimits(max_payload=max_payload) if max_payload else _DEFAULT_LIMITS
+        elif max_payload is not None:
+            raise TypeError("give max_payload in limits, not beside them")
         self.codec = codec
-        self.limits = limits if limits is not None else _DEFAULT_LIMITS
+        self.limits = limits
         self.state = ConnectionState.OPEN
         self.failed = False
         # What the close will be reported with (see connection_lost).
@@ -457,7 +466,7 @@ class Connection:
         ):
             # C fast path: every leading complete, unfragmented, valid data
             # frame at once; whatever it stops at is read below as usual.
-            events, pos = _scan_frames(data, 0, self.max_payload)
+            events, pos = _scan_frames(data, 0, self.limits.max_payload)
         while pos < end:
             if self._read_state == _DIRECT:
                 pos = self._write_direct(data, pos, end, events)
@@ -618,7 +627,7 @@ class Connection:
             return None
         if opcode > OP_BINARY:
             return CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode}"
-        limit = self.max_payload
+        limit = self.limits.max_payload
         if opcode == OP_CONTINUATION:
             if not self._msg_opcode:
                 return CloseCode.PROTOCOL_ERROR, "continuation frame without a message"
@@ -705,7 +714,7 @@ class Connection:
         return None."""
         codec = self.codec
         assert codec is not None  # RSV1 without a codec was refused from the header
-        limit = self.max_payload
+        limit = self.limits.max_payload
         room = limit - self._msg_size if limit > 0 else -1
         try:
             return codec.decode(chunk, end_of_message, room)
@@ -878,6 +887,11 @@ class Connection:
             self._ping_payload = None
             if self.state == ConnectionState.OPEN:
                 self._emit(self.send_close(CloseCode.INTERNAL_ERROR, "pong timeout", now))
+                # Like a failure, the close is ours and says why (the
+                # driver reports it as it starts); the peer's answer, or
+                # its absence, still decides what connection_lost says.
+                self.close_code = int(CloseCode.INTERNAL_ERROR)
+                self.close_reason = "pong timeout"
                 self.pending = True
         pong_at = self._deferred_pong_at
         if pong_at is not None and now >= pong_at:
@@ -922,6 +936,11 @@ class Connection:
         if best != self.deadline:
             self.deadline = best
             self.pending = True
+
+    @property
+    def max_payload(self) -> int:
+        """The message size limit in force (``limits.max_payload``)."""
+        return self.limits.max_payload
 
     @property
     def awaiting_pong(self) -> bool:

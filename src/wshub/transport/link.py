@@ -15,6 +15,7 @@ directly, since there the ASGI server does the framing.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import socket
 import weakref
@@ -38,6 +39,8 @@ from ..protocol.handshake import Headers, UpgradeInfo
 
 __all__ = [
     "Admission",
+    "CloseInitiator",
+    "ClosingReporter",
     "FramedLink",
     "Link",
     "LinkConfig",
@@ -52,6 +55,16 @@ log = logging.getLogger("wshub")
 ReadyState = str  # "opening" | "open" | "readOnly" | "writeOnly" | "closed"
 
 
+class CloseInitiator(enum.IntEnum):
+    """Who started a closing handshake (:meth:`LinkListener.on_closing`)."""
+
+    PEER = 1  # the peer's Close, or the peer went away without one
+    APPLICATION = 2  # the hub asked: Link.close() (ws.close, a shutdown)
+    SERVER = 3  # a limit or a timeout: the core failed the connection (a
+    # protocol error, a message too big, a ping flood), no pong in time,
+    # the write buffer over write_limit, an internal error
+
+
 class LinkListener(Protocol):
     """What a link reports to (the hub's record of one client)."""
 
@@ -61,9 +74,39 @@ class LinkListener(Protocol):
 
     def on_error(self, exc: Exception) -> None: ...
 
-    def on_close(self, code: int, reason: str, was_clean: bool) -> None:
-        """Called exactly once, whatever ended the connection."""
+    def on_closing(self, code: int, reason: str, initiator: CloseInitiator) -> None:
+        """The closing handshake started: called exactly once, before
+        :meth:`on_close`, however the connection ends.
+
+        ``code`` and ``reason`` are those of the Close that started it (ours,
+        the peer's, or 1006 when the peer went away without one);
+        ``initiator`` says who started it.  Nothing can be sent from now on
+        (the reply to a peer's Close has been queued already).
+        """
         ...
+
+    def on_close(self, code: int, reason: str, was_clean: bool) -> None:
+        """Called exactly once, when the connection is gone, whatever ended it."""
+        ...
+
+
+class ClosingReporter:
+    """What every link does when a closing handshake starts: tell its
+    listener, once (:meth:`LinkListener.on_closing`).  A mixin; the link
+    sets ``closing_reported = False`` (and ``listener``) in ``__init__``."""
+
+    __slots__ = ("closing_reported",)
+
+    closing_reported: bool
+    listener: LinkListener | None
+
+    def report_closing(self, code: int, reason: str, initiator: CloseInitiator) -> None:
+        if self.closing_reported:
+            return
+        self.closing_reported = True
+        listener = self.listener
+        if listener is not None:
+            listener.on_closing(code, reason, initiator)
 
 
 class Link(Protocol):
@@ -238,7 +281,7 @@ class LinkConfig(ConnectionLimits):
     """Per-connection limits the hub hands to each link (one object, shared):
     the core's (:class:`ConnectionLimits`) and the driver's buffers."""
 
-    __slots__ = ("max_payload", "write_high", "write_limit", "write_low")
+    __slots__ = ("write_high", "write_limit", "write_low")
 
     def __init__(
         self,
@@ -253,12 +296,12 @@ class LinkConfig(ConnectionLimits):
         ping_flood_limit: int = 128,
     ) -> None:
         super().__init__(
+            max_payload=max_payload,
             close_timeout=close_timeout,
             ping_burst=ping_burst,
             ping_rate=ping_rate,
             ping_flood_limit=ping_flood_limit,
         )
-        self.max_payload = max_payload
         self.write_high = write_high
         self.write_low = write_low
         self.write_limit = write_limit
@@ -344,7 +387,7 @@ def _flusher_for(loop: asyncio.AbstractEventLoop) -> _WriteFlusher:
     return flusher
 
 
-class FramedLink:
+class FramedLink(ClosingReporter):
     """A :class:`Link` that speaks RFC 6455 frames over a byte pipe: the driver
     of one :class:`~wshub.protocol.connection.Connection`.
 
@@ -430,6 +473,7 @@ class FramedLink:
         self._timer_at: float | None = None
         self._ended = EndMode.NONE  # what was done with the pipe so far
         self._closed = False
+        self.closing_reported = False  # listener.on_closing was called
 
     # ------------------------------------------------------------ pipe (abstract)
 
@@ -555,7 +599,9 @@ class FramedLink:
             buffered,
             self.config.write_limit,
         )
-        self._start_close(CloseCode.POLICY_VIOLATION, "write buffer limit exceeded")
+        self._start_close(
+            CloseCode.POLICY_VIOLATION, "write buffer limit exceeded", CloseInitiator.SERVER
+        )
 
     def flush_batch(self) -> None:
         """Write what was queued since the last flush, in one call."""
@@ -640,7 +686,7 @@ class FramedLink:
         state = self.conn.state
         if self._closed or state == ConnectionState.CLOSE_SENT or state == ConnectionState.CLOSED:
             return False
-        self._start_close(code, reason)
+        self._start_close(code, reason, CloseInitiator.APPLICATION)
         if self._user_paused:
             # The peer's Close can only arrive if we read: closing a paused
             # client would otherwise always end in the close timeout (1006).
@@ -651,9 +697,21 @@ class FramedLink:
         if not self._closed:
             self._kill()
 
-    def _start_close(self, code: int, reason: str) -> None:
+    def _start_close(self, code: int, reason: str, initiator: CloseInitiator) -> None:
         self.queue_frame(self.conn.send_close(code, reason, self._loop.time()))
+        self.report_closing(code, reason, initiator)
         self._pump()
+
+    def _closing_by_core(self) -> None:
+        """The core left OPEN on its own (the peer's Close, the peer gone, a
+        failure, a pong timeout): tell the listener who started it."""
+        conn = self.conn
+        if conn.failed or conn.state == ConnectionState.CLOSE_SENT:
+            # We failed the connection, or closed it for a missing pong.
+            initiator = CloseInitiator.SERVER
+        else:
+            initiator = CloseInitiator.PEER
+        self.report_closing(conn.close_code, conn.close_reason, initiator)
 
     # ------------------------------------------------- what the core decided
 
@@ -665,6 +723,8 @@ class FramedLink:
                 self._ended = EndMode.ABORT
                 log.info("close timeout: dropping the connection")
                 self._cancel_timer()
+                if not self.closing_reported:
+                    self._closing_by_core()
                 self._kill()
             return
         if self._pending is None:
@@ -683,6 +743,11 @@ class FramedLink:
                     # closing now could turn into a reset that destroys our
                     # Close frame in flight, so stop writing and linger.
                     self._end_when_flushed(self._shut_and_linger)
+        state = conn.state
+        if state != _OPEN and not self.closing_reported and state != ConnectionState.CLOSE_RECEIVED:
+            # (The peer's Close is told once the messages before it are
+            # delivered and our reply is queued: their answers go out first.)
+            self._closing_by_core()
         deadline = conn.deadline
         if deadline != self._timer_at:
             self._cancel_timer()
@@ -753,7 +818,7 @@ class FramedLink:
     def _internal_error(self, exc: Exception) -> None:
         log.exception("internal error while reading frames", exc_info=exc)
         self._report_error(exc)
-        self._start_close(CloseCode.INTERNAL_ERROR, "internal error")
+        self._start_close(CloseCode.INTERNAL_ERROR, "internal error", CloseInitiator.SERVER)
 
     def _deliver(self, events: list[Event]) -> None:
         if self._pending is not None:
@@ -848,7 +913,16 @@ class FramedLink:
         self._closed = True
         self._cancel_timer()
         self._wake_drain_waiters()
-        result = self.conn.connection_lost()
+        conn = self.conn
+        if not self.closing_reported:
+            # Gone before any Close: the peer (or its network) went away.
+            failed = conn.failed
+            self.report_closing(
+                conn.close_code if failed else int(CloseCode.ABNORMAL),
+                conn.close_reason if failed else "",
+                CloseInitiator.SERVER if failed else CloseInitiator.PEER,
+            )
+        result = conn.connection_lost()
         listener = self.listener
         if listener is not None:
             try:

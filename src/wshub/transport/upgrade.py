@@ -212,9 +212,9 @@ def _refusal_for(exc: BaseException, head: RequestHead, carrier: str) -> Refusal
 
 
 def new_connection(admission: Admission) -> Connection:
-    """The connection core of an admitted WebSocket: its limits and codec."""
-    config = admission.config
-    return Connection(max_payload=config.max_payload, codec=admission.codec, limits=config)
+    """The connection core of an admitted WebSocket: its codec, and the
+    hub's limits (shared: a change applies from the next frame)."""
+    return Connection(codec=admission.codec, limits=admission.config)
 
 
 def bulk_congestion_for(loopback_congestion: str | None, peer_ip: str) -> str | None:
