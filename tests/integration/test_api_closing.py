@@ -10,8 +10,9 @@
   cookie gets it back at once), while the connection finishes its closing
   handshake in the background; its socket counts under ``limit_by_ip``
   until it is gone.
-* Option changes (``max_payload``) apply to connected clients from their
-  next frame.
+* Option changes apply to connected clients: ``max_payload`` from their
+  next frame, ``pong_timeout`` from the next ping, ``close_timeout`` from
+  the next closing handshake, ``encoding`` to the clients without their own.
 
 Real peers: the websockets client, and raw sockets (tests/rawws.py) for the
 clients that never answer a Close or a ping.
@@ -214,3 +215,53 @@ async def test_a_closing_client_keeps_its_id_until_its_close_event(
         assert (cid, 4000, True) in closes.events
     finally:
         raw.close()
+
+
+async def test_timeouts_changed_apply_to_connected_clients(start_server: StartServer) -> None:
+    # Both start long; shortened while the raw clients are connected, they
+    # apply from the next ping (pong_timeout) and the next closing
+    # handshake (close_timeout).
+    srv = await start_server(pong_timeout=60, close_timeout=60)
+    ws = srv.ws
+    closes = Closes(srv)
+    silent = await RawClient.connect("127.0.0.1", srv.port)  # answers nothing
+    mute = await RawClient.connect("127.0.0.1", srv.port)
+    try:
+        await wait_for(lambda: len(ws.clients) == 2, what="two raw clients")
+        first, second = ws.clients
+        ws.pong_timeout = 0.2
+        assert ws.ping(first) is True
+        await wait_for(lambda: closes.events, what="the pong timeout")
+        assert closes.events == [(first, 1011, False)]
+        ws.close_timeout = 0.2
+        assert ws.close(second) is True  # never answered: dropped after 0.2 s
+        await wait_for(lambda: len(closes.events) == 2, what="the close timeout")
+        assert closes.events[1] == (second, 1006, False)
+    finally:
+        silent.close()
+        mute.close()
+
+
+async def test_hub_encoding_changes_reach_clients_without_their_own(
+    start_server: StartServer,
+) -> None:
+    srv = await start_server()
+    ws = srv.ws
+    got: dict[str, list[str | bytes]] = {}
+    ws.on("message", lambda cid, data: got.setdefault(cid, []).append(data))
+    async with connect(srv) as follows, connect(srv) as own:
+        await wait_for(lambda: len(ws.clients) == 2, what="two clients")
+        await follows.send("id?")
+        await wait_for(lambda: got, what="the first message")
+        [follows_id] = got
+        [own_id] = [cid for cid in ws.clients if cid != follows_id]
+        ws.set_encoding(own_id, "utf8")  # its own: the hub's changes pass it by
+        ws.encoding = "hex"
+        await follows.send("hi")
+        await own.send("hi")
+        await wait_for(lambda: len(got) == 2 and len(got[follows_id]) == 2, what="two messages")
+        assert got[follows_id] == ["id?", "6869"] and got[own_id] == ["hi"]
+        assert ws.send(follows_id, "6869") is True  # str -> bytes through hex
+        assert await follows.recv() == b"hi"
+        assert ws.send(own_id, "6869") is True
+        assert await own.recv() == "6869"
