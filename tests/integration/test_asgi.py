@@ -200,6 +200,16 @@ async def test_message_over_max_payload_closes_1009(server: AsgiServer) -> None:
     assert client.close_code == 1009
 
 
+async def test_message_over_max_payload_reports_1009_at_once(server: AsgiServer) -> None:
+    # A close the server decides is reported with the code it sent and
+    # was_clean=False as it starts, whatever the ASGI server then does.
+    async with connect(server, "/watch") as watcher, connect(server, "/id") as client:
+        client_id = await asyncio.wait_for(client.recv(), 10)
+        await client.send(b"x" * 4097)
+        note = await close_note(watcher, client_id)
+    assert (note["code"], note["clean"]) == (1009, False)
+
+
 async def test_paused_client_disconnect_still_fires_close(server: AsgiServer) -> None:
     async with connect(server, "/watch") as watcher:
         async with connect(server, "/cmd") as client:
