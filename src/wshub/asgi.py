@@ -47,7 +47,9 @@ What the ASGI interface cannot express, per hub method:
     the application returns and the server drops the connection.
 ``"close"`` event
     ``code`` and ``was_clean`` are what the ASGI server reports in
-    ``websocket.disconnect`` (after our own close: our code and reason).
+    ``websocket.disconnect`` (after our own close: our code and reason); a
+    close the hub decides (1009 over ``max_payload``, 1008 over
+    ``write_limit``) is reported at once with its code, unclean.
     uvicorn reports a dropped connection as 1005 without a reason; the hub
     turns that into 1006, unclean.  Hypercorn 0.18 reports every close the
     client starts as 1006, whatever code the client sent.
