@@ -77,6 +77,7 @@ async def run(
     )
     await wait_listening(redis_port, procs[0])
     url = f"redis://127.0.0.1:{redis_port}/0"
+    secret = os.urandom(16).hex()
     wshub = str(Path(sys.executable).parent / "wshub")
     ports = []
     for _ in range(nodes):
@@ -98,6 +99,8 @@ async def run(
                     "--log-level",
                     "warning",
                 ],
+                # The cluster secret every node shares (it authenticates the backplane).
+                env={**os.environ, "WSHUB_SECRET": secret},
                 stderr=subprocess.DEVNULL,
             )
         )

@@ -427,6 +427,7 @@ class Runner:
         tmp = tempfile.mkdtemp(prefix="redis-", dir=self.logdir)
         try:
             extra: list[str] = []
+            env = server.env
             if scen.kind == "cluster" or server.workers > 1:
                 redis_port = free_port()
                 redis = self.start(
@@ -452,6 +453,8 @@ class Runner:
                 if status != "ok":
                     return {"failure": f"redis-server: {status}"}
                 extra = ["--backplane", f"redis://127.0.0.1:{redis_port}/0"]
+                # The cluster secret every node shares (it authenticates the backplane).
+                env = {**env, "WSHUB_SECRET": os.urandom(16).hex()}
             ports = [free_port() for _ in range(scen.nodes)]
             nodes = []
             for port in ports:
@@ -466,7 +469,7 @@ class Runner:
                     *extra,
                     *(["--health"] if server.workers else []),
                 ]
-                nodes.append(self.start(cmd, server.env, self.opts.server_cpu, log))
+                nodes.append(self.start(cmd, env, self.opts.server_cpu, log))
             procs += nodes
             for port, proc in zip(ports, nodes, strict=True):
                 status = self.wait_listening(port, proc)
@@ -921,7 +924,8 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="NAME=COMMAND",
         help="an extra server for this run (repeatable), e.g. "
-        "'wshub-main=/path/to/venv/bin/wshub serve'; it gets --port --mode --deflate",
+        "'wshub-main=/path/to/venv/bin/wshub serve'; it gets --port --mode --deflate "
+        "(and, when NAME starts with wshub, --backplane URL in C1/C2)",
     )
     ap.add_argument("--baseline", default="websockets", help="ratio column (default websockets)")
     ap.add_argument("--server-cpu", type=int, default=0)
@@ -942,7 +946,10 @@ def main(argv: list[str] | None = None) -> int:
         if not name or not command:
             ap.error(f"--server wants NAME=COMMAND, not {spec!r}")
         cmd = shlex.split(command)
-        all_srvs[name] = Server(name, cmd, [], workers=workers_in(cmd))
+        # A wshub build given this way takes part in the cluster scenarios too.
+        all_srvs[name] = Server(
+            name, cmd, [], cluster=name.startswith("wshub"), workers=workers_in(cmd)
+        )
     if opts.list:
         for s in all_scens.values():
             print(f"{s.id}: {s.title} ({s.unit})")

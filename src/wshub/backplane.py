@@ -26,12 +26,21 @@ How the Redis backplane works (``docs/scaling.md`` has the long version):
   summed over live nodes.
 - Delivery is at most once: Redis pub/sub stores nothing, so a message
   published while a node is disconnected is lost (and counted in the log).
+- Redis is a trust boundary: every message and every registry entry carries
+  an HMAC-SHA256 under a key derived from the cluster secret (the hub's
+  ``secret`` / ``WSHUB_SECRET``, or ``RedisBackplane(secret=...)``); a
+  message also carries its sender's node ID, a timestamp and a per-sender
+  counter.  A forged, altered, stale or replayed one is dropped, counted
+  (``stats().rejected``) and logged (one line per reason at most every ten
+  seconds), never acted on.  A Redis backplane without a secret refuses to
+  start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import random
@@ -39,14 +48,20 @@ import struct
 import time
 import uuid
 from collections import deque
-from typing import Any, Protocol
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from .errors import ClientNotFound, WsHubError
 
 __all__ = [
+    "CLUSTER_KEY_LABEL",
+    "REJECT_REASONS",
     "Backplane",
     "BackplaneHub",
+    "BackplaneStats",
+    "ClusterSecretMissing",
     "LocalBackplane",
     "RedisBackplane",
     "TopicHub",
@@ -85,6 +100,11 @@ class BackplaneHub(Protocol):
         """Another node admitted this ID at the same moment: close ours; False if none."""
         ...
 
+    def cluster_key(self, label: bytes) -> bytes | None:
+        """HMAC-SHA256(the hub's secret, ``label``); None when that secret is
+        random to this process (no ``secret`` and no ``WSHUB_SECRET``)."""
+        ...
+
 
 class TopicHub(Protocol):
     """What a backplane calls on the topics of the hub it serves.
@@ -118,6 +138,34 @@ class TopicHub(Protocol):
     def remote_left(self, client_id: str, name: str) -> None:
         """A client of another node left ``name`` (the ``"leave"`` event)."""
         ...
+
+
+#: Why an incoming message or registry entry was dropped: the keys of
+#: ``stats().rejected``, fixed so that metrics can label by them.
+REJECT_REASONS = (
+    "malformed",  # too short, lengths that do not add up, an origin that is not ASCII
+    "unknown_key",  # signed with a key this node does not have (another cluster secret?)
+    "bad_mac",  # forged or altered
+    "bad_version",  # a format this node does not speak
+    "unknown_kind",  # a kind not expected on its channel
+    "bad_content",  # signed, but not what its kind needs: bad JSON, unknown or missing fields
+    "stale",  # timestamp outside the replay window (a replay, or clocks out of sync)
+    "replay",  # a counter this node already accepted from that sender
+    "bad_entry",  # a registry hash entry without a valid MAC
+)
+_NO_REJECTIONS: Mapping[str, int] = MappingProxyType(dict.fromkeys(REJECT_REASONS, 0))
+
+
+class BackplaneStats(NamedTuple):
+    """A backplane's figures for metrics (:meth:`Backplane.stats`)."""
+
+    connected: bool
+    queued_messages: int  # waiting to be published
+    queued_bytes: int
+    dropped_messages: int  # cross-node messages lost since start (queue full, link down)
+    reconnects: int  # sessions opened after a lost or failed one
+    accepted: int = 0  # messages from Redis that passed every check
+    rejected: Mapping[str, int] = _NO_REJECTIONS  # dropped messages and entries, by reason
 
 
 class Backplane:
@@ -198,6 +246,10 @@ class Backplane:
         hub = self._hub
         return [c[0] for c in hub.local_clients()] if hub is not None else []
 
+    def stats(self) -> BackplaneStats:
+        """The figures metrics report (read when scraped)."""
+        return BackplaneStats(True, 0, 0, 0, 0)
+
     # Topics: this node's part of every topic, told as it changes.
 
     def topic_followed(self, name: str) -> None:
@@ -273,6 +325,263 @@ def _unpack(data: bytes) -> tuple[bytes, str, bytes, bytes]:
     return kind, origin, meta, data[pos + mlen :]
 
 
+# ------------------------------------------------------------- authentication
+#
+# Redis is a trust boundary: whoever can PUBLISH or HSET there must not be
+# able to speak for a node.  Every key comes from the cluster key
+#   K = HMAC-SHA256(cluster secret, "wshub backplane v1")
+# (``SessionSigner.derive`` makes the same K from the hub's secret):
+#   key id = HMAC(K, "key id")[:4]   names K (a node may accept two during a rotation)
+#   message key = HMAC(K, "messages"), entry key = HMAC(K, "registry entries")
+# A sealed message (every PUBLISH, on every channel):
+#   key id (4) | MAC (32) | version (1) | counter (8) | time ms (8) | len(origin) (1)
+#   | origin | the message above (data bytes or control JSON)
+#   MAC = HMAC-SHA256(message key, len(channel) (4) | channel | all after the MAC)
+# so the MAC covers the channel (the target node), the sender, its clock and
+# counter, the kind, the metadata and the payload.  A registry entry (the
+# value of field <client ID> in <prefix>:clients:<node>):
+#   key id (4) | MAC (32) | ip key "\t" path
+#   MAC = HMAC-SHA256(entry key, len(node) (4) | node | len(id) (4) | id | ip key "\t" path)
+
+#: The label that turns a shared secret into the cluster key.
+CLUSTER_KEY_LABEL = b"wshub backplane v1"
+_VERSION = 1
+_KEY_ID = 4
+_MAC = 32
+_SEAL = struct.Struct("!BQQB")  # version, counter, time ms, len(origin)
+_LEN = struct.Struct("!I")
+_SEALED_MIN = _KEY_ID + _MAC + _SEAL.size
+_ORIGIN_LEN_AT = _SEALED_MIN - 1
+#: Counters per sender remembered behind its highest: messages of one node
+#: may arrive out of order by up to this many (heartbeats and the ordered
+#: writer use different Redis connections); older ones count as replays.
+_REPLAY_SLOTS = 4096
+_REPLAY_MASK = (1 << _REPLAY_SLOTS) - 1
+#: The shortest interval between two log lines about one reason of rejection.
+_REJECT_LOG_EVERY = 10.0
+
+
+class ClusterSecretMissing(WsHubError, ValueError):
+    """A Redis backplane was started with no secret shared by the cluster's nodes."""
+
+
+class _Rejected(WsHubError):
+    """An incoming message or registry entry failed a check (``reason``: REJECT_REASONS)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def cluster_key(secret: bytes | str) -> bytes:
+    """The cluster key of a shared secret: HMAC-SHA256(secret, ``CLUSTER_KEY_LABEL``)."""
+    if isinstance(secret, str):
+        secret = secret.encode()
+    if not isinstance(secret, bytes) or not secret:
+        raise ValueError("a cluster secret must be a non-empty str or bytes")
+    return hmac.digest(secret, CLUSTER_KEY_LABEL, "sha256")
+
+
+class _ClusterKey:
+    """One cluster key's subkeys, as HMAC objects keyed once (each MAC copies one)."""
+
+    __slots__ = ("entries", "key_id", "messages")
+
+    def __init__(self, key: bytes) -> None:
+        self.key_id = hmac.digest(key, b"key id", "sha256")[:_KEY_ID]
+        self.messages = hmac.new(hmac.digest(key, b"messages", "sha256"), digestmod="sha256")
+        self.entries = hmac.new(hmac.digest(key, b"registry entries", "sha256"), digestmod="sha256")
+
+
+class _Seal:
+    """Seals what one node publishes and opens what it receives.
+
+    ``keys``: cluster keys, the first signs, every one is accepted.
+    ``window``: seconds a message's timestamp may be away from this node's
+    clock.  Within the window, the per-sender counter catches a replay.
+    """
+
+    __slots__ = ("_accepted", "_counter", "_origin", "_senders", "_signing", "window_ms")
+
+    def __init__(self, node: str, keys: list[bytes], window: float) -> None:
+        self._origin = node.encode("ascii")
+        if len(self._origin) > 255:
+            raise ValueError("node ID too long")
+        made = [_ClusterKey(k) for k in keys]
+        self._signing = made[0]
+        self._accepted = {k.key_id: k for k in reversed(made)}
+        self._counter = 0
+        self.window_ms = int(window * 1000)
+        # sender → [highest counter, bitmap of the counters seen behind it, last time (ms)]
+        self._senders: dict[bytes, list[int]] = {}
+
+    @property
+    def key_id(self) -> str:
+        """The signing key's ID (hex): what two nodes with the same secret share."""
+        return self._signing.key_id.hex()
+
+    def seal(self, channel: bytes, inner: bytes) -> bytes:
+        self._counter = counter = self._counter + 1
+        origin = self._origin
+        head = _SEAL.pack(_VERSION, counter, int(time.time() * 1000), len(origin)) + origin
+        key = self._signing
+        mac = key.messages.copy()
+        mac.update(_LEN.pack(len(channel)) + channel + head)
+        mac.update(inner)
+        return b"".join((key.key_id, mac.digest(), head, inner))
+
+    def is_own(self, data: bytes) -> bool:
+        """Whether ``data`` says it is from this node (checked by :meth:`open` only
+        when it matters: a node drops its own broadcasts unopened)."""
+        origin = self._origin
+        start = _SEALED_MIN
+        return (
+            len(data) > _ORIGIN_LEN_AT
+            and data[_ORIGIN_LEN_AT] == len(origin)
+            and data[start : start + len(origin)] == origin
+        )
+
+    def open(self, channel: bytes, data: bytes, now: float) -> tuple[str, bytes]:
+        """``(origin node, message)`` of a sealed message; raises :class:`_Rejected`."""
+        size = len(data)
+        if size < _SEALED_MIN:
+            raise _Rejected("malformed", f"{size} bytes, shorter than any sealed message")
+        # Nothing but the key ID is read before the MAC is checked.
+        key = self._accepted.get(data[:_KEY_ID])
+        if key is None:
+            raise _Rejected(
+                "unknown_key",
+                f"signed with key {data[:_KEY_ID].hex()}, this node's is {self.key_id}: "
+                "a node with another cluster secret, or a forgery",
+            )
+        mac = key.messages.copy()
+        mac.update(_LEN.pack(len(channel)) + channel)
+        mac.update(memoryview(data)[_KEY_ID + _MAC :])
+        if not hmac.compare_digest(mac.digest(), data[_KEY_ID : _KEY_ID + _MAC]):
+            raise _Rejected("bad_mac", "its MAC does not match: forged or altered")
+        version, counter, sent_ms, olen = _SEAL.unpack_from(data, _KEY_ID + _MAC)
+        if version != _VERSION:
+            raise _Rejected("bad_version", f"format version {version} (this node speaks 1)")
+        start = _SEALED_MIN + olen
+        if size < start:
+            raise _Rejected("malformed", f"{size} bytes, shorter than its own header")
+        origin_b = data[_SEALED_MIN:start]
+        if not origin_b.isascii():
+            raise _Rejected("malformed", "origin node ID not ASCII")
+        origin = origin_b.decode("ascii")
+        now_ms = int(now * 1000)
+        if abs(now_ms - sent_ms) > self.window_ms:
+            raise _Rejected(
+                "stale",
+                f"sent by node {origin} {(now_ms - sent_ms) / 1000:.1f}s ago by its clock "
+                f"(window ±{self.window_ms / 1000:g}s): a replay, or clocks out of sync",
+            )
+        self._check_counter(origin_b, origin, counter, now_ms)
+        return origin, data[start:]
+
+    def _check_counter(self, origin_b: bytes, origin: str, counter: int, now_ms: int) -> None:
+        state = self._senders.get(origin_b)
+        if state is None:
+            self._senders[origin_b] = [counter, 1, now_ms]
+            return
+        top = state[0]
+        if counter > top:
+            shift = counter - top
+            state[1] = ((state[1] << shift) | 1) & _REPLAY_MASK if shift < _REPLAY_SLOTS else 1
+            state[0] = counter
+        else:
+            behind = top - counter
+            bit = 1 << behind
+            if behind >= _REPLAY_SLOTS or state[1] & bit:
+                raise _Rejected("replay", f"counter {counter} of node {origin} already seen")
+            state[1] |= bit
+        state[2] = now_ms
+
+    def forget_silent(self, now: float) -> None:
+        """Forget the counters of senders silent for twice the window: a replay
+        of anything they sent is stale by then."""
+        limit = int(now * 1000) - 2 * self.window_ms
+        for sender, state in list(self._senders.items()):
+            if state[2] < limit:
+                del self._senders[sender]
+
+    def sign_entry(self, node: str, client_id: str, ip_key: str, event: str) -> bytes:
+        value = f"{ip_key}\t{event}".encode()
+        key = self._signing
+        return key.key_id + self._entry_mac(key, node.encode(), client_id.encode(), value) + value
+
+    def open_entry(self, node: str, raw_id: bytes, raw: bytes) -> tuple[str, str, str]:
+        """``(client ID, ip key, path)`` of a registry entry; raises :class:`_Rejected`."""
+        key = self._accepted.get(raw[:_KEY_ID])
+        if key is None or len(raw) < _KEY_ID + _MAC:
+            raise _Rejected(
+                "bad_entry",
+                f"entry {raw_id[:64]!r} is not signed with this node's key {self.key_id} "
+                "(a node with another cluster secret, or a forgery)",
+            )
+        value = raw[_KEY_ID + _MAC :]
+        mac = self._entry_mac(key, node.encode("utf-8", "surrogateescape"), raw_id, value)
+        if not hmac.compare_digest(mac, raw[_KEY_ID : _KEY_ID + _MAC]):
+            raise _Rejected("bad_entry", f"entry {raw_id[:64]!r}: its MAC does not match")
+        try:
+            client_id = raw_id.decode("utf-8")
+            ip_key, tab, event = value.decode("utf-8").partition("\t")
+        except UnicodeDecodeError:
+            raise _Rejected("bad_entry", f"entry {raw_id[:64]!r} is not UTF-8") from None
+        if not tab:
+            raise _Rejected("bad_entry", f"entry {raw_id[:64]!r} has no path")
+        return client_id, ip_key, event
+
+    @staticmethod
+    def _entry_mac(key: _ClusterKey, node: bytes, client_id: bytes, value: bytes) -> bytes:
+        mac = key.entries.copy()
+        mac.update(b"".join((_LEN.pack(len(node)), node, _LEN.pack(len(client_id)), client_id)))
+        mac.update(value)
+        return mac.digest()
+
+
+#: The fields of each control message (all strings); anything else is dropped.
+_CONTROL_FIELDS: dict[str, frozenset[str]] = {
+    "hb": frozenset({"t", "n"}),
+    "hello": frozenset({"t", "n"}),
+    "bye": frozenset({"t", "n"}),
+    "join": frozenset({"t", "n", "c", "ip", "e"}),
+    "leave": frozenset({"t", "n", "c", "ip"}),
+}
+
+
+def _control_message(origin: str, msg: object) -> dict[str, str]:
+    """``msg`` if it is a well-formed control message of node ``origin``; else _Rejected."""
+    if not isinstance(msg, dict):
+        raise _Rejected("bad_content", "a control message that is not a JSON object")
+    kind = msg.get("t")
+    fields = _CONTROL_FIELDS.get(kind) if isinstance(kind, str) else None
+    if fields is None:
+        raise _Rejected("unknown_kind", f"control message of kind {str(kind)[:40]!r}")
+    if msg.keys() != fields or not all(isinstance(v, str) for v in msg.values()):
+        raise _Rejected(
+            "bad_content", f"{kind} with fields {sorted(msg)[:8]}, not {sorted(fields)} (strings)"
+        )
+    if msg["n"] != origin:
+        raise _Rejected("bad_content", f"{kind} names node {msg['n'][:40]!r}, sealed by {origin}")
+    return msg
+
+
+def _unpack_sealed(origin: str, data: bytes, kinds: bytes) -> tuple[bytes, bytes, bytes]:
+    """``(kind, meta, payload)`` of a data message that ``origin`` sealed; its
+    kind must be one of ``kinds`` (the ones its channel carries)."""
+    try:
+        kind, inner_origin, meta, payload = _unpack(data)
+    except (ValueError, struct.error) as exc:
+        raise _Rejected("bad_content", f"not a data message: {exc}") from None
+    if len(kind) != 1 or kind not in kinds:
+        raise _Rejected("unknown_kind", f"data message of kind {kind!r}")
+    if inner_origin != origin:
+        raise _Rejected("bad_content", f"says it is from {inner_origin!r}, sealed by {origin}")
+    return kind, meta, payload
+
+
 def _log_failure(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("redis backplane: background task failed: %s", task.exception())
@@ -296,12 +605,23 @@ class RedisBackplane(Backplane):
     Redis; past either, new cross-node messages are dropped and counted.
     ``connect_timeout``: how long ``start()`` waits for the first connection
     before serving without the cluster (it keeps retrying in the background).
+
+    ``secret``: the cluster secret that authenticates every message and
+    registry entry between nodes (the same on every node).  Without it, the
+    hub's ``secret`` (or ``WSHUB_SECRET``) is used; with neither, ``start()``
+    raises :class:`ClusterSecretMissing`.  ``also_accept``: other secrets
+    whose messages are accepted (never used to sign): for a rotation.
+    ``replay_window``: seconds a message's timestamp may differ from this
+    node's clock (older ones are dropped as stale).
     """
 
     def __init__(
         self,
         url: str = "redis://127.0.0.1:6379/0",
         *,
+        secret: bytes | str | None = None,
+        also_accept: Iterable[bytes | str] = (),
+        replay_window: float = 30.0,
         prefix: str = "wshub",
         heartbeat: float = 2.0,
         ttl: float = 10.0,
@@ -330,6 +650,17 @@ class RedisBackplane(Backplane):
             raise ValueError("resync_every, queue_limit, queue_bytes, backoff_max must be > 0")
         if not prefix or any(c in prefix for c in " \r\n"):
             raise ValueError("prefix must be a non-empty token")
+        if not replay_window > 0:
+            raise ValueError("replay_window must be > 0")
+        # Only the derived keys are kept (cluster_key checks each secret).
+        self._own_key = cluster_key(secret) if secret is not None else None
+        self._other_keys = [cluster_key(s) for s in also_accept]
+        self.replay_window = float(replay_window)
+        self._sealer: _Seal | None = None
+        self._accepted = 0
+        self._rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+        self._reject_logged: dict[str, float] = {}
+        self._reject_quiet: dict[str, int] = {}
         self.url = url
         self.prefix = prefix
         self.heartbeat = float(heartbeat)
@@ -371,6 +702,9 @@ class RedisBackplane(Backplane):
         self._lost_broadcasts = 0
         self._lost_bytes = 0
         self._warned_drop = False
+        # Never reset (the _lost_* figures above are, once reported).
+        self._dropped_total = 0
+        self._reconnects = 0
 
     def __repr__(self) -> str:
         return f"RedisBackplane({self.url!r}, node={self.node_id}, up={self._up})"
@@ -386,11 +720,24 @@ class RedisBackplane(Backplane):
         """Whether the node is connected to Redis right now."""
         return self._up
 
+    def stats(self) -> BackplaneStats:
+        return BackplaneStats(
+            self._up,
+            self._queued_messages,
+            self._queued_bytes,
+            self._dropped_total,
+            self._reconnects,
+            self._accepted,
+            MappingProxyType(dict(self._rejected)),
+        )
+
     # ============================================================ lifecycle
 
     async def start(self) -> None:
         if self._supervisor is not None:
             return
+        if self._sealer is None:
+            self._sealer = self._make_sealer()
         self._stopping = False
         self._wakeup = asyncio.Event()
         self._resync_lock = asyncio.Lock()
@@ -405,6 +752,32 @@ class RedisBackplane(Backplane):
                 self._safe_url(),
                 self.connect_timeout,
             )
+
+    def _make_sealer(self) -> _Seal:
+        """The keys of this node, or :class:`ClusterSecretMissing` (loud, at start)."""
+        own = self._own_key
+        source = "RedisBackplane(secret=...)"
+        if own is None:
+            hub = self._hub
+            own = hub.cluster_key(CLUSTER_KEY_LABEL) if hub is not None else None
+            source = "the hub's secret"
+        if own is None:
+            raise ClusterSecretMissing(
+                "redis backplane: no cluster secret. Every node must share one to "
+                "authenticate the others' messages: give the hub a secret "
+                "(WebSocket(secret=...) or WSHUB_SECRET in the environment) or "
+                "RedisBackplane(secret=...). A random secret per process would make "
+                "every node reject every other's messages."
+            )
+        sealer = _Seal(self.node_id, [own, *self._other_keys], self.replay_window)
+        log.info(
+            "redis backplane: node %s signs with cluster key %s (from %s)%s",
+            self.node_id,
+            sealer.key_id,
+            source,
+            f", also accepts {len(self._other_keys)} other key(s)" if self._other_keys else "",
+        )
+        return sealer
 
     def _autostart(self) -> None:
         """Start on the first client when nobody called :meth:`start`.
@@ -430,7 +803,7 @@ class RedisBackplane(Backplane):
             try:
                 pipe = client.pipeline(transaction=False)
                 pipe.delete(self._my_key)
-                pipe.publish(self._ch_ctl, self._ctl("bye"))
+                pipe.publish(self._ch_ctl, self._sealed(self._ch_ctl, self._ctl("bye")))
                 await asyncio.wait_for(pipe.execute(), 2.0)
             except Exception as exc:
                 log.warning("redis backplane: could not withdraw node %s: %s", self.node_id, exc)
@@ -477,6 +850,8 @@ class RedisBackplane(Backplane):
                 continue
             delay = 0.1
             self._up = True
+            if first.done():
+                self._reconnects += 1
             self._report_recovery()
             if not first.done():
                 first.set_result(None)
@@ -589,9 +964,11 @@ class RedisBackplane(Backplane):
         hub = self._hub
         return hub.local_clients() if hub is not None else []
 
-    @staticmethod
-    def _entry(ip_key: str, event: str) -> bytes:
-        return f"{ip_key}\t{event}".encode()
+    def _entry(self, client_id: str, ip_key: str, event: str) -> bytes:
+        """This node's signed registry entry for a client (see _Seal.sign_entry)."""
+        sealer = self._sealer
+        assert sealer is not None, "the backplane is not started"
+        return sealer.sign_entry(self.node_id, client_id, ip_key, event)
 
     async def _register_all(self, client: Any) -> None:
         """Write this node's whole registry (after a (re)connect or a dropped update)."""
@@ -600,13 +977,23 @@ class RedisBackplane(Backplane):
         pipe.delete(self._my_key)
         local = self._local()
         if local:
-            pipe.hset(self._my_key, mapping={cid: self._entry(ip, ev) for cid, ip, ev in local})
+            entries = {cid: self._entry(cid, ip, ev) for cid, ip, ev in local}
+            pipe.hset(self._my_key, mapping=entries)
             pipe.pexpire(self._my_key, int(self.ttl * 1000))
-        pipe.publish(self._ch_ctl, self._ctl("hello"))
+        pipe.publish(self._ch_ctl, self._sealed(self._ch_ctl, self._ctl("hello")))
         await pipe.execute()
 
     def _ctl(self, kind: str, **fields: str) -> bytes:
+        """A control message for the ``:ctl`` channel (sealed when published)."""
         return json.dumps({"t": kind, "n": self.node_id, **fields}).encode()
+
+    def _sealed(self, channel: str, message: bytes) -> bytes:
+        """``message`` sealed for ``channel``.  Everything queued with
+        ``_enqueue("publish", ...)`` is sealed by the writer; a PUBLISH made
+        outside the writer (heartbeat, hello, bye) goes through this."""
+        sealer = self._sealer
+        assert sealer is not None, "the backplane is not started"
+        return sealer.seal(channel.encode(), message)
 
     def client_added(self, client_id: str, ip_key: str, event: str) -> None:
         if self._supervisor is None and self._autostart_task is None and not self._stopping:
@@ -617,7 +1004,8 @@ class RedisBackplane(Backplane):
             self._registry_dirty = True
             return
         ttl_ms = int(self.ttl * 1000)
-        self._enqueue("hset", (self._my_key, client_id, self._entry(ip_key, event)), False, 0)
+        entry = self._entry(client_id, ip_key, event)
+        self._enqueue("hset", (self._my_key, client_id, entry), False, 0)
         self._enqueue("pexpire", (self._my_key, ttl_ms), False, 0)
         msg = self._ctl("join", c=client_id, ip=ip_key, e=event)
         self._enqueue("publish", (self._ch_ctl, msg), False, 0)
@@ -678,12 +1066,27 @@ class RedisBackplane(Backplane):
             if self._owner.get(client_id) == node:
                 del self._owner[client_id]
 
+    def _open_entries(self, node: str, entries: dict[bytes, bytes]) -> list[tuple[str, str, str]]:
+        """The entries of ``node``'s registry hash that carry its MAC; the others
+        (forged, altered, or moved from another node's hash) are dropped and counted."""
+        sealer = self._sealer
+        assert sealer is not None, "the backplane is not started"
+        valid: list[tuple[str, str, str]] = []
+        for raw_id, raw_entry in entries.items():
+            try:
+                valid.append(sealer.open_entry(node, raw_id, raw_entry))
+            except _Rejected as exc:
+                self._reject(exc.reason, self._clients_key(node), exc.detail)
+        return valid
+
     def _cache_replace_node(self, node: str, entries: dict[bytes, bytes]) -> None:
+        valid = self._open_entries(node, entries)
+        if not valid and node not in self._remote:
+            return  # nothing signed: no node (a hash anyone could have written)
         self._cache_drop_node(node)
         self._seen[node] = time.monotonic()
-        for raw_id, raw_entry in entries.items():
-            ip_key, _, event = raw_entry.decode("utf-8", "replace").partition("\t")
-            self._cache_add(node, raw_id.decode("utf-8", "replace"), ip_key, event)
+        for client_id, ip_key, event in valid:
+            self._cache_add(node, client_id, ip_key, event)
 
     def _request_resync(self) -> None:
         """Reload the registry soon (a node announced itself with its whole registry)."""
@@ -746,16 +1149,17 @@ class RedisBackplane(Backplane):
             keys = [k for k in keys if k != mine]
             pipe = client.pipeline(transaction=False)
             for key in keys:
-                pipe.hkeys(key)
+                pipe.hgetall(key)
             results = await pipe.execute() if keys else []
         except Exception as exc:
             log.warning("redis backplane: cluster_clients() answers from the cache (%s)", exc)
             return local + list(self._owner)
         seen = set(local)
         out = list(local)
-        for ids in results:
-            for raw in ids:
-                cid = raw.decode("utf-8", "replace")
+        prefix_len = len(self._clients_key(""))
+        for key, entries in zip(keys, results, strict=True):
+            node = key.decode("utf-8", "replace")[prefix_len:]
+            for cid, _ip_key, _event in self._open_entries(node, entries):
                 if cid not in seen:
                     seen.add(cid)
                     out.append(cid)
@@ -788,6 +1192,7 @@ class RedisBackplane(Backplane):
         else:
             self._lost_sends += 1
         self._lost_bytes += size
+        self._dropped_total += 1
         if not self._warned_drop:
             self._warned_drop = True
             log.warning("redis backplane: dropping cross-node messages: %s", why)
@@ -828,6 +1233,8 @@ class RedisBackplane(Backplane):
 
     async def _writer(self) -> None:
         assert self._wakeup is not None
+        sealer = self._sealer
+        assert sealer is not None
         client = self._client
         queue = self._queue
         while True:
@@ -840,7 +1247,12 @@ class RedisBackplane(Backplane):
                 batch.append(queue.popleft())
             pipe = client.pipeline(transaction=False)
             for command, args, _is_message, _size in batch:
-                pipe.execute_command(command, *args)
+                if command == "publish":
+                    # Sealed here, in the order sent: the counters rise on the wire.
+                    channel, message = args
+                    pipe.execute_command(command, channel, sealer.seal(channel.encode(), message))
+                else:
+                    pipe.execute_command(command, *args)
             try:
                 await pipe.execute()
             except BaseException:
@@ -869,7 +1281,7 @@ class RedisBackplane(Backplane):
                 await self._register_all(client)
             pipe = client.pipeline(transaction=False)
             pipe.pexpire(self._my_key, int(self.ttl * 1000))
-            pipe.publish(self._ch_ctl, self._ctl("hb"))
+            pipe.publish(self._ch_ctl, self._sealed(self._ch_ctl, self._ctl("hb")))
             await pipe.execute()
             self._sweep(now)
             beats += 1
@@ -887,11 +1299,16 @@ class RedisBackplane(Backplane):
                     len(self._remote.get(node, ())),
                 )
                 self._cache_drop_node(node)
+        sealer = self._sealer
+        if sealer is not None:
+            sealer.forget_silent(time.time())
 
     # ============================================================ incoming
 
     async def _reader(self) -> None:
         pubsub = self._pubsub
+        sealer = self._sealer
+        assert sealer is not None
         ch_all = self._ch_all.encode()
         ch_ctl = self._ch_ctl.encode()
         while True:
@@ -900,21 +1317,51 @@ class RedisBackplane(Backplane):
                 continue
             channel = msg["channel"]
             data = msg["data"]
+            if channel != ch_ctl and sealer.is_own(data):
+                continue  # this node's own publication, delivered locally when it was sent
+            # Nothing is acted on before open() has checked the MAC, the
+            # clock and the counter; what is dropped is counted and logged.
             try:
+                origin, inner = sealer.open(channel, data, time.time())
+                self._accepted += 1
                 if channel == ch_ctl:
-                    self._on_ctl(data)
+                    self._on_ctl(origin, inner)
                 elif channel == ch_all:
-                    self._on_broadcast(data)
+                    self._on_broadcast(origin, inner)
                 else:
-                    self._on_direct(data)
-            except Exception:
-                log.exception("redis backplane: bad message on %r ignored", channel)
+                    self._on_direct(origin, inner)
+            except _Rejected as exc:
+                self._reject(exc.reason, channel, exc.detail)
+            except (ValueError, TypeError, KeyError, struct.error) as exc:
+                # Sealed with our key, yet not what its kind needs (a bug, or a
+                # node of another version): dropped the same way.
+                self._reject("bad_content", channel, f"{type(exc).__name__}: {exc}")
 
-    def _on_ctl(self, data: bytes) -> None:
-        msg = json.loads(data)
-        if not isinstance(msg, dict) or not isinstance(msg.get("n"), str):
-            raise ValueError("control message without a node")
-        if msg["n"] == self.node_id:
+    def _reject(self, reason: str, where: bytes | str, detail: str) -> None:
+        """Count a dropped message or entry; log it, one line per reason at most
+        every ``_REJECT_LOG_EVERY`` seconds (a flood costs no more log than one)."""
+        self._rejected[reason] += 1
+        now = time.monotonic()
+        last = self._reject_logged.get(reason)
+        if last is not None and now - last < _REJECT_LOG_EVERY:
+            self._reject_quiet[reason] = self._reject_quiet.get(reason, 0) + 1
+            return
+        self._reject_logged[reason] = now
+        quiet = self._reject_quiet.pop(reason, 0)
+        if isinstance(where, bytes):
+            where = where.decode("utf-8", "replace")
+        log.warning(
+            "redis backplane: dropped %s on %r (%s): %s%s",
+            "a registry entry" if reason == "bad_entry" else "a message",
+            where[:120],
+            reason,
+            detail,
+            f"; {quiet} more dropped for this reason since the last report" if quiet else "",
+        )
+
+    def _on_ctl(self, origin: str, data: bytes) -> None:
+        msg = _control_message(origin, json.loads(data))
+        if origin == self.node_id:
             if msg.get("t") == "hb":
                 self._own_hb_seen = time.monotonic()
             return
@@ -952,24 +1399,32 @@ class RedisBackplane(Backplane):
                 node,
             )
 
-    def _on_broadcast(self, data: bytes) -> None:
-        kind, origin, meta, payload = _unpack(data)
+    def _on_broadcast(self, origin: str, data: bytes) -> None:
+        kind, meta, payload = _unpack_sealed(origin, data, b"Bb")
         if origin == self.node_id or self._hub is None:
             return  # delivered locally when it was sent
         event: str | None = None
         exclude: frozenset[str] = frozenset()
         if meta:
             info = json.loads(meta)
-            event = info.get("e")
-            exclude = frozenset(info.get("x") or ())
+            if (
+                not isinstance(info, dict)
+                or info.keys() != {"e", "x"}
+                or not isinstance(info["e"], (str, type(None)))
+                or not isinstance(info["x"], list)
+                or not all(isinstance(x, str) for x in info["x"])
+            ):
+                raise _Rejected("bad_content", "broadcast metadata is not {e: path, x: [IDs]}")
+            event = info["e"]
+            exclude = frozenset(info["x"])
         self._hub.deliver_broadcast(payload, kind == b"B", event, exclude)
 
-    def _on_direct(self, data: bytes) -> None:
-        kind, origin, meta, payload = _unpack(data)
+    def _on_direct(self, origin: str, data: bytes) -> None:
+        kind, meta, payload = _unpack_sealed(origin, data, b"TtyM")
         hub = self._hub
         if hub is None:
             return
-        client_id = meta.decode("utf-8", "replace")
+        client_id = meta.decode("utf-8")
         if kind == b"M":
             hub.client_missing(client_id)
             return

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import secrets
 import ssl
 import sys
 from importlib import resources
@@ -154,6 +156,14 @@ def _origin_option(value: str) -> str | list[str] | None:
 def _backplane_option(url: str | None) -> Backplane | None:
     if not url:
         return None
+    if not os.environ.get("WSHUB_SECRET"):
+        print(
+            "wshub serve: --backplane needs WSHUB_SECRET in the environment, the same on "
+            "every node: it authenticates the nodes' messages to each other "
+            "(see docs/scaling.md, 'Redis is a trust boundary')",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     try:
         return make_backplane(url)
     except ImportError as exc:
@@ -198,6 +208,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"wshub serve: --loopback-congestion: {exc}", file=sys.stderr)
         return EXIT_UNSUPPORTED
+    if args.workers and args.backplane and not os.environ.get("WSHUB_SECRET"):
+        # The workers of one supervisor are one hub: they share a secret made
+        # here (cookies, backplane); nodes on other hosts need WSHUB_SECRET.
+        os.environ["WSHUB_SECRET"] = secrets.token_hex(32)
     # A bad URL, a missing redis-py or compressor: said once, here, not by every worker.
     _backplane_option(args.backplane)
     _deflate_option(args)

@@ -415,11 +415,14 @@ class SessionSigner:
     are still accepted until that expiry.
     """
 
-    __slots__ = ("_inner", "_outer")
+    __slots__ = ("_inner", "_outer", "ephemeral")
 
     def __init__(self, secret: bytes | str | None) -> None:
+        #: True when no secret was given: a random one, known to this process only.
+        self.ephemeral = False
         if secret is None:
             env = os.environ.get("WSHUB_SECRET")
+            self.ephemeral = not env
             secret = env.encode() if env else os.urandom(32)
         if isinstance(secret, str):
             secret = secret.encode()
@@ -442,6 +445,18 @@ class SessionSigner:
         outer = self._outer.copy()
         outer.update(inner.digest())
         return _b64url(outer.digest())
+
+    def derive(self, label: bytes) -> bytes:
+        """A key for another use of the same secret: HMAC-SHA256(secret, ``label``).
+
+        A distinct label per use keeps the keys apart (the cluster backplane
+        uses ``b"wshub backplane v1"``): a MAC made with one is no MAC for the other.
+        """
+        inner = self._inner.copy()
+        inner.update(label)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def sign(self, client_id: str, expiry: float) -> str:
         """The cookie value for ``client_id`` until ``expiry`` (seconds since

@@ -10,7 +10,8 @@ JSON commands (text messages on ``/`` or ``/chat``):
 
 Every client gets ``{"op": "welcome", "id": ID, "node": NODE}`` on open.
 Payloads routed by send/broadcast arrive as the plain strings the sender gave.
-``GET /state?ip=K&id=X`` answers the node's view of the cluster as JSON.
+``GET /state?ip=K&id=X`` answers the node's view of the cluster as JSON
+(with the backplane's ``accepted`` and ``rejected`` counters).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def build(args: argparse.Namespace) -> tuple[HttpServer, WebSocket]:
             "cluster": await ws.cluster_clients(),
             "ip_remote": backplane.ip_count(ip),
             "owner": backplane.owner(cid) if cid else None,
+            "accepted": backplane.stats().accepted,
+            "rejected": dict(backplane.stats().rejected),
         }
         return Response(json.dumps(state), content_type="application/json")
 

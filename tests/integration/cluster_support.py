@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -200,3 +201,30 @@ async def connect(node: Node, path: str = "/", cookie: str | None = None) -> Cli
     welcome = json.loads(await asyncio.wait_for(conn.recv(), 10.0))
     assert welcome["op"] == "welcome"
     return Client(conn, welcome, conn.response.headers.get("Set-Cookie", ""))
+
+
+class Cluster:
+    """The nodes and clients of one test, stopped together (by PID) at the end."""
+
+    def __init__(self, redis: RedisServer, workdir: Path) -> None:
+        self.redis = redis
+        self.workdir = workdir
+        self.nodes: list[Node] = []
+        self.clients: list[Client] = []
+
+    async def node(self, *extra: str) -> Node:
+        node = await start_node(self.redis.url, self.workdir, *extra)
+        self.nodes.append(node)
+        return node
+
+    async def client(self, node: Node, path: str = "/", cookie: str | None = None) -> Client:
+        client = await connect(node, path, cookie)
+        self.clients.append(client)
+        return client
+
+    async def close(self) -> None:
+        for c in self.clients:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(c.close(), 5.0)
+        for n in self.nodes:
+            await n.stop()

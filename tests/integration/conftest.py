@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cluster_support import RedisServer
+from tests.integration.cluster_support import Cluster, RedisServer
 
 
 @pytest.fixture
@@ -17,3 +17,11 @@ async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
     await server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def cluster(redis: RedisServer, tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Node processes and clients on ``redis``; every one stopped (by PID) afterwards."""
+    c = Cluster(redis, tmp_path)
+    yield c
+    await c.close()

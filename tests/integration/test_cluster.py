@@ -311,6 +311,7 @@ async def test_redis_restart_local_service_continues_and_cluster_recovers(
 
 async def test_wshub_serve_backplane_option(redis: RedisServer, tmp_path: Path) -> None:
     """Two ``wshub serve --mode broadcast --backplane URL`` processes act as one."""
+    import os
     import shutil
     import sys
 
@@ -338,6 +339,8 @@ async def test_wshub_serve_backplane_option(redis: RedisServer, tmp_path: Path) 
                     redis.url,
                     stdout=log,
                     stderr=log,
+                    # The nodes' shared secret: without it --backplane refuses to start.
+                    env={**os.environ, "WSHUB_SECRET": "serve-test-secret"},
                 )
             )
             log.close()

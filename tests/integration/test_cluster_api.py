@@ -15,6 +15,9 @@ from tests.integration.cluster_support import RedisServer, free_port
 from wshub import ClientNotFound, HttpServer, WebSocket
 from wshub.backplane import Backplane, LocalBackplane, RedisBackplane, _pack, _unpack
 
+#: The cluster secret of these hubs (a Redis backplane refuses to start without one).
+SECRET = "cluster-api-test-secret"
+
 
 def test_backplane_option_validation() -> None:
     assert isinstance(WebSocket().backplane, LocalBackplane)
@@ -60,7 +63,7 @@ async def test_serves_local_clients_while_redis_is_down_then_joins(
     redis = RedisServer(tmp_path)  # not started yet: nothing listens on its port
     backplane = RedisBackplane(redis.url, heartbeat=0.2, ttl=1.0, backoff_max=0.3)
     server = HttpServer()
-    ws = WebSocket(server, backplane=backplane)
+    ws = WebSocket(server, backplane=backplane, secret=SECRET)
     ws.on("message", lambda cid, data: ws.send(cid, data))
     caplog.set_level(logging.INFO, logger="wshub.backplane")
     await server.serve("127.0.0.1", 0)
@@ -84,7 +87,7 @@ async def test_two_hubs_in_one_process(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path)
     await redis.start()
     servers = [HttpServer(), HttpServer()]
-    hubs = [WebSocket(s, backplane=redis.url, session_expires=0) for s in servers]
+    hubs = [WebSocket(s, backplane=redis.url, session_expires=0, secret=SECRET) for s in servers]
     try:
         for s in servers:
             await s.serve("127.0.0.1", 0)
@@ -133,7 +136,7 @@ async def test_same_session_id_admitted_on_two_nodes_at_once_keeps_one(tmp_path:
     redis = RedisServer(tmp_path)
     await redis.start()
     server = HttpServer()
-    ws = WebSocket(server, backplane=redis.url)
+    ws = WebSocket(server, backplane=redis.url, secret=SECRET)
     backplane = ws.backplane
     assert isinstance(backplane, RedisBackplane)
     await server.serve("127.0.0.1", 0)
@@ -172,9 +175,9 @@ async def test_hub_served_by_uvicorn_joins_the_cluster(tmp_path: Path) -> None:
 
     redis = RedisServer(tmp_path)
     await redis.start()
-    asgi_hub = WebSocket(backplane=redis.url, allow_origin="*")
+    asgi_hub = WebSocket(backplane=redis.url, allow_origin="*", secret=SECRET)
     server = HttpServer()
-    hub = WebSocket(server, backplane=redis.url)
+    hub = WebSocket(server, backplane=redis.url, secret=SECRET)
     config = uvicorn.Config(
         asgi_hub.asgi(), host="127.0.0.1", port=free_port(), log_level="warning", lifespan="on"
     )

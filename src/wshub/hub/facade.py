@@ -104,7 +104,7 @@ class WebSocket:
         self._pings = registry.pings
         self._admission = AdmissionControl(options, registry, per_ip, self._backplane)
         # The backplane calls back through a port of its own, not this facade.
-        self._backplane.bind(BackplanePort(registry, events))
+        self._backplane.bind(BackplanePort(registry, events, options))
         topics = self._topics = registry.topics
         topics.limit = topics.check_limit(max_topics_per_client)
         self._backplane.bind_topics(TopicsPort(topics, events))

@@ -380,11 +380,16 @@ class Registry:
 class BackplanePort:
     """What the backplane calls on the hub it serves (:class:`~wshub.backplane.BackplaneHub`)."""
 
-    __slots__ = ("_events", "_registry")
+    __slots__ = ("_events", "_options", "_registry")
 
-    def __init__(self, registry: Registry, events: Events) -> None:
+    def __init__(self, registry: Registry, events: Events, options: HubOptions) -> None:
         self._registry = registry
         self._events = events
+        self._options = options
+
+    def cluster_key(self, label: bytes) -> bytes | None:
+        signer = self._options.signer
+        return None if signer.ephemeral else signer.derive(label)
 
     def deliver_send(self, client_id: str, data: str | bytes, text: bool) -> bool:
         registry = self._registry
