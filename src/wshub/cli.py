@@ -17,6 +17,7 @@ from .backplane import Backplane, make_backplane
 from .http import Request, Response
 from .hub import CloseEvent, WebSocket
 from .protocol.deflate import DeflateOptions
+from .protocol.handshake import is_token
 from .transport.server import HttpServer, check_drain
 
 __all__ = ["main"]
@@ -99,6 +100,15 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-origin", default="*", help="'*' (default), 'same' or a comma-separated list"
     )
     serve.add_argument(
+        "--subprotocol",
+        action="append",
+        default=[],
+        type=_subprotocol_name,
+        metavar="NAME",
+        help="a subprotocol the server speaks (repeatable); the client's first offer "
+        "among them is answered in Sec-WebSocket-Protocol",
+    )
+    serve.add_argument(
         "--backplane",
         default=None,
         metavar="URL",
@@ -143,6 +153,12 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the demo chat page on http://127.0.0.1:8080")
     _common(demo, 8080)
     return parser
+
+
+def _subprotocol_name(value: str) -> str:
+    if not is_token(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a subprotocol name (an HTTP token)")
+    return value
 
 
 def _origin_option(value: str) -> str | list[str] | None:
@@ -261,6 +277,7 @@ def _serve_app(args: argparse.Namespace) -> HttpServer:
         limit_by_ip=args.limit_by_ip,
         per_message_deflate=_deflate_option(args),
         backplane=_backplane_option(args.backplane),
+        subprotocols=args.subprotocol,
     )
     if args.mode == "echo":
         send = ws.send

@@ -88,6 +88,8 @@ async def test_pong_timeout_reports_1011_at_once_and_frees_the_id(
     closes = Closes(srv)
     opened: list[str] = []
     ws.on("open", opened.append)
+    messages: list[tuple[str, str | bytes]] = []
+    ws.on("message", lambda c, data: messages.append((c, data)))
     raw = await RawClient.connect("127.0.0.1", srv.port)  # never answers a ping
     try:
         await wait_for(lambda: len(opened) == 1, what="the raw client")
@@ -112,12 +114,16 @@ async def test_pong_timeout_reports_1011_at_once_and_frees_the_id(
                 await wait_for(lambda: len(opened) == 3, what="the reconnection")
                 assert opened[2] == cid and cid in ws.clients
                 assert ws._per_ip.count("127.0.0.1") == 3
-                # The old connection ends later without another event.
-                raw.close()
+                # The old connection ends later without another event: what
+                # it still sends goes nowhere (not to the new client of its ID).
+                await raw.send(client_frame(0x1, b"late"))
+                await raw.send(client_frame(0x8, close_body(1011)))
+                assert await raw.at_eof()  # both Close frames passed: the server hung up
                 await wait_for(
                     lambda: ws._per_ip.count("127.0.0.1") == 2, what="the old socket to go"
                 )
                 assert closes.events == [(cid, 1011, False)]
+                assert messages == []
                 assert ws.send(cid, "to the new one") is True
                 assert (await again.recv())[2] == b"to the new one"
                 await other.send("still fine")

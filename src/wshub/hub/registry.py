@@ -53,6 +53,9 @@ def encode_payload(data: str | bytes | bytearray | memoryview, encoding: str) ->
 # closing handshake (Registry.closing: not listed, its "close" event due);
 # its "close" event ran (the ID is free); its connection is gone.
 OPEN, CLOSING, REPORTED, GONE = 0, 1, 2, 3
+# The event of a client whose "close" ran: no handler is ever registered
+# under it, so what its connection still delivers goes nowhere.
+NO_EVENT = ""
 
 
 class Client:
@@ -112,7 +115,8 @@ class Client:
         return self.events.deliver(self, data)
 
     def on_error(self, exc: Exception) -> None:
-        self.events.emit_error(self.id, exc)
+        if self.phase < REPORTED:  # (after "close", nothing more: the ID may be reused)
+            self.events.emit_error(self.id, exc)
 
     def on_closing(self, code: int, reason: str, initiator: CloseInitiator) -> None:
         self.registry.client_closing(self, code, reason, initiator)
@@ -276,8 +280,10 @@ class Registry:
         self._check_all_closed()
 
     def _report(self, client: Client, event: CloseEvent) -> None:
-        """Run ``"close"`` for ``client``: from now on its ID is unknown here."""
+        """Run ``"close"`` for ``client``: from now on its ID is unknown here,
+        and its connection, if still there, delivers nothing."""
         client.phase = REPORTED
+        client.event = NO_EVENT
         self._events.emit("close", (client.id, event), None)
 
     def _check_all_closed(self) -> None:

@@ -261,6 +261,11 @@ class _ParsedRequest:
         self.keep_alive = True
 
 
+# While the hub's async handshake hook runs, bytes sent ahead of the 101
+# are kept for the link up to this much; then reading pauses.
+_EARLY_DATA_LIMIT = 64 * 1024
+
+
 class _PendingUpgrade:
     """An upgrade waiting for the hub's ``async`` handshake hook."""
 
@@ -370,8 +375,18 @@ class Http1Protocol(asyncio.Protocol):
         parser = self._parser
         if parser is None:
             upgrading = self._upgrading
-            if upgrading is not None:  # read before the pause took effect
+            if upgrading is not None:
+                # Frames sent ahead of the 101: kept for the link.  Reading
+                # goes on (so that a client that leaves is noticed) up to a
+                # bound, then pauses until the hook has answered.
                 upgrading.rest += data
+                transport = self.transport
+                if (
+                    len(upgrading.rest) >= _EARLY_DATA_LIMIT
+                    and transport is not None
+                    and transport.is_reading()
+                ):
+                    transport.pause_reading()
             return
         if parser is _LAZY and not self._sniff:
             # The first read: nearly always a whole, plain upgrade request,
@@ -652,13 +667,11 @@ class Http1Protocol(asyncio.Protocol):
         if isinstance(verdict, Refusal):
             self._send_refusal(verdict)
         elif isinstance(verdict, asyncio.Future):
-            # The hub's hook is async: read nothing more until it has
+            # The hub's hook is async: parse nothing more until it has
             # answered (the request-head deadline stays armed and bounds it).
             self._parser = None
             self._busy = True
             self._upgrading = _PendingUpgrade(verdict, head, rest)
-            if transport.is_reading():
-                transport.pause_reading()
             verdict.add_done_callback(self._verdict_ready)
         else:
             self._upgrade(verdict, headers, rest)
@@ -677,7 +690,8 @@ class Http1Protocol(asyncio.Protocol):
         if transport is None or self._closing or transport.is_closing():
             answer.cancel()
             return
-        transport.resume_reading()
+        if not transport.is_reading():
+            transport.resume_reading()
         self._upgrade(answer, upgrading.head.headers, upgrading.rest)
 
     def _upgrade(self, admission: Admission, headers: Headers, rest: bytes) -> None:

@@ -16,6 +16,7 @@ from ..errors import HandshakeError
 from ..http import Handler, Request, Response
 from ..protocol.frames import is_valid_close_code
 from .http1 import Http1Protocol
+from .upgrade import SNI_ATTRIBUTE
 
 if TYPE_CHECKING:
     from .link import UpgradeHandler
@@ -306,6 +307,9 @@ class HttpServer:
         # ALPN: h2 first when we can speak it, then HTTP/1.1 (RFC 7301).
         protocols = ["h2", "http/1.1"] if self.connections.speaks_h2 else ["http/1.1"]
         context.set_alpn_protocols(protocols)
+        # The SNI a client sent, for the handshake hook's Handshake.tls.
+        if not isinstance(context.sni_callback, _SniRecorder):
+            context.sni_callback = _SniRecorder(context.sni_callback)
 
     async def serve_forever(self) -> None:
         """Block until :meth:`close` is called."""
@@ -473,6 +477,27 @@ def check_drain(window: float, timeout: float, code: int, reason: str) -> None:
         raise ValueError(f"{code!r} is not a close code that may be sent")
     if len(reason.encode("utf-8")) > 123:
         raise ValueError("close reason longer than 123 bytes")
+
+
+class _SniRecorder:
+    """An SSL context's ``sni_callback``: keeps the server name a client sent
+    on its ``SSLObject`` (``server_hostname`` says nothing on the server
+    side), then calls the callback the context had, if any."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Callable[..., Any] | None) -> None:
+        self.inner = inner
+
+    def __call__(
+        self, ssl_object: Any, server_name: str | None, context: ssl_module.SSLContext
+    ) -> Any:
+        if server_name is not None:
+            with contextlib.suppress(AttributeError):
+                setattr(ssl_object, SNI_ATTRIBUTE, server_name)
+        if self.inner is not None:
+            return self.inner(ssl_object, server_name, context)
+        return None
 
 
 class GoawaySession(Protocol):

@@ -1,0 +1,86 @@
+"""The ``on_handshake`` hook and subprotocols under real ASGI servers (uvicorn, Hypercorn).
+
+The application is tests/integration/asgi_hook_app.py: an async hook that
+admits ``?token=good``, refuses the rest with 401 (through the WebSocket
+Denial Response extension, which both servers offer) and never answers
+on ``/stuck`` (cut at the adapter's handshake_timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from tests.integration.asgi_servers import AsgiServer, start
+
+APP = "tests.integration.asgi_hook_app:app"
+
+
+@pytest.fixture(scope="module", params=["uvicorn", "hypercorn"])
+def server(request: pytest.FixtureRequest) -> Iterator[AsgiServer]:
+    srv = start(str(request.param), APP)
+    yield srv
+    srv.stop()
+
+
+def connect(srv: AsgiServer, path: str, **kwargs: Any) -> Any:
+    kwargs.setdefault("compression", None)
+    kwargs.setdefault("open_timeout", 10)
+    return websockets.connect(srv.url + path, **kwargs)
+
+
+async def test_admitted_once_with_data_request_and_subprotocol(server: AsgiServer) -> None:
+    async with connect(
+        server,
+        "/room?token=good",
+        subprotocols=["chat.v1", "chat.v2"],
+        additional_headers={"Cookie": "sid=abc"},
+    ) as client:
+        assert client.subprotocol == "chat.v1"  # the client's first offer the hub speaks
+        assert client.response.headers["X-Hooked"] == "yes"
+        assert client.response.headers.get_all("Sec-WebSocket-Protocol") == ["chat.v1"]
+        report = json.loads(await asyncio.wait_for(client.recv(), 10))
+    assert report["data"] == {"user": "alice"}
+    assert report["subprotocol"] == "chat.v1"
+    assert report["path"] == "/room" and report["method"] == "GET"
+    assert report["http_version"] in ("1.1", "1.0")
+    assert report["cookies"] == {"sid": "abc"}
+    assert report["client"] == "127.0.0.1"
+    assert report["calls"] == 1  # the hook ran once for this connection
+
+
+async def test_no_offer_no_subprotocol(server: AsgiServer) -> None:
+    async with connect(server, "/plain?token=good") as client:
+        assert client.subprotocol is None
+        assert "Sec-WebSocket-Protocol" not in client.response.headers
+        report = json.loads(await asyncio.wait_for(client.recv(), 10))
+    assert report["subprotocol"] is None
+
+
+async def test_refusal_through_the_denial_extension(server: AsgiServer) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(server, "/room?token=bad"):
+            pass
+    response = info.value.response
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="t"'
+    assert bytes(response.body) == b"who are you?\n"
+
+
+async def test_a_hook_that_never_answers_is_cut_at_the_handshake_timeout(
+    server: AsgiServer,
+) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(server, "/stuck"):
+            pass
+    assert info.value.response.status_code == 503
+    # The server goes on serving.
+    async with connect(server, "/after?token=good") as client:
+        report = json.loads(await asyncio.wait_for(client.recv(), 10))
+    assert report["calls"] == 1
