@@ -1066,9 +1066,12 @@ class RedisBackplane(Backplane):
             if self._owner.get(client_id) == node:
                 del self._owner[client_id]
 
-    def _open_entries(self, node: str, entries: dict[bytes, bytes]) -> list[tuple[str, str, str]]:
-        """The entries of ``node``'s registry hash that carry its MAC; the others
-        (forged, altered, or moved from another node's hash) are dropped and counted."""
+    def _open_entries(
+        self, node: str, entries: dict[bytes, bytes], where: str | None = None
+    ) -> list[tuple[str, str, str]]:
+        """The entries of a hash of ``node`` (its registry, or ``where``) that
+        carry its MAC; the others (forged, altered, or moved from another node's
+        hash) are dropped and counted."""
         sealer = self._sealer
         assert sealer is not None, "the backplane is not started"
         valid: list[tuple[str, str, str]] = []
@@ -1076,7 +1079,7 @@ class RedisBackplane(Backplane):
             try:
                 valid.append(sealer.open_entry(node, raw_id, raw_entry))
             except _Rejected as exc:
-                self._reject(exc.reason, self._clients_key(node), exc.detail)
+                self._reject(exc.reason, where or self._clients_key(node), exc.detail)
         return valid
 
     def _cache_replace_node(self, node: str, entries: dict[bytes, bytes]) -> None:
