@@ -23,6 +23,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.conftest import StartServer, wait_for
 from tests.integration.h2_client_support import OP_TEXT, parse_frames, ws_frame
+from tests.integration.hook_support import StuckHook
 from wshub import Handshake, HttpServer, Response, WebSocket
 from wshub.errors import ClientNotFound
 from wshub.tls import write_self_signed
@@ -277,14 +278,11 @@ async def test_frames_sent_right_behind_the_request_wait_for_the_async_hook(
 async def test_an_async_hook_that_never_answers_is_cut_at_the_handshake_timeout(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cancelled = asyncio.Event()
+    stuck_hook = StuckHook()
 
     async def hook(hs: Handshake) -> None:
         if hs.path == "/stuck":
-            try:
-                await asyncio.Event().wait()
-            finally:
-                cancelled.set()
+            await stuck_hook(hs)
 
     srv = await start_server(
         on_handshake=hook, limit_by_ip=2, server_options={"handshake_timeout": 0.5}
@@ -298,7 +296,7 @@ async def test_an_async_hook_that_never_answers_is_cut_at_the_handshake_timeout(
     assert (await refused(srv.url + "/")).status_code == 429
     for response in await asyncio.gather(*stuck):
         assert response.status_code == 503
-    assert cancelled.is_set()
+    assert stuck_hook.cancelled.is_set()
     assert ws._per_ip.count("127.0.0.1") == 0
     timeouts = [r for r in caplog.records if "did not answer within" in r.getMessage()]
     assert len(timeouts) == 2
@@ -310,23 +308,14 @@ async def test_an_async_hook_that_never_answers_is_cut_at_the_handshake_timeout(
 async def test_a_client_that_leaves_during_the_async_hook_frees_its_slot(
     start_server: StartServer,
 ) -> None:
-    started = asyncio.Event()
-    cancelled = asyncio.Event()
-
-    async def hook(hs: Handshake) -> None:
-        started.set()
-        try:
-            await asyncio.sleep(30)
-        finally:
-            cancelled.set()
-
+    hook = StuckHook()
     srv = await start_server(on_handshake=hook)
     _reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
     writer.write(upgrade_request(srv.port))
-    await asyncio.wait_for(started.wait(), 10)
+    await asyncio.wait_for(hook.started.wait(), 10)
     assert srv.ws._per_ip.count("127.0.0.1") == 1
     writer.close()  # the client gives up
-    await asyncio.wait_for(cancelled.wait(), 10)
+    await asyncio.wait_for(hook.cancelled.wait(), 10)
     await wait_for(lambda: srv.ws._per_ip.count("127.0.0.1") == 0, what="slot freed")
     assert srv.ws.clients == [] and not srv.ws._reserved
 

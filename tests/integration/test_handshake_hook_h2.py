@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.integration.h2_client_support import OP_TEXT, H2Client
+from tests.integration.hook_support import StuckHook
 from wshub import Handshake, HttpServer, Response, WebSocket
 from wshub.tls import write_self_signed
 
@@ -146,25 +147,16 @@ async def test_an_async_hook_holds_its_stream_only(start_h2: StartH2) -> None:
 
 
 async def test_rst_stream_during_an_async_hook_cancels_it(start_h2: StartH2) -> None:
-    started = asyncio.Event()
-    cancelled = asyncio.Event()
-
-    async def hook(hs: Handshake) -> None:
-        started.set()
-        try:
-            await asyncio.sleep(30)
-        finally:
-            cancelled.set()
-
+    hook = StuckHook()
     srv = await start_h2(on_handshake=hook, limit_by_ip=1)
     per_ip = srv.ws._per_ip
     c = await srv.client()
     sid = await srv.connect(c, "/")
-    await asyncio.wait_for(started.wait(), 10)
+    await asyncio.wait_for(hook.started.wait(), 10)
     assert per_ip.count("127.0.0.1") == 1  # the pending client holds the slot
     c.conn.reset_stream(sid)
     c.flush()
-    await asyncio.wait_for(cancelled.wait(), 10)
+    await asyncio.wait_for(hook.cancelled.wait(), 10)
     assert not srv.ws._reserved and srv.ws.clients == []
     # The slot went back to the connection itself (limit_by_ip=1): a new
     # connection from this address is refused, the old one still works.
@@ -174,22 +166,13 @@ async def test_rst_stream_during_an_async_hook_cancels_it(start_h2: StartH2) -> 
 
 
 async def test_connection_loss_during_an_async_hook_cancels_it(start_h2: StartH2) -> None:
-    started = asyncio.Event()
-    cancelled = asyncio.Event()
-
-    async def hook(hs: Handshake) -> None:
-        started.set()
-        try:
-            await asyncio.sleep(30)
-        finally:
-            cancelled.set()
-
+    hook = StuckHook()
     srv = await start_h2(on_handshake=hook, tls=False)
     c = await srv.client()
     await srv.connect(c, "/")
-    await asyncio.wait_for(started.wait(), 10)
+    await asyncio.wait_for(hook.started.wait(), 10)
     await c.close()
-    await asyncio.wait_for(cancelled.wait(), 10)
+    await asyncio.wait_for(hook.cancelled.wait(), 10)
     await wait_for(lambda: srv.ws._per_ip.count("127.0.0.1") == 0, what="slot freed")
 
 
