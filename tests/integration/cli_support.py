@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,3 +89,21 @@ async def start_program(argv: Sequence[str], port: int, timeout: float = 15.0) -
             continue
         w.close()
         return Program(proc, port, time.perf_counter() - began)
+
+
+@asynccontextmanager
+async def example_program(name: str) -> AsyncIterator[int]:
+    """``python examples/<name> --port P`` while the block runs; yields P.
+
+    Afterwards the example must exit 0 on SIGTERM without a traceback.
+    """
+    port = free_port()
+    program = await start_program(
+        [sys.executable, str(ROOT / "examples" / name), "--port", str(port)], port
+    )
+    try:
+        yield port
+    finally:
+        status, err = await program.stop(signal.SIGTERM)
+        assert status == 0, err
+        assert "Traceback" not in err, err
