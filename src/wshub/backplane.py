@@ -354,8 +354,10 @@ _SEALED_MIN = _KEY_ID + _MAC + _SEAL.size
 _ORIGIN_LEN_AT = _SEALED_MIN - 1
 #: Counters per sender remembered behind its highest: messages of one node
 #: may arrive out of order by up to this many (heartbeats and the ordered
-#: writer use different Redis connections); older ones count as replays.
-_REPLAY_SLOTS = 4096
+#: writer use different Redis connections, and the writer sends up to 1,000
+#: messages a round trip); older ones count as replays.  16,384 bits cost
+#: about 0.3 us more per message than 4,096.
+_REPLAY_SLOTS = 16384
 _REPLAY_MASK = (1 << _REPLAY_SLOTS) - 1
 #: The shortest interval between two log lines about one reason of rejection.
 _REJECT_LOG_EVERY = 10.0
