@@ -294,7 +294,6 @@ class Http1Protocol(asyncio.Protocol):
         "_req",
         "_sniff",
         "_timer",
-        "_upgrading",
         "_write_mark",
         "_write_paused",
         "_write_timer",
@@ -315,7 +314,9 @@ class Http1Protocol(asyncio.Protocol):
         self._parser: Any = None
         self._req: _ParsedRequest | None = None
         self._queue: list[_ParsedRequest] = []
-        self._busy = False
+        # What holds the next request back: an async handler (True), or the
+        # upgrade whose async handshake hook runs (its _PendingUpgrade).
+        self._busy: bool | _PendingUpgrade = False
         self._bytes_in = 0  # bytes read before the upgrade (bytes_read counts them)
         self._closing = False
         self._head_size = 0
@@ -335,8 +336,6 @@ class Http1Protocol(asyncio.Protocol):
         # Reads large frames in place; None over TLS (the TLS layer reads
         # into its own buffers anyway) and until the first large frame.
         self._direct: _DirectReader | None = None
-        # An upgrade whose async handshake hook runs (reading is paused).
-        self._upgrading: _PendingUpgrade | None = None
 
     # ----------------------------------------------------------- asyncio hooks
 
@@ -374,8 +373,8 @@ class Http1Protocol(asyncio.Protocol):
             return
         parser = self._parser
         if parser is None:
-            upgrading = self._upgrading
-            if upgrading is not None:
+            upgrading = self._busy
+            if isinstance(upgrading, _PendingUpgrade):
                 # Frames sent ahead of the 101: kept for the link.  Reading
                 # goes on (so that a client that leaves is noticed) up to a
                 # bound, then pauses until the hook has answered.
@@ -495,9 +494,9 @@ class Http1Protocol(asyncio.Protocol):
             self._write_timer = None
         self._closing = True
         self.server.connections.lost(self)
-        upgrading = self._upgrading
-        if upgrading is not None:
-            self._upgrading = None
+        upgrading = self._busy
+        if isinstance(upgrading, _PendingUpgrade):
+            self._busy = False
             discard_upgrade(upgrading.verdict)
         if self.link is not None:
             self.link.connection_lost(exc)
@@ -590,10 +589,9 @@ class Http1Protocol(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        upgrading = self._upgrading
-        if upgrading is not None and not self._closing:
+        upgrading = self._busy
+        if isinstance(upgrading, _PendingUpgrade) and not self._closing:
             # The hub's handshake hook is still running: give up on it.
-            self._upgrading = None
             self._busy = False
             discard_upgrade(upgrading.verdict)
             timeout = self.server.handshake_timeout
@@ -670,17 +668,15 @@ class Http1Protocol(asyncio.Protocol):
             # The hub's hook is async: parse nothing more until it has
             # answered (the request-head deadline stays armed and bounds it).
             self._parser = None
-            self._busy = True
-            self._upgrading = _PendingUpgrade(verdict, head, rest)
+            self._busy = _PendingUpgrade(verdict, head, rest)
             verdict.add_done_callback(self._verdict_ready)
         else:
             self._upgrade(verdict, headers, rest)
 
     def _verdict_ready(self, verdict: PendingVerdict) -> None:
-        upgrading = self._upgrading
-        if upgrading is None or upgrading.verdict is not verdict:
+        upgrading = self._busy
+        if not isinstance(upgrading, _PendingUpgrade) or upgrading.verdict is not verdict:
             return  # given up on (connection lost, timeout): discard_upgrade cleans up
-        self._upgrading = None
         self._busy = False
         answer = settle_upgrade(verdict, upgrading.head, "http/1.1")
         if isinstance(answer, Refusal):
