@@ -18,7 +18,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
-from tests.conftest import run_node
+from tests.conftest import NODE_DIR, run_node
 from tests.integration.cli_support import example_program
 
 PROTOCOL = "graphql-transport-ws"
@@ -34,12 +34,18 @@ async def graphql_example() -> AsyncIterator[str]:
         yield f"ws://127.0.0.1:{port}/graphql"
 
 
+async def run_graphql_client(url: str, scenario: str) -> Any:
+    if not (NODE_DIR / "node_modules" / "graphql-ws").is_dir():
+        pytest.fail("the npm package graphql-ws is missing: run 'make node-deps'")
+    return await run_node("graphql_ws_client.mjs", url, scenario)
+
+
 def countdown(*values: int) -> list[dict[str, Any]]:
     return [{"data": {"countdown": n}} for n in values]
 
 
 async def test_graphql_ws_client(graphql_example: str) -> None:
-    out = await run_node("graphql_ws_client.mjs", graphql_example, "flow")
+    out = await run_graphql_client(graphql_example, "flow")
     assert out["protocol"] == PROTOCOL
     assert out["ack"] == {"user": "alice"}
     assert out["countdown"] == {"results": countdown(3, 2, 1, 0), "end": "complete"}
@@ -58,7 +64,7 @@ async def test_graphql_ws_client(graphql_example: str) -> None:
 
 
 async def test_graphql_ws_client_refused_init(graphql_example: str) -> None:
-    out = await run_node("graphql_ws_client.mjs", graphql_example, "forbidden")
+    out = await run_graphql_client(graphql_example, "forbidden")
     assert out["attempt"] == {"results": [], "end": {"code": 4403, "reason": "Forbidden"}}
     assert out["close"] == {"code": 4403, "reason": "Forbidden"}
 
