@@ -325,6 +325,24 @@ def _unpack(data: bytes) -> tuple[bytes, str, bytes, bytes]:
     return kind, origin, meta, data[pos + mlen :]
 
 
+#: Where a presence entry has the IP key of a registry entry: this, then the topic.
+_PRESENCE_TAG = "topic "
+
+
+def _topic_meta(name: str, rest: bytes) -> bytes:
+    """The meta of a topic message: the topic (length-prefixed), then ``rest``."""
+    raw = name.encode("utf-8")
+    return _META.pack(len(raw)) + raw + rest
+
+
+def _split_topic_meta(meta: bytes) -> tuple[str, bytes]:
+    (size,) = _META.unpack_from(meta)
+    end = _META.size + size
+    if len(meta) < end:
+        raise ValueError("truncated topic name")
+    return meta[_META.size : end].decode("utf-8"), meta[end:]
+
+
 # ------------------------------------------------------------- authentication
 #
 # Redis is a trust boundary: whoever can PUBLISH or HSET there must not be
@@ -676,6 +694,12 @@ class RedisBackplane(Backplane):
         self._ch_all = f"{prefix}:all"
         self._ch_ctl = f"{prefix}:ctl"
         self._my_key = self._clients_key(self.node_id)
+        self._topic_prefix = f"{prefix}:topic:"
+        # Topic names whose channel this session is subscribed to, and those
+        # whose subscription may have to change (see _follow_topics).
+        self._topics_subscribed: set[str] = set()
+        self._topic_changes: set[str] = set()
+        self._topic_wakeup: asyncio.Event | None = None
         # Cached registry of the other nodes.
         self._remote: dict[str, dict[str, tuple[str, str]]] = {}
         self._owner: dict[str, str] = {}
@@ -742,6 +766,7 @@ class RedisBackplane(Backplane):
             self._sealer = self._make_sealer()
         self._stopping = False
         self._wakeup = asyncio.Event()
+        self._topic_wakeup = asyncio.Event()
         self._resync_lock = asyncio.Lock()
         first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._supervisor = asyncio.ensure_future(self._supervise(first))
@@ -805,6 +830,8 @@ class RedisBackplane(Backplane):
             try:
                 pipe = client.pipeline(transaction=False)
                 pipe.delete(self._my_key)
+                for name in self._followed():
+                    pipe.delete(self._presence_key(self.node_id, name))
                 pipe.publish(self._ch_ctl, self._sealed(self._ch_ctl, self._ctl("bye")))
                 await asyncio.wait_for(pipe.execute(), 2.0)
             except Exception as exc:
@@ -901,6 +928,9 @@ class RedisBackplane(Backplane):
         pubsub = client.pubsub()
         self._pubsub = pubsub
         await pubsub.subscribe(self._ch_all, self._ch_ctl, self._node_channel(self.node_id))
+        self._topics_subscribed = set()
+        self._topic_changes = set(self._followed())
+        await self._follow_topics(pubsub)
         await self._register_all(client)
         # Anything queued while down was counted as lost; start clean.
         self._drop_queue()
@@ -925,6 +955,7 @@ class RedisBackplane(Backplane):
             asyncio.ensure_future(self._reader()),
             asyncio.ensure_future(self._writer()),
             asyncio.ensure_future(self._heartbeats()),
+            asyncio.ensure_future(self._topic_subscriber()),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -945,8 +976,8 @@ class RedisBackplane(Backplane):
         self._down_since = None
         log.warning(
             "redis backplane: connected to %s again after %.1fs; lost while disconnected: "
-            "%d direct sends and %d broadcasts from this node (%d bytes), plus whatever "
-            "other nodes published meanwhile (Redis pub/sub keeps nothing); "
+            "%d direct sends and %d broadcasts or publications from this node (%d bytes), "
+            "plus whatever other nodes published meanwhile (Redis pub/sub keeps nothing); "
             "%d local clients re-registered, registry reloaded (%d clients on %d other nodes)",
             self._safe_url(),
             down,
@@ -982,6 +1013,7 @@ class RedisBackplane(Backplane):
             entries = {cid: self._entry(cid, ip, ev) for cid, ip, ev in local}
             pipe.hset(self._my_key, mapping=entries)
             pipe.pexpire(self._my_key, int(self.ttl * 1000))
+        self._register_presence(pipe)
         pipe.publish(self._ch_ctl, self._sealed(self._ch_ctl, self._ctl("hello")))
         await pipe.execute()
 
@@ -1170,6 +1202,169 @@ class RedisBackplane(Backplane):
                     out.append(cid)
         return out
 
+    # ============================================================ topics
+    #
+    # A node is subscribed to <prefix>:topic:<name> while a local client
+    # follows <name>, and only then.  A topic's publications, joins and
+    # leaves travel on its channel, so a node without subscribers to a topic
+    # receives nothing of it.  Presence: for each topic it follows, a node
+    # keeps the hash <prefix>:presence:<node>:<name> (client ID -> path),
+    # which expires with its registry hash (ttl after its last heartbeat).
+
+    def _topic_channel(self, name: str) -> str:
+        return self._topic_prefix + name
+
+    def _presence_key(self, node: str, name: str) -> str:
+        return f"{self.prefix}:presence:{node}:{name}"
+
+    def _followed(self) -> list[str]:
+        hub = self._topic_hub
+        return hub.followed_topics() if hub is not None else []
+
+    def topic_followed(self, name: str) -> None:
+        self._topic_changed(name)
+
+    def topic_unfollowed(self, name: str) -> None:
+        self._topic_changed(name)
+
+    def _topic_changed(self, name: str) -> None:
+        # Before start() nothing is subscribed: the session's start takes
+        # every followed topic then.
+        self._topic_changes.add(name)
+        wakeup = self._topic_wakeup
+        if wakeup is not None:
+            wakeup.set()
+
+    async def _topic_subscriber(self) -> None:
+        pubsub = self._pubsub
+        wakeup = self._topic_wakeup
+        assert wakeup is not None
+        while True:
+            await wakeup.wait()
+            wakeup.clear()
+            await self._follow_topics(pubsub)
+
+    async def _follow_topics(self, pubsub: Any) -> None:
+        """(Un)subscribe the channels of the topics whose local following changed.
+
+        Changes are collected while a command is in flight and applied
+        together, so a topic followed and dropped at once costs nothing.
+        """
+        changes, self._topic_changes = self._topic_changes, set()
+        hub = self._topic_hub
+        if not changes or hub is None:
+            return
+        subscribed = self._topics_subscribed
+        add = [n for n in changes if n not in subscribed and hub.follows(n)]
+        drop = [n for n in changes if n in subscribed and not hub.follows(n)]
+        for i in range(0, len(add), 1000):
+            chunk = add[i : i + 1000]
+            await pubsub.subscribe(*[self._topic_channel(n) for n in chunk])
+            subscribed.update(chunk)
+        for i in range(0, len(drop), 1000):
+            chunk = drop[i : i + 1000]
+            await pubsub.unsubscribe(*[self._topic_channel(n) for n in chunk])
+            subscribed.difference_update(chunk)
+
+    def _register_presence(self, pipe: Any) -> None:
+        """Rewrite this node's presence hashes (part of :meth:`_register_all`)."""
+        hub = self._topic_hub
+        if hub is None:
+            return
+        ttl_ms = int(self.ttl * 1000)
+        for name in hub.followed_topics():
+            key = self._presence_key(self.node_id, name)
+            pipe.delete(key)
+            members = hub.subscriptions(name)
+            if members:
+                signed = {c: self._presence_entry(c, name, path) for c, path in members.items()}
+                pipe.hset(key, mapping=signed)
+                pipe.pexpire(key, ttl_ms)
+
+    def _presence_entry(self, client_id: str, name: str, path: str) -> bytes:
+        """A signed presence entry: the topic and the path under this node's MAC
+        (the same as a registry entry's, with ``"topic " + name`` where the IP
+        key is: no IP key has a space, so neither kind passes for the other)."""
+        sealer = self._sealer
+        assert sealer is not None, "the backplane is not started"
+        return sealer.sign_entry(self.node_id, client_id, _PRESENCE_TAG + name, path)
+
+    def topic_joined(self, client_id: str, name: str, path: str) -> None:
+        if not self._up:
+            self._registry_dirty = True  # presence is rewritten with the registry
+            return
+        key = self._presence_key(self.node_id, name)
+        entry = self._presence_entry(client_id, name, path)
+        self._enqueue("hset", (key, client_id, entry), False, 0)
+        self._enqueue("pexpire", (key, int(self.ttl * 1000)), False, 0)
+        msg = _pack(b"J", self._node_b, _topic_meta(name, client_id.encode("utf-8")))
+        self._enqueue("publish", (self._topic_channel(name), msg), False, 0)
+
+    def topic_left(self, client_id: str, name: str) -> None:
+        if not self._up:
+            self._registry_dirty = True
+            return
+        self._enqueue("hdel", (self._presence_key(self.node_id, name), client_id), False, 0)
+        msg = _pack(b"L", self._node_b, _topic_meta(name, client_id.encode("utf-8")))
+        self._enqueue("publish", (self._topic_channel(name), msg), False, 0)
+
+    def publish_topic(self, name: str, payload: bytes, text: bool, exclude: frozenset[str]) -> None:
+        rest = json.dumps(sorted(exclude)).encode() if exclude else b""
+        msg = _pack(b"P" if text else b"p", self._node_b, _topic_meta(name, rest), payload)
+        self._publish(self._topic_channel(name), msg)
+
+    async def topic_presence(self, name: str) -> dict[str, tuple[str, str]]:
+        client = self._client
+        # The live nodes, as the cached registry knows them.
+        nodes = [n for n in self._remote if n != self.node_id]
+        if client is None or not self._up:
+            log.warning("redis backplane: Redis unreachable, presence() lists this node only")
+            return {}
+        if not nodes:
+            return {}
+        try:
+            pipe = client.pipeline(transaction=False)
+            for node in nodes:
+                pipe.hgetall(self._presence_key(node, name))
+            results = await pipe.execute()
+        except Exception as exc:
+            log.warning("redis backplane: presence() lists this node only (%s)", exc)
+            return {}
+        found: dict[str, tuple[str, str]] = {}
+        for node, entries in zip(nodes, results, strict=True):
+            # Signed like registry entries: a forged or moved one is dropped.
+            where = self._presence_key(node, name)
+            for client_id, tagged, path in self._open_entries(node, entries, where):
+                if tagged == _PRESENCE_TAG + name:
+                    found[client_id] = (node, path)
+                else:  # signed, but for another topic (or a registry entry): moved here
+                    self._reject("bad_entry", where, f"entry {client_id[:64]!r} is not for it")
+        return found
+
+    def _on_topic(self, origin: str, channel_name: bytes, data: bytes) -> None:
+        kind, meta, payload = _unpack_sealed(origin, data, b"PpJL")
+        hub = self._topic_hub
+        if origin == self.node_id or hub is None:
+            return  # delivered locally when it was sent
+        try:
+            name, rest = _split_topic_meta(meta)
+        except (ValueError, struct.error) as exc:
+            raise _Rejected("bad_content", f"topic metadata: {exc}") from None
+        if name.encode("utf-8") != channel_name:
+            raise _Rejected("bad_content", f"names topic {name[:60]!r}, not its channel's")
+        if kind == b"P" or kind == b"p":
+            exclude: frozenset[str] = frozenset()
+            if rest:
+                ids = json.loads(rest)
+                if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
+                    raise _Rejected("bad_content", "publication exclude list is not [IDs]")
+                exclude = frozenset(ids)
+            hub.deliver_publication(name, payload, kind == b"P", exclude)
+        elif kind == b"J":
+            hub.remote_joined(rest.decode("utf-8"), name)
+        else:
+            hub.remote_left(rest.decode("utf-8"), name)
+
     # ============================================================ outgoing
 
     def _enqueue(self, command: str, args: tuple[Any, ...], is_message: bool, size: int) -> bool:
@@ -1192,7 +1387,7 @@ class RedisBackplane(Backplane):
         return True
 
     def _count_lost(self, args: tuple[Any, ...], size: int, why: str) -> None:
-        if args and args[0] == self._ch_all:
+        if args and (args[0] == self._ch_all or args[0].startswith(self._topic_prefix)):
             self._lost_broadcasts += 1
         else:
             self._lost_sends += 1
@@ -1286,6 +1481,8 @@ class RedisBackplane(Backplane):
                 await self._register_all(client)
             pipe = client.pipeline(transaction=False)
             pipe.pexpire(self._my_key, int(self.ttl * 1000))
+            for name in self._followed():
+                pipe.pexpire(self._presence_key(self.node_id, name), int(self.ttl * 1000))
             pipe.publish(self._ch_ctl, self._sealed(self._ch_ctl, self._ctl("hb")))
             await pipe.execute()
             self._sweep(now)
@@ -1316,6 +1513,7 @@ class RedisBackplane(Backplane):
         assert sealer is not None
         ch_all = self._ch_all.encode()
         ch_ctl = self._ch_ctl.encode()
+        topic_prefix = self._topic_prefix.encode()
         while True:
             msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.heartbeat)
             if msg is None or msg.get("type") != "message":
@@ -1333,6 +1531,8 @@ class RedisBackplane(Backplane):
                     self._on_ctl(origin, inner)
                 elif channel == ch_all:
                     self._on_broadcast(origin, inner)
+                elif channel.startswith(topic_prefix):
+                    self._on_topic(origin, channel[len(topic_prefix) :], inner)
                 else:
                     self._on_direct(origin, inner)
             except _Rejected as exc:

@@ -7,11 +7,19 @@ JSON commands (text messages on ``/`` or ``/chat``):
   ``{"op": "sent", "ok": bool}`` or ``{"op": "error", "error": "ClientNotFound"}``
 - ``{"op": "broadcast", "data": S, "path": P?, "exclude": [IDs]?}``
 - ``{"op": "clients"}`` → ``{"op": "clients", "ids": await ws.cluster_clients()}``
+- ``{"op": "subscribe", "topic": T}`` / ``{"op": "unsubscribe", "topic": T}`` →
+  ``{"op": "subscribed", "ok": bool}`` (for either)
+- ``{"op": "publish", "topic": T, "data": S, "exclude": [IDs]?}`` →
+  ``{"op": "published", "count": N}`` (the local deliveries)
+- ``{"op": "presence", "topic": T}`` → ``{"op": "presence", "members": {ID: [node, path]},
+  "cluster": await ws.cluster_subscribers(T)}``
 
 Every client gets ``{"op": "welcome", "id": ID, "node": NODE}`` on open.
 Payloads routed by send/broadcast arrive as the plain strings the sender gave.
 ``GET /state?ip=K&id=X`` answers the node's view of the cluster as JSON
-(with the backplane's ``accepted`` and ``rejected`` counters).
+(with the backplane's ``accepted`` and ``rejected`` counters),
+with the ``"join"`` / ``"leave"`` events the node has seen so far
+(``"topic_events"``: ``[kind, client_id, topic]``).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ def build(args: argparse.Namespace) -> tuple[HttpServer, WebSocket]:
         args.redis, heartbeat=args.heartbeat, ttl=args.ttl, resync_every=2, backoff_max=1.0
     )
     ws_box: list[WebSocket] = []
+    topic_events: list[list[str]] = []
 
     async def handler(request: Request) -> Response:
         ws = ws_box[0]
@@ -49,6 +58,7 @@ def build(args: argparse.Namespace) -> tuple[HttpServer, WebSocket]:
             "owner": backplane.owner(cid) if cid else None,
             "accepted": backplane.stats().accepted,
             "rejected": dict(backplane.stats().rejected),
+            "topic_events": topic_events,
         }
         return Response(json.dumps(state), content_type="application/json")
 
@@ -91,6 +101,22 @@ def build(args: argparse.Namespace) -> tuple[HttpServer, WebSocket]:
             ids = await ws.cluster_clients()
             ws.send(client_id, json.dumps({"op": "clients", "ids": ids}))
 
+        elif op in ("subscribe", "unsubscribe"):
+            method = ws.subscribe if op == "subscribe" else ws.unsubscribe
+            ws.send(
+                client_id, json.dumps({"op": "subscribed", "ok": method(client_id, cmd["topic"])})
+            )
+        elif op == "publish":
+            count = ws.publish(cmd["topic"], cmd["data"], exclude=cmd.get("exclude") or ())
+            ws.send(client_id, json.dumps({"op": "published", "count": count}))
+        elif op == "presence":
+            members = await ws.presence(cmd["topic"])
+            cluster = await ws.cluster_subscribers(cmd["topic"])
+            answer = {"op": "presence", "members": members, "cluster": cluster}
+            ws.send(client_id, json.dumps(answer))
+
+    ws.on("join", lambda cid, topic: topic_events.append(["join", cid, topic]))
+    ws.on("leave", lambda cid, topic: topic_events.append(["leave", cid, topic]))
     ws.on("message", command)
     ws.on("/chat", command)
     return server, ws

@@ -502,3 +502,68 @@ def test_hub_secret_and_explicit_secret_give_the_same_key() -> None:
         RedisBackplane("redis://127.0.0.1:1/0", secret="")
     with pytest.raises(ValueError):
         RedisBackplane("redis://127.0.0.1:1/0", secret="x", replay_window=0)
+
+
+async def test_forged_topic_messages_and_presence_entries_are_dropped(
+    cluster: Cluster, attacker: Any
+) -> None:
+    """Topics travel on their own channels and presence hashes: the same checks hold there."""
+    n0, n1, a, b = await two_nodes(cluster)
+    node0 = a.node
+    for client in (a, b):
+        assert (await client.reply(op="subscribe", topic="room"))["ok"] is True
+
+    async def followers() -> int:
+        ((_channel, count),) = await attacker.pubsub_numsub("wshub:topic:room")
+        return int(count)
+
+    await wait_for_async(followers, 2)
+    key_id = await key_id_on_the_wire(attacker)
+    evil = b"eeeeeeeeeeeeeeee"
+    room = struct.pack("!H", 4) + b"room"
+    # Publications and a join, unsigned (the format before #17) and with a made-up MAC.
+    for message in (
+        old_format(b"P", evil, room, b"INJECTED publication"),
+        old_format(b"J", evil, room + b"fake-client"),
+        forged_seal(key_id, evil.decode(), old_format(b"P", evil, room, b"INJECTED sealed")),
+        forged_seal(key_id, evil.decode(), old_format(b"J", evil, room + b"fake-client")),
+    ):
+        assert await attacker.publish("wshub:topic:room", message) == 2
+    for node in (n0, n1):
+        counts = await rejected_at_least(node, bad_mac=2)
+        assert sum(counts.values()) == 4, counts
+    # A genuine publication comes through, and nothing came before it.
+    marker = f"MARKER-{uuid.uuid4().hex[:8]}"
+    await a.reply(op="publish", topic="room", data=marker)
+    for client in (a, b):
+        await received(client, marker)
+        assert client.payloads == [marker], client.payloads
+    for node in (n0, n1):
+        assert all("fake-client" not in event for event in (await node.state())["topic_events"])
+
+    # Presence: an unsigned entry, a genuine one moved to another topic, and a
+    # genuine registry entry copied into a presence hash.
+    presence = f"wshub:presence:{node0}:room"
+    genuine = await attacker.hget(presence, a.id)
+    assert genuine is not None
+    await attacker.hset(presence, "fake-member", "/")
+    await attacker.hset(f"wshub:presence:{node0}:other", a.id, genuine)
+    registry_entry = await attacker.hget(f"wshub:clients:{node0}", a.id)
+    await attacker.hset(f"wshub:presence:{node0}:lobby", a.id, registry_entry)
+    await attacker.pexpire(f"wshub:presence:{node0}:other", 60_000)
+    await attacker.pexpire(f"wshub:presence:{node0}:lobby", 60_000)
+    answers = {}
+    for topic in ("room", "other", "lobby"):
+        answers[topic] = (await b.reply(op="presence", topic=topic))["members"]
+    assert answers == {"room": {a.id: [node0, "/"], b.id: [b.node, "/"]}, "other": {}, "lobby": {}}
+    await rejected_at_least(n1, bad_entry=3)
+    no_traceback(n0, n1)
+
+
+async def wait_for_async(probe: Any, expected: Any, timeout: float = 10.0) -> None:
+    """Poll an asynchronous ``probe`` until it answers ``expected``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (got := await probe()) != expected:
+        assert loop.time() < deadline, f"got {got!r}, expected {expected!r}"
+        await asyncio.sleep(0.05)

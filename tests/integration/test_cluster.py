@@ -7,10 +7,8 @@ and its own nodes (``cluster_node.py``), and stops them by PID.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,53 +17,13 @@ import websockets
 from tests.conftest import wait_for
 from tests.integration.cluster_support import (
     Client,
+    Cluster,
     Node,
     RedisServer,
     connect,
-    start_node,
 )
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    await server.start()
-    yield server
-    server.stop()
-
-
-class Cluster:
-    def __init__(self, redis: RedisServer, workdir: Path) -> None:
-        self.redis = redis
-        self.workdir = workdir
-        self.nodes: list[Node] = []
-        self.clients: list[Client] = []
-
-    async def node(self, *extra: str) -> Node:
-        node = await start_node(self.redis.url, self.workdir, *extra)
-        self.nodes.append(node)
-        return node
-
-    async def client(self, node: Node, path: str = "/", cookie: str | None = None) -> Client:
-        client = await connect(node, path, cookie)
-        self.clients.append(client)
-        return client
-
-    async def close(self) -> None:
-        for c in self.clients:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(c.close(), 5.0)
-        for n in self.nodes:
-            await n.stop()
-
-
-@pytest.fixture
-async def cluster(redis: RedisServer, tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(redis, tmp_path)
-    yield c
-    await c.close()
 
 
 async def until_known(node: Node, *ids: str, timeout: float = 10.0) -> None:
