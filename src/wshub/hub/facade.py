@@ -15,6 +15,7 @@ The hub never touches a socket or an HTTP version: it judges upgrades
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import SplitResult
@@ -29,7 +30,9 @@ from ..transport.link import Admission, UpgradeRequest
 from .admission import AdmissionControl, PendingClient
 from .events import Callback, Events
 from .handshake import ClientExtras, Handshake
-from .options import HubOptions, check_number
+from .history import MemoryHistory, Position
+from .options import HubOptions, check_int, check_number
+from .protocol_v1 import SUBPROTOCOL, Authorize, ProtocolV1
 from .registry import BackplanePort, Registry, encode_payload
 from .topics import PresenceInfo, TopicsPort
 
@@ -76,7 +79,17 @@ class WebSocket:
         on_handshake: HandshakeHook | None = None,
         subprotocols: Iterable[str] = (),
         max_topics_per_client: int = 1000,
+        pubsub: bool = False,
+        authorize: Authorize | None = None,
+        history_size: int = 0,
+        history_ttl: float = 300.0,
+        history_max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
+        if pubsub and not isinstance(subprotocols, str):
+            # The pub/sub layer speaks wshub.v1: the hub offers it.
+            subprotocols = tuple(subprotocols)
+            if SUBPROTOCOL not in subprotocols:
+                subprotocols = (*subprotocols, SUBPROTOCOL)
         options = self._options = HubOptions(
             allow_origin=allow_origin,
             encoding=encoding,
@@ -107,6 +120,22 @@ class WebSocket:
         self._backplane.bind(BackplanePort(registry, events, options))
         topics = self._topics = registry.topics
         topics.limit = topics.check_limit(max_topics_per_client)
+        history_size = check_int("history_size", history_size)
+        history_ttl = check_number("history_ttl", history_ttl)
+        history_max_bytes = check_int("history_max_bytes", history_max_bytes)
+        if history_size < 0:
+            raise ValueError("history_size must be >= 0")
+        if history_size:
+            topics.history = MemoryHistory(history_size, history_ttl, history_max_bytes)
+        if pubsub:
+            direct = (
+                MemoryHistory(history_size, history_ttl, history_max_bytes)
+                if history_size
+                else None
+            )
+            layer = registry.protocol_v1 = ProtocolV1(topics, direct)
+            if authorize is not None:
+                layer.authorize = authorize
         self._backplane.bind_topics(TopicsPort(topics, events))
         # The registry's client table, read by send() on every message; and
         # (for white-box tests) the parts' other tables: the same objects.
@@ -315,6 +344,8 @@ class WebSocket:
         if encoding is not None:
             check_encoding(encoding)
         payload, text = encode_payload(data, encoding or client.encoding)
+        if client.direct is not None:  # a wshub.v1 client: its direct stream
+            return client.direct.send_direct(client, payload, text)
         try:
             return client.link.send_message(payload, text)
         except ConnectionClosedError:  # closing, a moment before the hub hears of it
@@ -509,6 +540,12 @@ class WebSocket:
         """
         payload, text = encode_payload(data, self._options.encoding)
         return self._topics.publish(topic, payload, text, exclude)
+
+    def topic_position(self, topic: str) -> Position | None:
+        """The position of ``topic``'s latest publication kept in this
+        process's history (None: no history for it, or ``history_size=0``)."""
+        history = self._topics.history
+        return None if history is None else history.position(topic, time.monotonic())
 
     def topics(self, client_id: str) -> list[str]:
         """The topics local client ``client_id`` follows, in the order it subscribed."""

@@ -26,6 +26,7 @@ from .fanout import queue_to_all
 from .handshake import ClientExtras, Handshake
 from .options import HubOptions
 from .pings import PingTimer
+from .protocol_v1 import SUBPROTOCOL, ProtocolV1
 from .topics import Topics
 
 __all__ = ["BackplanePort", "Client", "Registry", "encode_payload", "event_for_path"]
@@ -62,6 +63,7 @@ class Client:
     """The hub's record of one connected client; the link's listener."""
 
     __slots__ = (
+        "direct",
         "encoding",
         "event",
         "events",
@@ -105,6 +107,9 @@ class Client:
         # The handshake (when a hook saw it), or just the subprotocol and
         # data (ClientExtras), or None: nothing to keep.
         self.extras = extras
+        #: The ``wshub.v1`` layer when the client speaks it: ``send`` goes
+        #: through its direct stream (None: a raw client).
+        self.direct: ProtocolV1 | None = None
 
     @property
     def url(self) -> SplitResult:
@@ -112,6 +117,9 @@ class Client:
 
     # LinkListener
     def on_message(self, data: str | bytes) -> bool:
+        if self.direct is not None:  # wshub.v1: requests, not application messages
+            self.direct.on_message(self, data)
+            return True
         return self.events.deliver(self, data)
 
     def on_error(self, exc: Exception) -> None:
@@ -138,6 +146,7 @@ class Registry:
         "clients",
         "closing",
         "pings",
+        "protocol_v1",
         "topics",
     )
 
@@ -162,6 +171,8 @@ class Registry:
         self.pings = PingTimer(self.clients, options)
         #: The topics these clients follow.
         self.topics = Topics(self.clients, events, backplane)
+        #: The ``wshub.v1`` layer (None: the hub does not speak it).
+        self.protocol_v1: ProtocolV1 | None = None
         self._options = options
         self._events = events
         self._per_ip = per_ip
@@ -215,6 +226,10 @@ class Registry:
         self.clients[client_id] = client
         self._backplane.client_added(client_id, ip_key, client.event)
         link.listener = client
+        layer = self.protocol_v1
+        if layer is not None and extras is not None and extras.subprotocol == SUBPROTOCOL:
+            client.direct = layer
+            layer.opened(client)
         self.pings.ensure_running()
         events = self._events
         if events.handlers.get("open") and not events.emit(
@@ -249,6 +264,8 @@ class Registry:
         if self.clients.get(client.id) is client:
             del self.clients[client.id]
         self.topics.client_closed(client.id)
+        if client.direct is not None:
+            client.direct.closed(client)
         self._backplane.client_removed(client.id, client.ip_key, client.event)
         if not self.clients:
             self.pings.stop()
@@ -323,6 +340,12 @@ class Registry:
             return False
         backplane = self._backplane
         if backplane.is_local or not isinstance(client_id, str):
+            layer = self.protocol_v1
+            if layer is not None and isinstance(client_id, str):
+                # A wshub.v1 client away within its session: kept for its resume.
+                payload, text = encode_payload(data, encoding or self._options.encoding)
+                if layer.keep_direct(client_id, payload, text):
+                    return False
             raise ClientNotFound(client_id)
         if isinstance(data, str) and encoding is None:
             # The client's own encoding lives on its node: encode there.
@@ -408,7 +431,10 @@ class BackplanePort:
                 payload, text = encode_str(data, client.encoding)
             else:
                 payload = data
-            client.link.send_message(payload, text)
+            if client.direct is not None:
+                client.direct.send_direct(client, payload, text)
+            else:
+                client.link.send_message(payload, text)
         except ValueError as exc:
             log.warning("routed send to %s: cannot encode: %s", client_id, exc)
             self._events.emit_error(client_id, exc)

@@ -20,7 +20,8 @@ to its subscribers without changing how clients are found.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple, Protocol
 
 from ..backplane import Backplane
@@ -28,6 +29,7 @@ from ..errors import ClientNotFound, TopicLimitError
 from ..transport.link import Link
 from .events import Events
 from .fanout import queue_to_all
+from .history import HistoryStore, Position
 from .options import check_int
 
 __all__ = [
@@ -86,21 +88,38 @@ class PresenceInfo(NamedTuple):
     path: str
 
 
+#: Builds the message a ``wshub.v1`` subscriber receives for a publication:
+#: ``(topic, position or None, payload, is_text) -> JSON text`` (UTF-8).
+Envelope = Callable[[str, "Position | None", bytes, bool], bytes]
+
+
 class Topic:
     """One topic that clients of this process follow."""
 
-    __slots__ = ("name", "subscribers")
+    __slots__ = ("framed", "name", "subscribers")
 
     def __init__(self, name: str) -> None:
         self.name = name
         #: Client ID → client, in the order they subscribed.
         self.subscribers: dict[str, Subscriber] = {}
+        #: The subscribers (a subset) that get publications wrapped in the
+        #: ``wshub.v1`` envelope, with their position.
+        self.framed: dict[str, Subscriber] = {}
 
 
 class Topics:
     """The topics of this process's clients."""
 
-    __slots__ = ("_backplane", "_clients", "_events", "by_client", "by_name", "limit")
+    __slots__ = (
+        "_backplane",
+        "_clients",
+        "_events",
+        "by_client",
+        "by_name",
+        "envelope",
+        "history",
+        "limit",
+    )
 
     def __init__(
         self,
@@ -119,6 +138,10 @@ class Topics:
         self.by_client: dict[str, dict[str, Topic]] = {}
         #: The most topics one client may follow (``max_topics_per_client``).
         self.limit = limit
+        #: Where publications get their position and are kept (None: no history).
+        self.history: HistoryStore | None = None
+        #: How ``wshub.v1`` subscribers get a publication (set by that layer).
+        self.envelope: Envelope | None = None
 
     @staticmethod
     def check_limit(value: object) -> int:
@@ -135,8 +158,11 @@ class Topics:
 
     # ----------------------------------------------------------- subscriptions
 
-    def subscribe(self, client_id: str, name: str) -> bool:
-        """Add ``client_id`` to topic ``name``; False if it was already there."""
+    def subscribe(self, client_id: str, name: str, *, framed: bool = False) -> bool:
+        """Add ``client_id`` to topic ``name``; False if it was already there.
+
+        ``framed``: the client gets publications in the ``wshub.v1`` envelope.
+        """
         client = self._client(client_id)
         check_topic(name)
         followed = self.by_client.get(client_id)
@@ -151,6 +177,8 @@ class Topics:
             topic = self.by_name[name] = Topic(name)
             self._backplane.topic_followed(name)
         topic.subscribers[client_id] = client
+        if framed:
+            topic.framed[client_id] = client
         # Keyed by the topic's own name object: one string per topic, however
         # many clients follow it.
         followed[topic.name] = topic
@@ -183,6 +211,7 @@ class Topics:
     def _leave(self, topic: Topic, client_id: str) -> None:
         subscribers = topic.subscribers
         del subscribers[client_id]
+        topic.framed.pop(client_id, None)
         name = topic.name
         self._backplane.topic_left(client_id, name)
         if not subscribers:
@@ -213,7 +242,11 @@ class Topics:
         if topic is None:
             check_topic(name)
         excluded = set(exclude) if exclude else None
-        count = 0 if topic is None else self.deliver(topic, payload, text, excluded)
+        history = self.history
+        position = (
+            None if history is None else history.append(name, payload, text, time.monotonic())
+        )
+        count = 0 if topic is None else self.deliver(topic, payload, text, excluded, position)
         backplane = self._backplane
         if not backplane.is_local:
             # The other nodes need only the excluded IDs that are not here.
@@ -224,12 +257,30 @@ class Topics:
             backplane.publish_topic(name, payload, text, remote_excluded)
         return count
 
-    @staticmethod
     def deliver(
-        topic: Topic, payload: bytes, text: bool, excluded: set[str] | frozenset[str] | None
+        self,
+        topic: Topic,
+        payload: bytes,
+        text: bool,
+        excluded: set[str] | frozenset[str] | None,
+        position: Position | None = None,
     ) -> int:
-        """Queue one message for the subscribers of ``topic`` but ``excluded``."""
+        """Queue one message for the subscribers of ``topic`` but ``excluded``
+        (``wshub.v1`` ones get it in their envelope, with ``position``)."""
         subscribers = topic.subscribers
+        framed = topic.framed
+        if framed and self.envelope is not None:
+            plain = [
+                c
+                for cid, c in subscribers.items()
+                if cid not in framed and not (excluded and cid in excluded)
+            ]
+            wrapped = [c for cid, c in framed.items() if not (excluded and cid in excluded)]
+            count = queue_to_all(plain, payload, text) if plain else 0
+            if wrapped:
+                message = self.envelope(topic.name, position, payload, text)
+                count += queue_to_all(wrapped, message, True)
+            return count
         if excluded:
             receivers = [c for cid, c in subscribers.items() if cid not in excluded]
         else:
@@ -285,7 +336,14 @@ class TopicsPort:
         topic = self._topics.by_name.get(name)
         if topic is None:
             return 0
-        return self._topics.deliver(topic, payload, text, exclude or None)
+        topics = self._topics
+        history = topics.history
+        # A publication of another node gets its position here: positions
+        # are per node until the history is shared (docs/protocol.md).
+        position = (
+            None if history is None else history.append(name, payload, text, time.monotonic())
+        )
+        return topics.deliver(topic, payload, text, exclude or None, position)
 
     def remote_joined(self, client_id: str, name: str) -> None:
         if name in self._topics.by_name:

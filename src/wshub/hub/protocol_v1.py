@@ -1,0 +1,429 @@
+"""The ``wshub.v1`` subprotocol, server side (``docs/protocol.md``).
+
+A client that offers ``wshub.v1`` (and gets it: the hub lists it in
+``subprotocols`` when the pub/sub layer is on) talks JSON text frames to
+this module instead of to the application's ``"message"`` handlers: it
+subscribes (optionally resuming after a position), publishes, unsubscribes,
+and receives publications and direct messages wrapped in an envelope with
+their position.  Raw clients never reach this module.
+
+Everything a client sends is parsed, validated and bounded here; a malformed
+request is answered with an ``error`` message (the connection stays) and
+anything that is not a JSON object closes the connection (1003 for a binary
+frame, 1008 otherwise), each with one log line.
+
+Ordering of a resume.  A ``subscribe`` with ``since`` is handled in one
+synchronous step of the event loop: the replay is read from the history,
+the ``subscribed`` answer and the replayed messages are queued on the
+connection, and only then is the client added to the topic's subscribers.
+No publication can run in between, so every later publication is queued
+after the replay: in order, none twice.  A store that answers
+asynchronously (Redis Streams) must keep that property by subscribing
+first, holding live messages while the replay comes, and dropping those at
+or below the last replayed sequence number.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConnectionClosedError, TopicLimitError
+from ..protocol.frames import CloseCode
+from .history import HistoryStore, Position, Replay
+from .topics import Topics, check_topic
+
+if TYPE_CHECKING:
+    from .registry import Client
+
+__all__ = ["SUBPROTOCOL", "Authorize", "ProtocolV1"]
+
+log = logging.getLogger("wshub")
+
+#: The subprotocol name a client offers in ``Sec-WebSocket-Protocol``.
+SUBPROTOCOL = "wshub.v1"
+#: The protocol version in ``welcome``.
+VERSION = 1
+
+#: ``authorize(client_id, action, topic) -> bool``; action is
+#: ``"subscribe"`` or ``"publish"``.
+Authorize = Callable[[str, str, str], bool]
+
+# Bounds of the fields a client sends (topics: check_topic's 256 bytes).
+MAX_EPOCH_CHARS = 64
+MAX_SEQ = 2**63 - 1
+MAX_REQUEST_ID_CHARS = 64
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class BadRequest(ValueError):
+    """A well-formed JSON object that is not a valid request (answered with ``error``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def default_authorize(client_id: str, action: str, topic: str) -> bool:
+    """Without an ``authorize`` hook: anyone may subscribe, nobody may publish."""
+    return action == "subscribe"
+
+
+def position_json(position: Position | None) -> dict[str, Any] | None:
+    return None if position is None else {"epoch": position.epoch, "seq": position.seq}
+
+
+def data_fields(payload: bytes, text: bool) -> str:
+    """The JSON of ``"data"`` (and ``"binary"``) for a payload, without braces."""
+    if text:
+        try:
+            return '"data":' + _dumps(payload.decode("utf-8"))
+        except UnicodeDecodeError:
+            pass  # a text message in another encoding: sent as its bytes
+    return '"data":"' + base64.b64encode(payload).decode("ascii") + '","binary":true'
+
+
+def envelope(
+    kind: str, topic: str | None, position: Position | None, payload: bytes, text: bool
+) -> bytes:
+    """One ``message`` (a publication) or ``direct`` envelope, as UTF-8 JSON."""
+    head = '{"type":"' + kind + '"'
+    if topic is not None:
+        head += ',"topic":' + _dumps(topic)
+    if position is not None:
+        head += ',"epoch":' + _dumps(position.epoch) + ',"seq":' + str(position.seq)
+    return (head + "," + data_fields(payload, text) + "}").encode("utf-8")
+
+
+def publication(topic: str, position: Position | None, payload: bytes, text: bool) -> bytes:
+    return envelope("message", topic, position, payload, text)
+
+
+def parse_since(value: object) -> Position | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadRequest("bad_request", '"since" must be an object {"epoch", "seq"} or null')
+    epoch = value.get("epoch")
+    seq = value.get("seq")
+    if not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH_CHARS:
+        raise BadRequest(
+            "bad_request", f'"since.epoch" must be a string of 1-{MAX_EPOCH_CHARS} characters'
+        )
+    if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+        raise BadRequest("bad_request", '"since.seq" must be an integer >= 0')
+    return Position(epoch, seq)
+
+
+def parse_data(request: dict[str, Any]) -> tuple[bytes, bool]:
+    data = request.get("data")
+    binary = request.get("binary", False)
+    if not isinstance(data, str):
+        raise BadRequest("bad_request", '"data" must be a string')
+    if binary is True:
+        try:
+            return base64.b64decode(data, validate=True), False
+        except (binascii.Error, ValueError):
+            raise BadRequest("bad_request", '"data" is not valid base64') from None
+    if binary is not False:
+        raise BadRequest("bad_request", '"binary" must be true or false')
+    return data.encode("utf-8", "surrogatepass"), True
+
+
+class Session:
+    """What the layer keeps of one ``wshub.v1`` connection."""
+
+    __slots__ = ("client", "greeted", "open_position")
+
+    def __init__(self, client: Client, open_position: Position | None) -> None:
+        self.client = client
+        #: True once ``hello`` was answered: direct messages go out live.
+        self.greeted = False
+        #: The direct stream's position when the connection opened.
+        self.open_position = open_position
+
+
+class ProtocolV1:
+    """The ``wshub.v1`` layer of one hub: sessions, requests, direct streams."""
+
+    __slots__ = ("authorize", "direct_history", "sessions", "stats_errors", "topics")
+
+    def __init__(self, topics: Topics, direct_history: HistoryStore | None) -> None:
+        self.topics = topics
+        #: Client ID → its direct messages (None: no positions for them).
+        self.direct_history = direct_history
+        self.authorize: Authorize = default_authorize
+        #: Client ID → :class:`Session`, for the open ``wshub.v1`` clients.
+        self.sessions: dict[str, Session] = {}
+        #: How many requests were answered with an error or a close.
+        self.stats_errors = 0
+        topics.envelope = publication
+
+    # ------------------------------------------------------------ connections
+
+    def opened(self, client: Client) -> None:
+        """``client`` connected speaking ``wshub.v1`` (its messages come here)."""
+        history = self.direct_history
+        position = None if history is None else history.position(client.id, time.monotonic())
+        self.sessions[client.id] = Session(client, position)
+
+    def closed(self, client: Client) -> None:
+        session = self.sessions.get(client.id)
+        if session is not None and session.client is client:
+            del self.sessions[client.id]
+
+    # --------------------------------------------------------- direct messages
+
+    def send_direct(self, client: Client, payload: bytes, text: bool) -> bool:
+        """``ws.send`` to a ``wshub.v1`` client: kept with a position (if
+        enabled) and sent in a ``direct`` envelope once the client said hello."""
+        history = self.direct_history
+        position = (
+            None if history is None else history.append(client.id, payload, text, time.monotonic())
+        )
+        session = self.sessions.get(client.id)
+        if position is not None and (session is None or not session.greeted):
+            return False  # kept: the client's hello replays it
+        try:
+            return client.link.send_message(envelope("direct", None, position, payload, text), True)
+        except ConnectionClosedError:
+            return False
+
+    def keep_direct(self, client_id: str, payload: bytes, text: bool) -> bool:
+        """``ws.send`` to an ID not connected here: kept if it has a direct
+        stream (a ``wshub.v1`` client within its session); False otherwise."""
+        history = self.direct_history
+        now = time.monotonic()
+        if history is None or history.position(client_id, now) is None:
+            return False
+        history.append(client_id, payload, text, now)
+        return True
+
+    # ---------------------------------------------------------------- requests
+
+    def on_message(self, client: Client, data: str | bytes) -> None:
+        if not isinstance(data, str):
+            self._close(client, CloseCode.UNSUPPORTED_DATA, "wshub.v1 takes text frames")
+            return
+        try:
+            request = json.loads(data)
+        except (ValueError, RecursionError):
+            self._close(client, CloseCode.POLICY_VIOLATION, "wshub.v1: not JSON")
+            return
+        if not isinstance(request, dict):
+            self._close(client, CloseCode.POLICY_VIOLATION, "wshub.v1: not a JSON object")
+            return
+        request_id = request.get("id")
+        try:
+            if request_id is not None and not (
+                (type(request_id) is int and abs(request_id) <= MAX_SEQ)
+                or (isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID_CHARS)
+            ):
+                request_id = None
+                raise BadRequest("bad_request", '"id" must be an integer or a short string')
+            kind = request.get("type")
+            if kind == "publish":
+                self._publish(client, request, request_id)
+            elif kind == "subscribe":
+                self._subscribe(client, request, request_id)
+            elif kind == "unsubscribe":
+                self._unsubscribe(client, request, request_id)
+            elif kind == "hello":
+                self._hello(client, request)
+            else:
+                raise BadRequest("bad_request", f"unknown type {str(kind)[:32]!r}")
+        except BadRequest as exc:
+            self._error(client, exc.code, str(exc), request_id)
+
+    def _topic(self, request: dict[str, Any]) -> str:
+        try:
+            return check_topic(request.get("topic"))
+        except (TypeError, ValueError) as exc:
+            raise BadRequest("bad_topic", str(exc)) from None
+
+    def _allowed(self, client: Client, action: str, topic: str) -> None:
+        try:
+            allowed = self.authorize(client.id, action, topic)
+        except Exception:
+            log.exception("wshub.v1 authorize hook failed for %s", client.id)
+            allowed = False
+        if not allowed:
+            raise BadRequest("forbidden", f"not allowed to {action} this topic")
+
+    def _publish(self, client: Client, request: dict[str, Any], request_id: object) -> None:
+        topic = self._topic(request)
+        payload, text = parse_data(request)
+        self._allowed(client, "publish", topic)
+        topics = self.topics
+        topics.publish(topic, payload, text, ())
+        if request_id is not None:
+            history = topics.history
+            position = None if history is None else history.position(topic, time.monotonic())
+            self._reply(
+                client,
+                {
+                    "type": "published",
+                    "topic": topic,
+                    "position": position_json(position),
+                    "id": request_id,
+                },
+            )
+
+    def _subscribe(self, client: Client, request: dict[str, Any], request_id: object) -> None:
+        topic = self._topic(request)
+        since = parse_since(request.get("since"))
+        self._allowed(client, "subscribe", topic)
+        topics = self.topics
+        followed = topics.by_client.get(client.id)
+        if followed is not None and topic in followed:
+            raise BadRequest("already_subscribed", "already subscribed to this topic")
+        if followed is not None and len(followed) >= topics.limit:
+            raise BadRequest("limit", f"at most {topics.limit} topics per client")
+        history = topics.history
+        now = time.monotonic()
+        replay: Replay | None = None
+        if history is None:
+            position = None
+        elif since is None:
+            position = history.position(topic, now)
+        else:
+            replay = history.replay(topic, since, now)
+            position = replay.position
+        answer: dict[str, Any] = {
+            "type": "subscribed",
+            "topic": topic,
+            "position": position_json(position),
+            "recovered": replay is not None and not replay.reset and replay.missing is None,
+        }
+        if request_id is not None:
+            answer["id"] = request_id
+        self._reply(client, answer)
+        if since is not None:
+            self._send_replay(client, topic, since, replay, position)
+        try:
+            topics.subscribe(client.id, topic, framed=True)
+        except TopicLimitError:  # (checked above; kept for safety)
+            raise BadRequest("limit", f"at most {topics.limit} topics per client") from None
+
+    def _send_replay(
+        self,
+        client: Client,
+        topic: str | None,
+        since: Position,
+        replay: Replay | None,
+        position: Position | None,
+    ) -> None:
+        """The ``gap`` (if any) and the replayed messages after ``since``."""
+        if replay is None or replay.reset:
+            gap: dict[str, Any] = {"type": "gap", "reason": "reset"}
+        elif replay.missing is not None:
+            first, last = replay.missing
+            gap = {"type": "gap", "reason": "truncated", "from": first, "to": last}
+        else:
+            gap = {}
+        if gap:
+            if topic is not None:
+                gap["topic"] = topic
+            gap["since"] = position_json(since)
+            gap["position"] = position_json(position)
+            self._reply(client, gap)
+        if replay is None or replay.reset or position is None:
+            return
+        kind = "direct" if topic is None else "message"
+        epoch = position.epoch
+        link = client.link
+        try:
+            for entry in replay.entries:
+                link.send_message(
+                    envelope(kind, topic, Position(epoch, entry.seq), entry.payload, entry.text),
+                    True,
+                )
+        except ConnectionClosedError:
+            pass
+
+    def _unsubscribe(self, client: Client, request: dict[str, Any], request_id: object) -> None:
+        topic = self._topic(request)
+        if not self.topics.unsubscribe(client.id, topic):
+            raise BadRequest("not_subscribed", "not subscribed to this topic")
+        answer: dict[str, Any] = {"type": "unsubscribed", "topic": topic}
+        if request_id is not None:
+            answer["id"] = request_id
+        self._reply(client, answer)
+
+    def _hello(self, client: Client, request: dict[str, Any]) -> None:
+        session = self.sessions.get(client.id)
+        if session is None or session.client is not client:
+            return
+        if session.greeted:
+            raise BadRequest("bad_request", "hello was already answered")
+        since = parse_since(request.get("since"))
+        history = self.direct_history
+        now = time.monotonic()
+        replay: Replay | None = None
+        position: Position | None = None
+        if history is not None:
+            # Without "since": what was sent since this connection opened.
+            start = since if since is not None else session.open_position
+            if start is None:
+                position = history.position(client.id, now)
+                if position is not None:
+                    replay = history.replay(client.id, Position(position.epoch, 0), now)
+            else:
+                replay = history.replay(client.id, start, now)
+                position = replay.position
+        self._reply(
+            client,
+            {
+                "type": "welcome",
+                "version": VERSION,
+                "client_id": client.id,
+                "position": position_json(position),
+                "recovered": since is not None
+                and replay is not None
+                and not replay.reset
+                and replay.missing is None,
+            },
+        )
+        session.greeted = True
+        if since is not None:
+            self._send_replay(client, None, since, replay, position)
+        elif replay is not None and position is not None:
+            self._send_replay(client, None, Position(position.epoch, 0), replay, position)
+
+    # ---------------------------------------------------------------- answers
+
+    def _reply(self, client: Client, message: dict[str, Any]) -> None:
+        with contextlib.suppress(ConnectionClosedError):
+            client.link.send_message(_dumps(message).encode("utf-8"), True)
+
+    def _error(self, client: Client, code: str, message: str, request_id: object) -> None:
+        self.stats_errors += 1
+        log.info(
+            "wshub.v1 request of %s refused: %s (%s)",
+            client.id,
+            code,
+            message,
+            extra={"client_id": client.id},
+        )
+        answer: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if request_id is not None:
+            answer["id"] = request_id
+        self._reply(client, answer)
+
+    def _close(self, client: Client, code: int, reason: str) -> None:
+        self.stats_errors += 1
+        log.warning(
+            "wshub.v1 client %s closed with %d: %s",
+            client.id,
+            code,
+            reason,
+            extra={"client_id": client.id, "close_code": code},
+        )
+        client.link.close(code, reason)
