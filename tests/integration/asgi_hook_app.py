@@ -2,7 +2,7 @@
 
 An async ``on_handshake`` hook: ``?token=good`` is admitted (data attached),
 anything else gets 401 with ``WWW-Authenticate``; ``/stuck`` never answers
-(bounded by ``handshake_timeout``, 0.5 s here).  Each admitted client is sent
+(bounded by ``handshake_timeout``, 0.5 s here); ``/boom`` raises.  Each admitted client is sent
 one JSON message with what the hub kept: its data, subprotocol and request,
 and how many times the hook ran for its path.
 """
@@ -23,6 +23,8 @@ async def check(hs: Handshake) -> Response | None:
     await asyncio.sleep(0.01)
     if hs.path == "/stuck":
         await asyncio.Event().wait()
+    if hs.path == "/boom":
+        raise RuntimeError("the hook's own bug")
     if hs.query_params.get("token") != ["good"]:
         return Response.text(401, "who are you?\n", [("WWW-Authenticate", 'Bearer realm="t"')])
     hs.data = {"user": "alice"}

@@ -84,3 +84,25 @@ async def test_a_hook_that_never_answers_is_cut_at_the_handshake_timeout(
     async with connect(server, "/after?token=good") as client:
         report = json.loads(await asyncio.wait_for(client.recv(), 10))
     assert report["calls"] == 1
+
+
+async def test_an_exception_in_the_hook_is_a_500_and_the_server_goes_on(
+    server: AsgiServer,
+) -> None:
+    token = "s3cr3t-asgi-t0ken"
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(server, f"/boom?token={token}"):
+            pass
+    response = info.value.response
+    assert response.status_code == 500
+    assert b"own bug" not in bytes(response.body) and b"Traceback" not in bytes(response.body)
+    async with connect(server, "/after-boom?token=good") as client:
+        report = json.loads(await asyncio.wait_for(client.recv(), 10))
+    assert report["data"] == {"user": "alice"}
+    # wshub's line names the path, never the query's token (the ASGI
+    # server's own access log is its business).
+    output = server.output()
+    [line] = [ln for ln in output.splitlines() if "error in the WebSocket handshake" in ln]
+    assert "/boom" in line and token not in line
+    assert "the hook's own bug" in output  # the traceback is in the server log
+    assert server.proc.poll() is None

@@ -329,4 +329,5 @@ class Handshake:
         self.response_headers.append(("Set-Cookie", cookie))
 
     def __repr__(self) -> str:
-        return f"<Handshake {self.method} {self.target[:80]!r} from {self.client}>"
+        # The path, not the target: a query may carry a token, and reprs end up in logs.
+        return f"<Handshake {self.method} {self.path[:80]!r} from {self.client}>"

@@ -204,7 +204,7 @@ def _refusal_for(exc: BaseException, head: RequestHead, carrier: str) -> Refusal
     log.error(
         "%s: error in the WebSocket handshake of %s (%s): 500",
         head.peer[0] or "?",
-        head.target[:200],
+        head.target.split("?", 1)[0][:200],  # not the query: it may carry a token
         carrier,
         exc_info=exc,
     )
