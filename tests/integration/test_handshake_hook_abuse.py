@@ -1,12 +1,23 @@
-"""The handshake hook under attack.
+"""The handshake hook under attack, and what it may do wrong.
 
 * A token in the query (``?token=...``, the way browsers pass one) never
   reaches the server log, whatever becomes of the handshake: the hook
   fails (500), refuses (401), does not answer in time (503), or a guard
   refuses before it (origin 403, per-IP 429), over HTTP/1.1 and HTTP/2;
   nor does the ``repr`` of a ``Handshake``.
+* A hook that never answers, under a flood of handshakes from one
+  address: ``limit_by_ip`` bounds how many wait (the rest get 429 and the
+  hook never sees them), and a client from another address is served
+  meanwhile; over HTTP/2 the waiting streams of one connection are
+  bounded the same way, and the connection stays alive.
+* A client that leaves while its async hook runs (TCP closed, RST_STREAM,
+  connection lost): no ``open``, no ``close``, no error logged, its slot
+  free.
+* ``Sec-WebSocket-Protocol`` too large, too many, or with characters a
+  token cannot have: 431 or 400 from either HTTP/1.1 reader, never an echo.
+* Cookies, headers and refusals the hook sets cannot inject a field: 500.
 
-Real peers: the ``websockets`` client, the ``h2`` client.
+Real peers: raw sockets, the ``websockets`` client, the ``h2`` client.
 """
 
 from __future__ import annotations
@@ -22,8 +33,9 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import StartServer, wait_for
-from tests.integration.h2_client_support import H2Client
+from tests.integration.h2_client_support import OP_TEXT, H2Client
 from wshub import Handshake, HttpServer, Response, WebSocket
+from wshub.transport import http1
 
 TOKEN = "s3cr3t-t0ken-4711"
 
@@ -180,3 +192,280 @@ async def test_the_repr_of_a_handshake_leaves_the_query_out(start_server: StartS
         pass
     [text] = seen
     assert TOKEN not in text and "'/chat'" in text
+
+
+# ---------------------------------------------- a hook that never answers
+
+
+class CountingStuckHook:
+    """Never answers on ``/slow`` (until cancelled); counts the calls and the cancellations."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.cancelled = 0
+
+    async def __call__(self, hs: Handshake) -> None:
+        if hs.path != "/slow":
+            return
+        self.calls += 1
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.cancelled += 1
+
+
+async def test_a_flood_of_handshakes_on_a_stuck_hook_is_bounded_by_limit_by_ip(
+    start_server: StartServer,
+) -> None:
+    hook = CountingStuckHook()
+    srv = await start_server(on_handshake=hook, limit_by_ip=4)
+    ws = srv.ws
+    ws.on("message", lambda cid, data: ws.send(cid, data))
+    flood = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(12)]
+    try:
+        for _reader, writer in flood:
+            writer.write(upgrade_head(srv.port, "/slow"))
+        # Four wait in the hook, each holding its address's slot; the
+        # others are refused at once and never reach the hook.
+        answers = []
+        for reader, _writer in flood[4:]:
+            answers.append(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10))
+        assert all(a.startswith(b"HTTP/1.1 429 ") for a in answers), answers
+        await wait_for(lambda: hook.calls == 4, what="four hooks waiting")
+        assert ws._per_ip.count("127.0.0.1") == 4
+        # Another address is served meanwhile.
+        async with connect(srv.url + "/", local_addr=("127.0.0.2", 0)) as other:
+            await other.send("still served")
+            assert await asyncio.wait_for(other.recv(), 10) == "still served"
+        assert hook.calls == 4 and hook.cancelled == 0
+    finally:
+        for _reader, writer in flood:
+            writer.close()
+    # The flood leaves: every hook is cancelled, every slot given back.
+    await wait_for(lambda: hook.cancelled == 4, what="the four hooks cancelled")
+    await wait_for(lambda: ws._per_ip.count("127.0.0.1") == 0, what="slots freed")
+    assert ws.clients == [] and not ws._reserved
+
+
+async def test_http2_streams_waiting_for_the_hook_are_bounded_by_limit_by_ip(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One connection, many extended CONNECTs, each waiting for the hook: each
+    holds a per-IP slot (the connection's own slot passes to the first), so
+    ``limit_by_ip`` bounds them as it bounds connections; the rest are 429."""
+    hook = CountingStuckHook()
+    server = HttpServer()
+    ws = WebSocket(server, on_handshake=hook, limit_by_ip=5)
+    ws.on("message", lambda cid, data: ws.send(cid, data))
+    await server.serve("127.0.0.1", 0)
+    caplog.set_level(logging.INFO, logger="wshub")
+    try:
+        c = await H2Client.connect("127.0.0.1", server.port, tls=False)
+        authority = f"127.0.0.1:{server.port}"
+        streams = [await c.open_ws("/slow", authority=authority, scheme="http") for _ in range(20)]
+        await wait_for(lambda: hook.calls == 5, what="five hooks waiting")
+        refused = streams[5:]
+        for sid in refused:
+            assert (await c.response(sid)).status == 429
+        assert hook.calls == 5 and ws._per_ip.count("127.0.0.1") == 5
+        assert all(c.streams[sid].headers is None for sid in streams[:5])  # still waiting
+        # The connection is alive: a PING is answered while they wait.
+        c.conn.ping(b"12345678")
+        c.flush()
+        await c.wait(
+            lambda: any(type(ev).__name__ == "PingAckReceived" for ev in c.events),
+            what="PING ACK",
+        )
+        await c.close()
+        await wait_for(lambda: hook.cancelled == 5, what="the hooks cancelled")
+        await wait_for(lambda: ws._per_ip.count("127.0.0.1") == 0, what="slots freed")
+    finally:
+        await server.close(timeout=2.0)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# ------------------------------------------- a client that leaves meanwhile
+
+
+class Events:
+    """The hub's "open", "close" and "error" events."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.seen: list[tuple[str, str]] = []
+        ws.on("open", lambda cid: self.seen.append(("open", cid)))
+        ws.on("close", lambda cid, event: self.seen.append(("close", cid)))
+        ws.on("error", lambda cid, exc: self.seen.append(("error", cid)))
+
+
+async def test_a_client_that_leaves_during_the_hook_has_no_events_and_no_error(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    hook = CountingStuckHook()
+    srv = await start_server(on_handshake=hook)
+    events = Events(srv.ws)
+    caplog.set_level(logging.INFO, logger="wshub")
+    _reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    # The request and a first frame right behind it, then gone.
+    writer.write(upgrade_head(srv.port, "/slow") + b"\x81\x85" + b"\x00" * 4 + b"early")
+    await wait_for(lambda: hook.calls == 1, what="the hook running")
+    writer.close()
+    await wait_for(lambda: hook.cancelled == 1, what="the hook cancelled")
+    await wait_for(lambda: srv.ws._per_ip.count("127.0.0.1") == 0, what="slot freed")
+    assert events.seen == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    # The events are wired: a client the hook admits has both.
+    async with connect(srv.url + "/"):
+        await wait_for(lambda: len(events.seen) == 1, what="open")
+    await wait_for(lambda: len(events.seen) == 2, what="close")
+    assert [name for name, _ in events.seen] == ["open", "close"]
+
+
+async def test_an_http2_stream_reset_during_the_hook_has_no_events_and_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hook = CountingStuckHook()
+    server = HttpServer()
+    ws = WebSocket(server, on_handshake=hook)
+    events = Events(ws)
+    await server.serve("127.0.0.1", 0)
+    caplog.set_level(logging.INFO, logger="wshub")
+    try:
+        c = await H2Client.connect("127.0.0.1", server.port, tls=False)
+        authority = f"127.0.0.1:{server.port}"
+        reset = await c.open_ws("/slow", authority=authority, scheme="http")
+        c.ws_send(reset, OP_TEXT, b"early")
+        lost = await c.open_ws("/slow", authority=authority, scheme="http")
+        await wait_for(lambda: hook.calls == 2, what="two hooks running")
+        c.conn.reset_stream(reset)
+        c.flush()
+        await wait_for(lambda: hook.cancelled == 1, what="the reset stream's hook cancelled")
+        assert c.streams[lost].headers is None
+        await c.close()  # and the other one with its connection
+        await wait_for(lambda: hook.cancelled == 2, what="both hooks cancelled")
+        await wait_for(lambda: ws._per_ip.count("127.0.0.1") == 0, what="slots freed")
+    finally:
+        await server.close(timeout=2.0)
+    assert events.seen == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+# --------------------------------------------------- Sec-WebSocket-Protocol
+
+
+@pytest.fixture(params=["c-reader", "httptools"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The first read goes to the C upgrade reader when there is one, else
+    (or when it is set aside, as here) to httptools: both must agree."""
+    if request.param == "httptools":
+        monkeypatch.setattr(http1, "_parse_upgrade_head", None)
+    elif http1._parse_upgrade_head is None:
+        pytest.fail("the C accelerator is not built (run 'make venv')")
+    return str(request.param)
+
+
+@pytest.mark.parametrize(
+    ("lines", "status"),
+    [
+        (["x" * 20_000], 431),  # one offer past max_header_size
+        ([", ".join(f"p{i}" for i in range(5000))], 431),  # too many offers for the head
+        ([f"p{i}" for i in range(120)], 431),  # past max_headers
+        ([", ".join(f"p{i}" for i in range(1500))], 101),  # many, within bounds: none chosen
+        (["chat\x01"], 400),
+        (["chat\xe9"], 400),  # a latin-1 byte: not a token
+        (["chat;v=1"], 400),
+        (['"chat"'], 400),
+        (["chat\tv1"], 400),
+        (["chat, chat\x7f"], 400),
+        ([""], 101),  # empty: no offer
+        ([" , ,"], 101),  # empty list elements only
+    ],
+    ids=[
+        "huge-offer",
+        "too-many-offers",
+        "too-many-lines",
+        "1500-offers",
+        "control",
+        "latin-1",
+        "semicolon",
+        "quoted",
+        "tab-inside",
+        "del",
+        "empty",
+        "commas",
+    ],
+)
+async def test_odd_and_oversized_offers(
+    start_server: StartServer,
+    caplog: pytest.LogCaptureFixture,
+    reader: str,
+    lines: list[str],
+    status: int,
+) -> None:
+    offers: list[tuple[str, ...]] = []
+    srv = await start_server(
+        subprotocols=["chat"], on_handshake=lambda hs: offers.append(hs.subprotocols)
+    )
+    caplog.set_level(logging.INFO, logger="wshub")
+    extra = "".join(f"Sec-WebSocket-Protocol: {line}\r\n" for line in lines)
+    answer = await raw_answer(srv.port, upgrade_head(srv.port, extra=extra))
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    assert b"sec-websocket-protocol" not in answer.lower()  # nothing echoed
+    if status == 101:
+        assert len(offers) == 1 and "chat" not in offers[0]
+    else:
+        assert offers == []  # refused before the hook
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+# ------------------------------------------------ what the hook may answer
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda hs: hs.set_cookie("a", "v\r\nX-Injected: 1"),
+        lambda hs: hs.set_cookie("a", "v", path="/\r\nX-Injected: 1"),
+        lambda hs: hs.set_cookie("a", "v", domain="example.com; Secure"),
+        lambda hs: hs.set_cookie("a", "v", max_age="3600\r\nX-Injected: 1"),  # type: ignore[arg-type]
+        lambda hs: hs.set_cookie("a", "v", samesite="Lax\r\nX-Injected: 1"),
+        lambda hs: hs.set_cookie("a\r\nX-Injected", "v"),
+        lambda hs: hs.set_cookie("a", "v,w"),
+        lambda hs: hs.set_cookie("a", 42),  # type: ignore[arg-type]
+        lambda hs: hs.response_headers.append(("X-Ok", "v\x00")),
+        lambda hs: hs.response_headers.append(("X-Ok", "\u2028")),
+        lambda hs: hs.response_headers.append(("X-Injected: 1\r\nX-Ok", "v")),
+        lambda hs: hs.response_headers.append(("Content-Length", "0")),
+        lambda hs: hs.response_headers.append(("X-Ok",)),
+        lambda hs: setattr(hs, "response_headers", "X-Injected: 1"),
+        lambda hs: Response(401, b"", [("X-Ok", "\r\nX-Injected: 1")]),
+        lambda hs: Response(301, b"", [("Location", "/a\nX-Injected: 1")]),
+    ],
+    ids=[
+        "cookie-value-crlf",
+        "cookie-path-crlf",
+        "cookie-domain-semicolon",
+        "cookie-max-age-str",
+        "cookie-samesite",
+        "cookie-name-crlf",
+        "cookie-value-comma",
+        "cookie-value-int",
+        "header-nul",
+        "header-non-latin-1",
+        "header-name-crlf",
+        "header-framing",
+        "header-not-a-pair",
+        "headers-not-a-list",
+        "refusal-header-crlf",
+        "redirect-location-lf",
+    ],
+)
+async def test_what_the_hook_sets_cannot_inject_into_the_answer(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture, bad: Any
+) -> None:
+    srv = await start_server(on_handshake=bad)
+    caplog.set_level(logging.INFO, logger="wshub")
+    answer = await raw_answer(srv.port, upgrade_head(srv.port))
+    assert answer.startswith(b"HTTP/1.1 500 "), answer
+    assert b"X-Injected" not in answer
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+    await wait_for(lambda: srv.ws._per_ip.count("127.0.0.1") == 0, what="slot freed")
