@@ -16,6 +16,7 @@
 * ``Sec-WebSocket-Protocol`` too large, too many, or with characters a
   token cannot have: 431 or 400 from either HTTP/1.1 reader, never an echo.
 * Cookies, headers and refusals the hook sets cannot inject a field: 500.
+* A hook that swallows its cancellation and admits anyway holds no slot.
 
 Real peers: raw sockets, the ``websockets`` client, the ``h2`` client.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 from typing import Any
@@ -469,3 +471,69 @@ async def test_what_the_hook_sets_cannot_inject_into_the_answer(
     assert b"X-Injected" not in answer
     assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
     await wait_for(lambda: srv.ws._per_ip.count("127.0.0.1") == 0, what="slot freed")
+
+
+# ------------------------------------- a hook that swallows its cancellation
+
+
+class StubbornHook:
+    """On ``/slow``: waits, and when cancelled carries on and admits anyway
+    (``contextlib.suppress(asyncio.CancelledError)`` around a look-up)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.finished = 0
+
+    async def __call__(self, hs: Handshake) -> None:
+        if hs.path != "/slow":
+            return
+        self.calls += 1
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        hs.data = "admitted after all"
+        self.finished += 1
+
+
+async def test_a_hook_that_swallows_its_cancellation_holds_no_slot(
+    start_server: StartServer,
+) -> None:
+    hook = StubbornHook()
+    srv = await start_server(
+        on_handshake=hook, limit_by_ip=2, server_options={"handshake_timeout": 0.3}
+    )
+    ws = srv.ws
+    events = Events(ws)
+    # Cut by the handshake timeout ...
+    answer = await raw_answer(srv.port, upgrade_head(srv.port, "/slow"))
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    # ... and by the client leaving.
+    _reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    writer.write(upgrade_head(srv.port, "/slow"))
+    await wait_for(lambda: hook.calls == 2, what="the second hook running")
+    writer.close()
+    await wait_for(lambda: hook.finished == 2, what="both hooks carried on")
+    await wait_for(lambda: ws._per_ip.count("127.0.0.1") == 0, what="slots freed")
+    assert not ws._reserved and ws.clients == [] and events.seen == []
+
+
+async def test_an_http2_hook_that_swallows_its_cancellation_holds_no_slot() -> None:
+    hook = StubbornHook()
+    server = HttpServer(handshake_timeout=0.3)
+    ws = WebSocket(server, on_handshake=hook)
+    events = Events(ws)
+    await server.serve("127.0.0.1", 0)
+    try:
+        c = await H2Client.connect("127.0.0.1", server.port, tls=False)
+        authority = f"127.0.0.1:{server.port}"
+        timed_out = await c.open_ws("/slow", authority=authority, scheme="http")
+        assert (await c.response(timed_out)).status == 503
+        reset = await c.open_ws("/slow", authority=authority, scheme="http")
+        await wait_for(lambda: hook.calls == 2, what="the second hook running")
+        c.conn.reset_stream(reset)
+        c.flush()
+        await wait_for(lambda: hook.finished == 2, what="both hooks carried on")
+        await c.close()
+        await wait_for(lambda: ws._per_ip.count("127.0.0.1") == 0, what="slots freed")
+        assert not ws._reserved and ws.clients == [] and events.seen == []
+    finally:
+        await server.close(timeout=2.0)

@@ -179,7 +179,15 @@ def discard_upgrade(verdict: PendingVerdict) -> None:
     reset, timeout): cancel the hook, or give back an admission that came."""
     if not verdict.done():
         verdict.cancel()  # the hub frees the per-IP slot when the task ends
-    elif not verdict.cancelled() and verdict.exception() is None:
+        # A hook may swallow the cancellation and admit all the same: that
+        # admission is given back as soon as it comes.
+        verdict.add_done_callback(_give_back)
+    else:
+        _give_back(verdict)
+
+
+def _give_back(verdict: PendingVerdict) -> None:
+    if not verdict.cancelled() and verdict.exception() is None:
         verdict.result().cancel()
 
 
