@@ -114,7 +114,13 @@ def test_wheel_metadata_and_contents(dist: Step[Dist]) -> None:
     assert f"wshub-{SOURCE_VERSION}.dist-info/licenses/LICENSE" in names
     assert "wshub = wshub.cli:main" in entry_points
     assert any(n.startswith("wshub/_speedups.") and n.endswith(".so") for n in names), names
-    for needed in ("wshub/py.typed", "wshub/demo/index.html", "wshub/_version.py"):
+    for needed in (
+        "wshub/py.typed",
+        "wshub/demo/index.html",
+        "wshub/static/wshub-client.js",
+        "wshub/static/wshub-client.d.ts",
+        "wshub/_version.py",
+    ):
         assert needed in names
     assert not [n for n in names if n.endswith((".c", ".pyc"))], names
 
