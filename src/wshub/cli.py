@@ -14,8 +14,10 @@ from typing import Any
 
 from ._version import __version__
 from .backplane import Backplane, make_backplane
+from .browser import serve_client
 from .http import Request, Response
 from .hub import CloseEvent, WebSocket
+from .hub.protocol_v1 import SUBPROTOCOL
 from .protocol.deflate import DeflateOptions
 from .protocol.handshake import is_token
 from .transport.server import HttpServer, check_drain
@@ -300,8 +302,18 @@ def _demo_page() -> bytes:
     return resources.files("wshub").joinpath("demo/index.html").read_bytes()
 
 
+#: The demo page's topic: anyone may follow it and publish to it, no other.
+DEMO_TOPIC = "chat"
+
+
+def _demo_authorize(client_id: str, action: str, topic: str) -> bool:
+    return topic == DEMO_TOPIC
+
+
 def build_demo(server: HttpServer | None = None) -> tuple[HttpServer, WebSocket]:
-    """The demo application: a page on ``/``, a chat on ``/chat``, an echo on ``/echo``."""
+    """The demo application: a page on ``/`` whose browser client (``/wshub-client.js``)
+    follows and publishes to the topic ``chat`` (with history, so that a
+    reload resumes), and an echo for raw clients on ``/echo``."""
     page = _demo_page()
 
     def handler(request: Request) -> Response:
@@ -315,31 +327,25 @@ def build_demo(server: HttpServer | None = None) -> tuple[HttpServer, WebSocket]
         server = HttpServer(handler)
     else:
         server.handler = handler
-    ws = WebSocket(server)
-    names: dict[str, str] = {}
+    ws = WebSocket(
+        server, pubsub=True, authorize=_demo_authorize, history_size=500, history_ttl=3600.0
+    )
+    serve_client(server)
 
     def notice(kind: str, **fields: Any) -> str:
         return json.dumps({"type": kind, **fields})
 
+    chatting: set[str] = set()  # the wshub.v1 clients: the page's
+
     @ws.on("open")
     def opened(client_id: str) -> None:
         url = ws.url(client_id)
-        names[client_id] = client_id[:8]
-        ws.send(client_id, notice("welcome", id=client_id, path=url.path, clients=len(ws.clients)))
-        if url.path == "/chat":
-            ws.broadcast(notice("join", id=client_id), path="/chat", exclude=[client_id])
+        if ws.subprotocol(client_id) == SUBPROTOCOL:
+            chatting.add(client_id)
+            ws.publish(DEMO_TOPIC, notice("join", id=client_id))
+        else:  # a raw client (of /echo, say) is told who it is first
+            ws.send(client_id, notice("welcome", id=client_id, path=url.path))
         log.info("open %s %s", client_id, url.geturl())
-
-    @ws.on("/chat")
-    def chat(client_id: str, data: str | bytes) -> None:
-        if isinstance(data, str):
-            # Everyone on /chat gets it, the sender too (that is its echo).
-            ws.broadcast(notice("chat", id=client_id, text=data), path="/chat")
-        else:
-            ws.send(client_id, data)  # binary comes back to the sender as it was
-            ws.broadcast(
-                notice("binary", id=client_id, size=len(data)), path="/chat", exclude=[client_id]
-            )
 
     @ws.on("/echo")
     def echo(client_id: str, data: str | bytes) -> None:
@@ -347,8 +353,9 @@ def build_demo(server: HttpServer | None = None) -> tuple[HttpServer, WebSocket]
 
     @ws.on("close")
     def closed(client_id: str, event: CloseEvent) -> None:
-        names.pop(client_id, None)
-        ws.broadcast(notice("leave", id=client_id, code=event.code), path="/chat")
+        if client_id in chatting:
+            chatting.discard(client_id)
+            ws.publish(DEMO_TOPIC, notice("leave", id=client_id, code=event.code))
         log.info("close %s %s", client_id, event)
 
     @ws.on("error")

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from wshub.http import Request, Response
@@ -24,7 +23,8 @@ HARNESS_PAGE = b"""<!doctype html>
 <script type="module">
 import * as wshub from "/wshub-client.js";
 const harness = {
-  // ["message", topic, epoch, seq, data] and ["gap", topic, reason, from, to]
+  // ["message", topic, epoch, seq, data], ["direct", null, epoch, seq, data]
+  // and ["gap", topic, reason, from, to], in the order the client gave them
   events: [],
   states: [],
   errors: [],
@@ -37,6 +37,10 @@ const harness = {
         const shown = typeof data === "string" ? data : Array.from(data);
         const { epoch, seq } = position || { epoch: null, seq: null };
         events.push(["message", topic, epoch, seq, shown]);
+      },
+      onDirect(position, data) {
+        const { epoch, seq } = position || { epoch: null, seq: null };
+        events.push(["direct", null, epoch, seq, data]);
       },
       onGap(gap) { events.push(["gap", gap.topic, gap.reason, gap.from, gap.to]); },
       onState: (state, info) => this.states.push([state, info.code ?? null]),
@@ -94,11 +98,9 @@ class TcpProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        self.cut()
-        for task in list(self._tasks):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.cut()  # the pipes see their connections end, and return
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
         if self._server is not None:
             await self._server.wait_closed()
 

@@ -300,7 +300,7 @@ async def test_a_reset_is_surfaced_when_the_history_is_gone(
     proxy.upstream = second.port
     proxy.refuse = False
     await page.wait_for_function(
-        "harness.events.some((e) => e[0] === 'gap')", timeout=WAIT, polling=50
+        "harness.events.some((e) => e[0] === 'gap' && e[1] === 't')", timeout=WAIT, polling=50
     )
     second.ws.publish("t", "b")
     events = await wait_messages(page, "t", 2)
@@ -308,9 +308,37 @@ async def test_a_reset_is_surfaced_when_the_history_is_gone(
     assert position is not None and position.epoch != epoch
     assert events == [
         ["message", "t", epoch, 1, "a"],
+        ["gap", None, "reset", None, None],  # the direct stream: another hub's too
         ["gap", "t", "reset", None, None],
         ["message", "t", position.epoch, 1, "b"],
     ]
+    await page.context.close()
+
+
+async def test_direct_messages_sent_while_away_arrive_once(
+    start_server: StartServer, browser: Any, proxies: list[TcpProxy]
+) -> None:
+    """``ws.send`` to a wshub.v1 client: kept while it is away, replayed after its hello."""
+    running = await start_hub(start_server)
+    page, proxy, client_id = await page_that_saw_one(browser, proxies, running)
+    assert running.ws.send(client_id, "d0")
+    await page.wait_for_function("harness.events.length === 2", timeout=WAIT, polling=50)
+    await drop_and_hold(running, proxy, client_id)
+    for i in range(1, 4):
+        running.ws.send(client_id, f"d{i}")
+    proxy.refuse = False
+    await page.wait_for_function(
+        "harness.events.filter((e) => e[0] === 'direct').length === 4", timeout=WAIT, polling=50
+    )
+    assert running.ws.send(client_id, "d4")
+    await page.wait_for_function(
+        "harness.events.filter((e) => e[0] === 'direct').length === 5", timeout=WAIT, polling=50
+    )
+    events = await page.evaluate("harness.events")
+    direct = [e for e in events if e[0] == "direct"]
+    assert [(e[3], e[4]) for e in direct] == [(i + 1, f"d{i}") for i in range(5)]
+    assert len({e[2] for e in direct}) == 1
+    assert await page.evaluate("harness.client.clientId") == client_id
     await page.context.close()
 
 

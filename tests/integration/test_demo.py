@@ -1,7 +1,9 @@
-"""``wshub demo`` in headless Chromium (Playwright): text, Blob, ArrayBuffer, broadcast, reload.
+"""``wshub demo`` in headless Chromium (Playwright): text, Blob, ArrayBuffer, a topic, reload.
 
-The page exposes ``window.wshubDemo.received`` (every message it saw) and
-``window.wshubDemo.id`` (the client ID it shows).
+The page (the browser client, wshub-client.js, on the topic ``chat``)
+exposes ``window.wshubDemo.received`` (every message it saw),
+``window.wshubDemo.id`` (the client ID it shows) and
+``window.wshubDemo.client``.
 """
 
 from __future__ import annotations
@@ -53,14 +55,14 @@ async def test_demo_in_chromium(browser: Any) -> None:
         ctx2 = await browser.new_context()
         page1, id1 = await open_page(ctx1, url)
 
-        # Text: every /chat client gets it, the sender too (its echo).
+        # Text: published to the topic "chat", which the sender follows too.
         await page1.fill("#text", "hello from page 1")
         await page1.click("#send")
         await wait_received(page1, f"m.type === 'chat' && m.id === '{id1}'")
         chats = [m for m in await received(page1) if m.get("type") == "chat"]
         assert chats == [{"type": "chat", "id": id1, "text": "hello from page 1"}]
 
-        # A Blob and an ArrayBuffer come back as the same bytes.
+        # A Blob and an ArrayBuffer are published as bytes and come back the same.
         await page1.click("#blob")
         await wait_received(page1, "m.kind === 'binary' && m.size === 8")
         await page1.click("#buffer")
@@ -71,7 +73,7 @@ async def test_demo_in_chromium(browser: Any) -> None:
             {"kind": "binary", "size": 16, "bytes": [i * 16 for i in range(16)]},
         ]
 
-        # A second browser (its own cookies): broadcasts reach the first page.
+        # A second browser (its own cookies): what either publishes reaches both.
         page2, id2 = await open_page(ctx2, url)
         assert id2 != id1
         await wait_received(page1, f"m.type === 'join' && m.id === '{id2}'")
@@ -80,19 +82,32 @@ async def test_demo_in_chromium(browser: Any) -> None:
         await wait_received(page1, "m.type === 'chat' && m.text === 'hello from page 2'")
         await wait_received(page2, f"m.type === 'chat' && m.id === '{id2}'")
         await page1.click("#blob")
-        await wait_received(page2, f"m.type === 'binary' && m.id === '{id1}' && m.size === 8")
+        await wait_received(page2, "m.kind === 'binary' && m.size === 8")
 
-        # Reload: the signed cookie brings the same ID back.  An ID that is
-        # still connected is never handed out twice (a new one then), and a
-        # reload races the old socket's close against the new handshake: so
-        # close it first and wait until the server has let it go (the
-        # others are told "leave").
-        await page1.evaluate("window.wshubDemo.socket.close()")
+        # Reload: the signed cookie brings the same ID back, and the page
+        # resumes the topic from the last position it saw: what was
+        # published meanwhile arrives, in order.  An ID that is still
+        # connected is never handed out twice, so the page closes its
+        # client first and the test waits until the others are told.
+        await page1.evaluate("window.wshubDemo.client.close()")
         await wait_received(page2, f"m.type === 'leave' && m.id === '{id1}'")
+        await page2.fill("#text", "while you were away")
+        await page2.click("#send")
+        await wait_received(page2, "m.type === 'chat' && m.text === 'while you were away'")
         await page1.reload()
         await page1.wait_for_function("window.wshubDemo.id !== null", timeout=10_000)
         assert await page1.evaluate("window.wshubDemo.id") == id1
         assert await page1.text_content("#me") == id1
+        await wait_received(page1, f"m.type === 'join' && m.id === '{id1}'")
+        assert await received(page1) == [
+            {"type": "leave", "id": id1, "code": 1000},
+            {"type": "chat", "id": id2, "text": "while you were away"},
+            {"type": "join", "id": id1},
+        ]
+        # What the tab showed before the reload is shown again.
+        shown = await page1.text_content("#log")
+        assert "me: hello from page 1" in shown
+        assert "while you were away" in shown
         await ctx1.close()
         await ctx2.close()
     finally:

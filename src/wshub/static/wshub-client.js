@@ -160,6 +160,7 @@ export class WshubClient {
     this._attempt = 0;
     this._failures = 0;
     this._socket = null;
+    this._helloSince = null;
     this._timer = null;
     this._iterators = new Set();
     this._closed = null;
@@ -300,7 +301,8 @@ export class WshubClient {
         return;
       }
       this._greeted = true;
-      this._send({ type: "hello", since: this.directPosition });
+      this._helloSince = this.directPosition;
+      this._send({ type: "hello", since: this._helloSince });
       for (const [topic, entry] of this._topics) this._sendSubscribe(topic, entry);
       const queued = this._queue;
       this._queue = [];
@@ -452,6 +454,10 @@ export class WshubClient {
 
   _welcome(message) {
     this.clientId = typeof message.client_id === "string" ? message.client_id : null;
+    // Without "since", the direct messages that follow come after this
+    // position; with it, the replay (or a gap) follows.
+    const position = readPosition(message.position);
+    if (this._helloSince === null && position !== null) this._directStream.position = position;
     this.connections += 1;
     this._attempt = 0;
     this._setState("open", { clientId: this.clientId, recovered: message.recovered === true });
