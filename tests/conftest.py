@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from wshub import HttpServer, WebSocket
+from wshub.logging import RefusalRateLimit, refusal_log
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "tests" / "node"
@@ -40,6 +41,15 @@ class Running:
 
 
 StartServer = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture(autouse=True)
+def _refusal_log_bucket_full() -> None:
+    """Every test starts with the refusal log's token bucket full (it is one
+    per process): tests that count log lines must not see what others spent."""
+    for limit in refusal_log.filters:
+        if isinstance(limit, RefusalRateLimit):
+            limit.reset()
 
 
 @pytest.fixture

@@ -172,6 +172,7 @@ class AsgiLink(ClosingReporter):
 
     can_ping = False  # ASGI has no ping: the hub sends none, the ASGI server keeps alive
     awaiting_pong = False
+    carrier = "asgi"
 
     def __init__(self, receive: Receive, send: Send, config: LinkConfig) -> None:
         self.listener: LinkListener | None = None
@@ -235,6 +236,10 @@ class AsgiLink(ClosingReporter):
         size = len(payload)
         self.bytes_written += size
         return self._enqueue(message, size)
+
+    @property
+    def buffered_amount(self) -> int:
+        return self._queued_bytes
 
     def _enqueue(self, message: Message, size: int) -> bool:
         if self._send_failed:
@@ -569,6 +574,8 @@ class AsgiApp:
         kind = scope.get("type")
         if kind == "websocket":
             await self._websocket(scope, receive, send)
+        elif kind == "http" and self._is_scrape(scope):
+            await self._scrape(scope, send)
         elif kind == "lifespan" and self.app is not None:
             await self.app(scope, receive, self._lifespan_send(send))
         elif self.app is not None:
@@ -586,6 +593,21 @@ class AsgiApp:
             await self._lifespan(receive, send)
         else:
             raise ValueError(f"unsupported ASGI scope type {kind!r}")
+
+    def _is_scrape(self, scope: Scope) -> bool:
+        metrics = self.hub.metrics
+        return metrics is not None and scope.get("path") == metrics.path
+
+    async def _scrape(self, scope: Scope, send: Send) -> None:
+        """The hub's ``metrics_path``, answered before the wrapped app sees it."""
+        metrics = self.hub.metrics
+        assert metrics is not None
+        response = metrics.respond(str(scope.get("method") or "GET"))
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+        if scope.get("method") != "HEAD":
+            headers.append((b"content-length", str(len(response.body)).encode("ascii")))
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -685,8 +707,8 @@ class AsgiApp:
             raise
         if not done:
             discard_upgrade(verdict)
-            return hook_timeout(head, "asgi", timeout)
-        return settle_upgrade(verdict, head, "asgi")
+            return hook_timeout(head, "asgi", timeout, handler=self.hub)
+        return settle_upgrade(verdict, head, "asgi", handler=self.hub)
 
     async def _refuse(self, scope: Scope, send: Send, refused: Refusal) -> None:
         extensions = scope.get("extensions") or {}

@@ -54,6 +54,12 @@ def _common(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--keyfile", help="PEM private key for --tls")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines (default) or one JSON object per line with the structured fields",
+    )
+    p.add_argument(
         "--loop",
         default="auto",
         choices=["auto", "asyncio", "uvloop"],
@@ -100,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--allow-origin", default="*", help="'*' (default), 'same' or a comma-separated list"
+    )
+    serve.add_argument(
+        "--metrics",
+        default=None,
+        metavar="PATH",
+        help="serve Prometheus metrics at this path, e.g. /metrics (needs wshub[metrics])",
     )
     serve.add_argument(
         "--subprotocol",
@@ -192,6 +204,21 @@ def _backplane_option(url: str | None) -> Backplane | None:
         raise SystemExit(2) from None
 
 
+def _metrics_option(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        from .metrics import check_metrics_path
+    except ImportError as exc:
+        print(f"wshub serve: --metrics: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_UNSUPPORTED) from None
+    try:
+        return check_metrics_path(path)
+    except ValueError as exc:
+        print(f"wshub serve: --metrics: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _deflate_option(args: argparse.Namespace) -> bool | DeflateOptions:
     if args.deflate == "off":
         return False
@@ -233,6 +260,7 @@ def _serve(args: argparse.Namespace) -> int:
     # A bad URL, a missing redis-py or compressor: said once, here, not by every worker.
     _backplane_option(args.backplane)
     _deflate_option(args)
+    _metrics_option(args.metrics)
     scheme = "wss" if args.tls else "ws"
     what = f"{args.workers} workers, " if args.workers else ""
     print(
@@ -277,6 +305,7 @@ def _serve_app(args: argparse.Namespace) -> HttpServer:
         max_payload=args.max_payload,
         ping_delay=args.ping_delay,
         limit_by_ip=args.limit_by_ip,
+        metrics_path=_metrics_option(args.metrics),
         per_message_deflate=_deflate_option(args),
         backplane=_backplane_option(args.backplane),
         subprotocols=args.subprotocol,
@@ -377,12 +406,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        from .logging import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _setup_logging(args.log_level, args.log_format)
     if args.command == "serve":
         return _serve(args)
     return _demo(args)

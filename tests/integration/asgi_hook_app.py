@@ -2,9 +2,10 @@
 
 An async ``on_handshake`` hook: ``?token=good`` is admitted (data attached),
 anything else gets 401 with ``WWW-Authenticate``; ``/stuck`` never answers
-(bounded by ``handshake_timeout``, 0.5 s here); ``/boom`` raises.  Each admitted client is sent
-one JSON message with what the hub kept: its data, subprotocol and request,
-and how many times the hook ran for its path.
+(bounded by ``handshake_timeout``, 0.5 s here); ``/boom`` raises; on
+``/cancelled`` what it awaits is cancelled under it.  Each admitted client
+is sent one JSON message with what the hub kept: its data, subprotocol and
+request, and how many times the hook ran for its path.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ async def check(hs: Handshake) -> Response | None:
         await asyncio.Event().wait()
     if hs.path == "/boom":
         raise RuntimeError("the hook's own bug")
+    if hs.path == "/cancelled":  # a lookup cancelled under the hook
+        lookup: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        lookup.get_loop().call_soon(lookup.cancel)
+        await lookup
     if hs.query_params.get("token") != ["good"]:
         return Response.text(401, "who are you?\n", [("WWW-Authenticate", 'Bearer realm="t"')])
     hs.data = {"user": "alice"}

@@ -537,3 +537,63 @@ async def test_an_http2_hook_that_swallows_its_cancellation_holds_no_slot() -> N
         assert not ws._reserved and ws.clients == [] and events.seen == []
     finally:
         await server.close(timeout=2.0)
+
+
+# ------------------------------------- a hook whose awaited lookup is cancelled
+
+
+async def test_a_hook_whose_lookup_is_cancelled_under_it_is_a_500(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hook awaits a lookup shared with other handshakes (one task for
+    many waiters), and that task is cancelled (say, the waiter that started
+    it left): CancelledError comes out of a hook the server did not cancel.
+    That client gets a 500 like any failing hook; nothing else is disturbed."""
+    loop = asyncio.get_running_loop()
+    shared: asyncio.Future[str] = loop.create_future()
+    waiting = asyncio.Event()
+
+    async def hook(hs: Handshake) -> None:
+        if hs.path == "/shared":
+            waiting.set()
+            hs.data = await shared
+
+    srv = await start_server(on_handshake=hook)
+    srv.ws.on("message", lambda cid, data: srv.ws.send(cid, data))
+    caplog.set_level(logging.INFO)
+    pending = asyncio.ensure_future(refused_status(srv.url + "/shared"))
+    await asyncio.wait_for(waiting.wait(), 10)
+    shared.cancel()
+    assert await asyncio.wait_for(pending, 10) == 500
+    await wait_for(lambda: srv.ws._per_ip.count("127.0.0.1") == 0, what="slot freed")
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].name == "wshub", [r.getMessage() for r in errors]
+    async with connect(srv.url + "/") as c:
+        await c.send("fine")
+        assert await asyncio.wait_for(c.recv(), 10) == "fine"
+
+
+async def test_a_hook_cancelled_under_it_over_http2_is_a_500() -> None:
+    async def hook(hs: Handshake) -> None:
+        if hs.path == "/cancelled":
+            lookup = asyncio.get_running_loop().create_future()
+            lookup.get_loop().call_soon(lookup.cancel)
+            await lookup
+
+    server = HttpServer()
+    ws = WebSocket(server, on_handshake=hook)
+    ws.on("/ok", lambda cid, data: ws.send(cid, data))
+    await server.serve("127.0.0.1", 0)
+    try:
+        c = await H2Client.connect("127.0.0.1", server.port, tls=False)
+        authority = f"127.0.0.1:{server.port}"
+        failed = await c.open_ws("/cancelled", authority=authority, scheme="http")
+        ok = await c.open_ws("/ok", authority=authority, scheme="http")
+        assert (await c.response(failed)).status == 500
+        assert (await c.response(ok)).status == 200
+        c.ws_send(ok, OP_TEXT, b"fine")
+        assert (await c.ws_recv(ok)).payload == b"fine"
+        await c.close()
+        await wait_for(lambda: ws._per_ip.count("127.0.0.1") == 0, what="slots freed")
+    finally:
+        await server.close(timeout=2.0)

@@ -106,3 +106,14 @@ async def test_an_exception_in_the_hook_is_a_500_and_the_server_goes_on(
     assert "/boom" in line and token not in line
     assert "the hook's own bug" in output  # the traceback is in the server log
     assert server.proc.poll() is None
+
+
+async def test_a_hook_cancelled_under_it_is_a_500(server: AsgiServer) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(server, "/cancelled"):
+            pass
+    assert info.value.response.status_code == 500
+    async with connect(server, "/after-cancelled?token=good") as client:
+        report = json.loads(await asyncio.wait_for(client.recv(), 10))
+    assert report["data"] == {"user": "alice"}
+    assert "Exception in ASGI application" not in server.output()

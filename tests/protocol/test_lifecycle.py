@@ -329,6 +329,21 @@ def test_pong_events_still_reach_the_driver() -> None:
     assert conn.receive_data(client_frame(PONG, b"hb"), 0.0) == [Pong(b"hb")]
 
 
+@pytest.mark.parametrize("pong_timeout", [0.0, 5.0])
+def test_the_pong_to_our_ping_carries_the_round_trip_time(pong_timeout: float) -> None:
+    conn = Connection(limits=LIMITS)
+    conn.send_ping(b"seq-1", 10.0, pong_timeout)
+    # Unsolicited, or not the payload we sent: no round-trip time.
+    (other,) = conn.receive_data(client_frame(PONG, b"seq-0"), 10.1)
+    assert other.rtt is None
+    (answer,) = conn.receive_data(client_frame(PONG, b"seq-1"), 10.25)
+    assert answer == Pong(b"seq-1") and answer.rtt == pytest.approx(0.25)
+    assert not conn.awaiting_pong
+    # Answered once: the same pong again is just a pong.
+    (again,) = conn.receive_data(client_frame(PONG, b"seq-1"), 10.5)
+    assert again.rtt is None
+
+
 def test_limits_are_read_when_used() -> None:
     limits = ConnectionLimits(close_timeout=10.0)
     conn = Connection(limits=limits)

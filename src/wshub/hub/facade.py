@@ -34,10 +34,12 @@ from .history import MemoryHistory, Position
 from .options import HubOptions, check_int, check_number
 from .protocol_v1 import SUBPROTOCOL, Authorize, ProtocolV1
 from .registry import BackplanePort, Registry, encode_payload
+from .stats import HubStats
 from .topics import PresenceInfo, TopicsPort
 
 if TYPE_CHECKING:
     from ..asgi import ASGIApp, AsgiApp
+    from ..metrics import MetricsEndpoint
 
 __all__ = ["WebSocket"]
 
@@ -74,6 +76,7 @@ class WebSocket:
         write_high: int = 64 * 1024,
         write_low: int = 16 * 1024,
         write_limit: int = 1024 * 1024,
+        metrics_path: str | None = None,
         backplane: str | Backplane | None = None,
         cluster_limit_by_ip: bool = False,
         on_handshake: HandshakeHook | None = None,
@@ -136,16 +139,22 @@ class WebSocket:
             layer = registry.protocol_v1 = ProtocolV1(topics, direct)
             if authorize is not None:
                 layer.authorize = authorize
-        self._backplane.bind_topics(TopicsPort(topics, events))
+        self._backplane.bind_topics(TopicsPort(topics, events, registry.stats))
         # The registry's client table, read by send() on every message; and
         # (for white-box tests) the parts' other tables: the same objects.
         self._clients = registry.clients
+        self._stats = registry.stats
         self._per_ip = per_ip
         self._reserved = self._admission.reserved
         self._link_config = options.link_config
         self._server = server
+        self._metrics: MetricsEndpoint | None = None
+        if metrics_path is not None:
+            self._metrics = self._metrics_endpoint(metrics_path)
         if server is not None:
             server.attach(self)
+            if self._metrics is not None:
+                server.add_endpoint(self._metrics.path, self._metrics)
 
     # ================================================================ options
 
@@ -304,6 +313,10 @@ class WebSocket:
         refuse.  A future of the answer while an ``async`` ``on_handshake`` runs."""
         return self._admission.admit(request)
 
+    def handshake_refused(self, status: int) -> None:
+        """An upgrade was refused with ``status`` (transport → hub, for metrics)."""
+        self._stats.handshake(status)
+
     def connection_opened(self, peer_ip: str, *, force: bool = False) -> str | None:
         """Count a TCP connection of the attached server (transport → hub).
 
@@ -350,6 +363,19 @@ class WebSocket:
             return client.link.send_message(payload, text)
         except ConnectionClosedError:  # closing, a moment before the hub hears of it
             return False
+
+    def _counted_send(
+        self,
+        client_id: str,
+        data: str | bytes | bytearray | memoryview,
+        encoding: str | None = None,
+    ) -> bool:
+        """:meth:`send` while messages are counted (see :meth:`count_messages`)."""
+        client = self._clients.get(client_id) if type(client_id) is str else None
+        below_high = WebSocket.send(self, client_id, data, encoding)
+        if client is not None and client.link.is_open:
+            self._stats.messages_sent += 1
+        return below_high
 
     async def drain(self, client_id: str) -> None:
         """Wait until the client's write buffer is under its low-water mark."""
@@ -480,6 +506,38 @@ class WebSocket:
 
         return AsgiApp(self, app, handshake_timeout=handshake_timeout)
 
+    # ================================================================ metrics
+
+    @property
+    def stats(self) -> HubStats:
+        """What this hub counts, for metrics (see :mod:`wshub.metrics`)."""
+        return self._stats
+
+    @property
+    def metrics(self) -> MetricsEndpoint | None:
+        """The Prometheus endpoint of ``metrics_path`` (None: no metrics).
+
+        Served by the attached :class:`~wshub.HttpServer` and by :meth:`asgi`
+        at ``metrics.path``.
+        """
+        return self._metrics
+
+    def count_messages(self) -> None:
+        """Count the messages received and sent from now on, for metrics.
+
+        ``metrics_path`` (and :class:`wshub.metrics.HubCollector`) turn it
+        on; without metrics nothing is counted per message.
+        """
+        if not self._stats.counting:
+            self._stats.count_messages()
+            # Only this hub's send counts; the class's stays as fast as it was.
+            self.send = self._counted_send  # type: ignore[method-assign]
+
+    def _metrics_endpoint(self, path: str) -> MetricsEndpoint:
+        from ..metrics import MetricsEndpoint  # prometheus_client: only when asked for
+
+        return MetricsEndpoint(path, self)
+
     # ============================================ cluster (see wshub.backplane)
 
     @property
@@ -539,7 +597,9 @@ class WebSocket:
         can share it, and the count is of this process's subscribers.
         """
         payload, text = encode_payload(data, self._options.encoding)
-        return self._topics.publish(topic, payload, text, exclude)
+        count = self._topics.publish(topic, payload, text, exclude)
+        self._stats.messages_sent += count
+        return count
 
     def topic_position(self, topic: str) -> Position | None:
         """The position of ``topic``'s latest publication kept in this

@@ -27,6 +27,7 @@ from .handshake import ClientExtras, Handshake
 from .options import HubOptions
 from .pings import PingTimer
 from .protocol_v1 import SUBPROTOCOL, ProtocolV1
+from .stats import HubStats
 from .topics import Topics
 
 __all__ = ["BackplanePort", "Client", "Registry", "encode_payload", "event_for_path"]
@@ -122,6 +123,9 @@ class Client:
             return True
         return self.events.deliver(self, data)
 
+    def on_pong(self, rtt: float) -> None:
+        self.registry.stats.pong_received(rtt)
+
     def on_error(self, exc: Exception) -> None:
         if self.phase < REPORTED:  # (after "close", nothing more: the ID may be reused)
             self.events.emit_error(self.id, exc)
@@ -131,6 +135,18 @@ class Client:
 
     def on_close(self, code: int, reason: str, was_clean: bool) -> None:
         self.registry.client_closed(self, CloseEvent(code, reason, was_clean))
+
+
+class CountingClient(Client):
+    """A client whose messages are counted: the hub's metrics are on
+    (:meth:`HubStats.count_messages`); without them nothing is counted per
+    message."""
+
+    __slots__ = ()
+
+    def on_message(self, data: str | bytes) -> bool:
+        self.registry.stats.messages_received += 1
+        return Client.on_message(self, data)
 
 
 class Registry:
@@ -147,6 +163,7 @@ class Registry:
         "closing",
         "pings",
         "protocol_v1",
+        "stats",
         "topics",
     )
 
@@ -169,6 +186,8 @@ class Registry:
         self._finishing = 0
         #: The periodic ping of these clients.
         self.pings = PingTimer(self.clients, options)
+        #: What metrics report (counted here, read when scraped).
+        self.stats = HubStats(options, backplane)
         #: The topics these clients follow.
         self.topics = Topics(self.clients, events, backplane)
         #: The ``wshub.v1`` layer (None: the hub does not speak it).
@@ -212,7 +231,7 @@ class Registry:
         extras: Handshake | ClientExtras | None = None,
     ) -> None:
         """An admitted client is connected through ``link``: register it, run ``"open"``."""
-        client = Client(
+        client = (CountingClient if self.stats.counting else Client)(
             self,
             self._events,
             client_id,
@@ -230,6 +249,14 @@ class Registry:
         if layer is not None and extras is not None and extras.subprotocol == SUBPROTOCOL:
             client.direct = layer
             layer.opened(client)
+        self.stats.opened(link)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "client %s opened %s",
+                client_id,
+                url_text,
+                extra={"client_id": client_id, "path": path, "address": ip_key},
+            )
         self.pings.ensure_running()
         events = self._events
         if events.handlers.get("open") and not events.emit(
@@ -287,6 +314,7 @@ class Registry:
             phase = client.phase
         # The socket counted under limit_by_ip until now, closing or not.
         self._per_ip.release(client.ip_key)
+        self.stats.gone(client.link)
         if phase == CLOSING:
             if self.closing.get(client.id) is client:
                 del self.closing[client.id]
@@ -301,6 +329,15 @@ class Registry:
         and its connection, if still there, delivers nothing."""
         client.phase = REPORTED
         client.event = NO_EVENT
+        self.stats.closed_with(event.code)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "client %s closed: %d %s",
+                client.id,
+                event.code,
+                event.reason,
+                extra={"client_id": client.id, "address": client.ip_key, "close_code": event.code},
+            )
         self._events.emit("close", (client.id, event), None)
 
     def _check_all_closed(self) -> None:
@@ -366,6 +403,7 @@ class Registry:
         excluded = set(exclude) if exclude else None
         event = None if path is None else event_for_path(path)
         count = self.broadcast_local(payload, text, event, excluded)
+        self.stats.messages_sent += count
         if not self._backplane.is_local:
             # The other nodes need only the excluded IDs that are not here.
             clients = self.clients
@@ -435,6 +473,7 @@ class BackplanePort:
                 client.direct.send_direct(client, payload, text)
             else:
                 client.link.send_message(payload, text)
+            self._registry.stats.messages_sent += 1
         except ValueError as exc:
             log.warning("routed send to %s: cannot encode: %s", client_id, exc)
             self._events.emit_error(client_id, exc)
@@ -445,7 +484,10 @@ class BackplanePort:
     def deliver_broadcast(
         self, payload: bytes, text: bool, event: str | None, exclude: frozenset[str]
     ) -> int:
-        return self._registry.broadcast_local(payload, text, event, exclude or None)
+        registry = self._registry
+        count = registry.broadcast_local(payload, text, event, exclude or None)
+        registry.stats.messages_sent += count
+        return count
 
     def local_clients(self) -> list[tuple[str, str, str]]:
         return [(c.id, c.ip_key, c.event) for c in self._registry.clients.values()]

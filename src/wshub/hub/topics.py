@@ -31,6 +31,7 @@ from .events import Events
 from .fanout import queue_to_all
 from .history import HistoryStore, Position
 from .options import check_int
+from .stats import HubStats
 
 __all__ = [
     "MAX_TOPIC_BYTES",
@@ -312,11 +313,12 @@ class Topics:
 class TopicsPort:
     """What the backplane calls on the topics it serves (:class:`~wshub.backplane.TopicHub`)."""
 
-    __slots__ = ("_events", "_topics")
+    __slots__ = ("_events", "_stats", "_topics")
 
-    def __init__(self, topics: Topics, events: Events) -> None:
+    def __init__(self, topics: Topics, events: Events, stats: HubStats) -> None:
         self._topics = topics
         self._events = events
+        self._stats = stats
 
     def follows(self, name: str) -> bool:
         return name in self._topics.by_name
@@ -343,7 +345,9 @@ class TopicsPort:
         position = (
             None if history is None else history.append(name, payload, text, time.monotonic())
         )
-        return topics.deliver(topic, payload, text, exclude or None, position)
+        count = topics.deliver(topic, payload, text, exclude or None, position)
+        self._stats.messages_sent += count
+        return count
 
     def remote_joined(self, client_id: str, name: str) -> None:
         if name in self._topics.by_name:

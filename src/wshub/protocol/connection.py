@@ -129,12 +129,17 @@ class Ping:
 
 
 class Pong:
-    """A Pong frame arrived."""
+    """A Pong frame arrived.
 
-    __slots__ = ("payload",)
+    ``rtt``: when it answers the last ping we sent (same payload), the
+    seconds since that ping (the ``now`` of both calls); else None.
+    """
 
-    def __init__(self, payload: bytes) -> None:
+    __slots__ = ("payload", "rtt")
+
+    def __init__(self, payload: bytes, rtt: float | None = None) -> None:
         self.payload = payload
+        self.rtt = rtt
 
     def __repr__(self) -> str:
         return f"Pong({self.payload!r})"
@@ -313,6 +318,7 @@ class _Timers:
         "_deferred_pong_at",
         "_guard",
         "_ping_payload",
+        "_ping_sent_at",
         "_pong_deadline",
     )
 
@@ -320,6 +326,7 @@ class _Timers:
         self._close_deadline: float | None = None  # the transport gone by then
         self._pong_deadline: float | None = None  # the pong to _ping_payload due by then
         self._ping_payload: bytes | None = None
+        self._ping_sent_at: float | None = None  # when the ping of _ping_payload went out
         self._deferred_pong: bytes | None = None  # a coalesced ping's payload
         self._deferred_pong_at: float | None = None  # ... answerable then
         self._guard: PingFloodGuard | None = None
@@ -388,6 +395,7 @@ class Connection:
     _close_deadline = _TimerField[float]()
     _pong_deadline = _TimerField[float]()
     _ping_payload = _TimerField[bytes]()
+    _ping_sent_at = _TimerField[float]()
     _deferred_pong = _TimerField[bytes]()
     _deferred_pong_at = _TimerField[float]()
     _guard = _TimerField[PingFloodGuard]()
@@ -730,11 +738,15 @@ class Connection:
             events.append(ping)
             self._on_ping(ping, now, events)
         elif opcode == OP_PONG:
-            events.append(Pong(payload))
-            if payload == self._ping_payload:
+            sent_at = self._ping_sent_at
+            if payload == self._ping_payload and sent_at is not None:
+                events.append(Pong(payload, now - sent_at))
                 self._ping_payload = None
+                self._ping_sent_at = None
                 self._pong_deadline = None
                 self._update_deadline()
+            else:
+                events.append(Pong(payload))
         else:
             try:
                 code, reason = parse_close_payload(payload)
@@ -884,7 +896,7 @@ class Connection:
             self.pending = True
         if self._pong_deadline is not None and now >= self._pong_deadline:
             self._pong_deadline = None
-            self._ping_payload = None
+            self._ping_payload = self._ping_sent_at = None
             if self.state == ConnectionState.OPEN:
                 self._emit(self.send_close(CloseCode.INTERNAL_ERROR, "pong timeout", now))
                 # Like a failure, the close is ours and says why (the
@@ -978,12 +990,11 @@ class Connection:
             raise ValueError("a ping payload is at most 125 bytes")
         if self.state == ConnectionState.CLOSE_SENT or self.state == ConnectionState.CLOSED:
             raise ConnectionClosedError("the closing handshake has started")
-        if pong_timeout > 0:
-            self._ping_payload = payload
-            self._pong_deadline = now + pong_timeout
-        else:
-            self._ping_payload = None
-            self._pong_deadline = None
+        # The pong is matched by payload (for its round-trip time) with or
+        # without a timeout.
+        self._ping_payload = payload
+        self._ping_sent_at = now
+        self._pong_deadline = now + pong_timeout if pong_timeout > 0 else None
         self._update_deadline()
         return build_frame(OP_PING, payload)
 

@@ -19,6 +19,7 @@ import httptools
 
 from ..errors import WsHubError
 from ..http import Request, Response, call_handler, finished_response
+from ..logging import refusal_log
 from ..policy import valid_host
 from ..protocol import frames
 from ..protocol.connection import Connection
@@ -75,6 +76,7 @@ class Http1Link(FramedLink):
 
     # The transport's limits are config.write_high/low (set in _handshake).
     _PAUSE_SHOWS_BUFFER = True
+    carrier = "http1"
 
     def __init__(
         self,
@@ -544,7 +546,7 @@ class Http1Protocol(asyncio.Protocol):
         req = self._req
         assert req is not None
         if len(req.body) + len(body) > self.server.max_body_size:
-            self._refuse(413, "request body too large")
+            self._refuse(413, "request body too large", plain=True)
             raise _RequestRefused
         req.body += body
 
@@ -595,7 +597,9 @@ class Http1Protocol(asyncio.Protocol):
             self._busy = False
             discard_upgrade(upgrading.verdict)
             timeout = self.server.handshake_timeout
-            self._send_refusal(hook_timeout(upgrading.head, "http/1.1", timeout))
+            self._send_refusal(
+                hook_timeout(upgrading.head, "http/1.1", timeout, handler=self.server.websocket)
+            )
             return
         if self.link is None and not self._closing and not self._busy:
             if self._headers_done or self._raw_size:
@@ -678,7 +682,7 @@ class Http1Protocol(asyncio.Protocol):
         if not isinstance(upgrading, _PendingUpgrade) or upgrading.verdict is not verdict:
             return  # given up on (connection lost, timeout): discard_upgrade cleans up
         self._busy = False
-        answer = settle_upgrade(verdict, upgrading.head, "http/1.1")
+        answer = settle_upgrade(verdict, upgrading.head, "http/1.1", handler=self.server.websocket)
         if isinstance(answer, Refusal):
             self._send_refusal(answer)
             return
@@ -724,7 +728,7 @@ class Http1Protocol(asyncio.Protocol):
     def _plain_request(self, req: _ParsedRequest) -> None:
         if not valid_host(req.headers.get("host", "")):
             # RFC 9112 §3.2: 400 for an invalid Host (or several of them).
-            self._refuse(400, "malformed Host header")
+            self._refuse(400, "malformed Host header", plain=True)
             return
         handler = self.server.request_handler
         if handler is None:
@@ -779,18 +783,43 @@ class Http1Protocol(asyncio.Protocol):
         # else: the write watch runs; the idle timer starts once it drains
 
     def _refuse(
-        self, status: int, reason: str, *, what: str = "refused request", logged: bool = False
+        self,
+        status: int,
+        reason: str,
+        *,
+        what: str = "refused request",
+        logged: bool = False,
+        plain: bool = False,
     ) -> None:
         """Answer with an error status and close (the connection is not reusable).
 
         Every refusal leaves exactly one log line (here, unless the caller
-        already logged it with ``logged=True``).
+        already logged it with ``logged=True``), rate-limited with the other
+        refusals.  Unless ``plain`` (the refusal of a request known not to
+        be an upgrade), the hub counts it as a refused handshake: the
+        request could not be read far enough to tell.
         """
         if self.transport is None or self._closing:
             return
         if not logged:
-            log.info("%s: %s: %d %s", self.peer[0], what, status, reason)
+            self._log_refusal(status, f"{what}: {status} {reason}")
+        if not plain:
+            self._count_refusal(status)
         self._send_refusal(Refusal(status, reason))
+
+    def _log_refusal(self, status: int, message: str) -> None:
+        peer = self.peer[0]
+        refusal_log.info(
+            "%s: %s",
+            peer,
+            message,
+            extra={"peer": peer, "status": status, "transport": "http/1.1"},
+        )
+
+    def _count_refusal(self, status: int) -> None:
+        hub = self.server.websocket
+        if hub is not None:
+            hub.handshake_refused(status)
 
     def _send_refusal(self, refused: Refusal) -> None:
         transport = self.transport
@@ -818,7 +847,8 @@ class Http1Protocol(asyncio.Protocol):
         read and dropped for a moment: closing with unread input would make
         the kernel reset the connection, which can destroy the 429 in flight.
         """
-        log.info("%s: refused connection: 429 too many connections from this address", self.peer[0])
+        self._log_refusal(429, "refused connection: 429 too many connections from this address")
+        self._count_refusal(429)
         self._closing = True
         self._parser = None
         transport = self.transport

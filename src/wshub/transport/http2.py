@@ -44,6 +44,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from ..http import Request, Response, call_handler, finished_response
+from ..logging import refusal_log
 from ..policy import valid_host
 from ..protocol.connection import Connection
 from ..protocol.handshake import Headers, add_header
@@ -198,6 +199,8 @@ class Http2Link(FramedLink):
     """A WebSocket on one HTTP/2 stream (after the 200 to an extended CONNECT)."""
 
     __slots__ = ("_proto", "_stream")
+
+    carrier = "h2"
 
     def __init__(
         self,
@@ -581,7 +584,7 @@ class Http2Protocol(asyncio.Protocol):
         if stream.deadline is not None:
             stream.deadline.cancel()
             stream.deadline = None
-        answer = settle_upgrade(verdict, head, "h2")
+        answer = settle_upgrade(verdict, head, "h2", handler=self.server.websocket)
         if self._lost or self._dead or self.streams.get(stream.id) is not stream:
             if not isinstance(answer, Refusal):
                 answer.cancel()
@@ -601,7 +604,8 @@ class Http2Protocol(asyncio.Protocol):
         if stream.kind != _PENDING or self.streams.get(stream.id) is not stream:
             return
         self._end_pending(stream)
-        self._send_refusal(stream, hook_timeout(head, "h2", self.server.handshake_timeout))
+        timeout = self.server.handshake_timeout
+        self._send_refusal(stream, hook_timeout(head, "h2", timeout, handler=self.server.websocket))
         self._transmit()
 
     def _end_pending(self, stream: _Stream) -> None:
@@ -708,7 +712,14 @@ class Http2Protocol(asyncio.Protocol):
 
     def _refuse(self, stream: _Stream, status: int, reason: str) -> None:
         """Answer a malformed or unwelcome request with an error status (one log line)."""
-        log.info("%s: refused HTTP/2 request: %d %s", self.peer[0], status, reason)
+        peer = self.peer[0]
+        refusal_log.info(
+            "%s: refused HTTP/2 request: %d %s",
+            peer,
+            status,
+            reason,
+            extra={"peer": peer, "status": status, "transport": "h2"},
+        )
         self._send_refusal(stream, Refusal(status, reason))
 
     def _send_refusal(self, stream: _Stream, refused: Refusal) -> None:

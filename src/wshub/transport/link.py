@@ -32,6 +32,7 @@ from ..protocol.connection import (
     Event,
     MessageCodec,
     Ping,
+    Pong,
     ProtocolError,
 )
 from ..protocol.frames import CloseCode
@@ -74,6 +75,10 @@ class LinkListener(Protocol):
 
     def on_error(self, exc: Exception) -> None: ...
 
+    def on_pong(self, rtt: float) -> None:
+        """The pong to our last ping came, ``rtt`` seconds after the ping."""
+        ...
+
     def on_closing(self, code: int, reason: str, initiator: CloseInitiator) -> None:
         """The closing handshake started: called exactly once, before
         :meth:`on_close`, however the connection ends.
@@ -115,6 +120,12 @@ class Link(Protocol):
     listener: LinkListener | None
     bytes_read: int
     bytes_written: int
+    carrier: str  # what carries it, for metrics: "http1", "h2" or "asgi"
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes queued for the peer and not yet sent (compared with write_high)."""
+        ...
 
     @property
     def broadcast_key(self) -> Hashable | None:
@@ -239,6 +250,12 @@ class UpgradeHandler(Protocol):
         the admission, its exception the refusal; cancelling it gives back
         what was reserved.
         """
+        ...
+
+    def handshake_refused(self, status: int) -> None:
+        """An upgrade (or a request that may have been one: a head too large
+        or malformed, a connection over the per-IP limit) was refused with
+        ``status``.  For metrics; the transport logs it."""
         ...
 
     def connection_opened(self, peer_ip: str, *, force: bool = False) -> str | None:
@@ -432,6 +449,7 @@ class FramedLink(ClosingReporter):
     )
 
     can_ping = True
+    carrier = "framed"  # each subclass names its own
 
     def __init__(
         self,
@@ -851,6 +869,9 @@ class FramedLink(ClosingReporter):
                 # the messages around it.
                 if ev.pong:
                     self.queue_frame(ev.pong)
+            elif type(ev) is Pong:
+                if ev.rtt is not None and listener is not None:
+                    listener.on_pong(ev.rtt)
             elif type(ev) is ProtocolError:
                 # The core already failed the connection (our Close is on
                 # its way); tell the application why.
@@ -973,6 +994,10 @@ class FramedLink(ClosingReporter):
     @property
     def is_paused(self) -> bool:
         return self._user_paused
+
+    @property
+    def buffered_amount(self) -> int:
+        return 0 if self._closed else self._buffered() + self._batched
 
     @property
     def is_open(self) -> bool:

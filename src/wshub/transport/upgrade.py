@@ -167,8 +167,13 @@ def judge_upgrade(
 
 
 def settle_upgrade(verdict: PendingVerdict, head: RequestHead, carrier: str) -> Admission | Refusal:
-    """What a finished, not cancelled :data:`PendingVerdict` decided."""
-    exc = verdict.exception()
+    """What a finished :data:`PendingVerdict` decided."""
+    if verdict.cancelled():
+        # Not by the carrier (what it gives up on, it discards): the hook
+        # awaited something that was cancelled under it, a failure like any other.
+        exc: BaseException | None = asyncio.CancelledError("on_handshake was cancelled")
+    else:
+        exc = verdict.exception()
     if exc is None:
         return verdict.result()
     return _refusal_for(exc, head, carrier)
