@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import Any
 
+from ..logging import refusal_log
 from ..protocol.connection import Connection
 from ..protocol.handshake import (
     HandshakeError,
@@ -163,11 +164,18 @@ def judge_upgrade(
         )
         return handler.admit(request)
     except Exception as exc:
-        return _refusal_for(exc, head, carrier)
+        return _refusal_for(exc, head, carrier, handler)
 
 
-def settle_upgrade(verdict: PendingVerdict, head: RequestHead, carrier: str) -> Admission | Refusal:
-    """What a finished :data:`PendingVerdict` decided."""
+def settle_upgrade(
+    verdict: PendingVerdict,
+    head: RequestHead,
+    carrier: str,
+    *,
+    handler: UpgradeHandler | None = None,
+) -> Admission | Refusal:
+    """What a finished :data:`PendingVerdict` decided (``handler``: the hub
+    that judged it, told of a refusal)."""
     if verdict.cancelled():
         # Not by the carrier (what it gives up on, it discards): the hook
         # awaited something that was cancelled under it, a failure like any other.
@@ -176,7 +184,7 @@ def settle_upgrade(verdict: PendingVerdict, head: RequestHead, carrier: str) -> 
         exc = verdict.exception()
     if exc is None:
         return verdict.result()
-    return _refusal_for(exc, head, carrier)
+    return _refusal_for(exc, head, carrier, handler)
 
 
 def discard_upgrade(verdict: PendingVerdict) -> None:
@@ -196,22 +204,36 @@ def _give_back(verdict: PendingVerdict) -> None:
         verdict.result().cancel()
 
 
-def hook_timeout(head: RequestHead, carrier: str, timeout: float) -> Refusal:
+def hook_timeout(
+    head: RequestHead, carrier: str, timeout: float, *, handler: UpgradeHandler | None = None
+) -> Refusal:
     """The refusal (503, logged once) of an upgrade whose handshake hook did
     not answer within the handshake timeout; the carrier discards the verdict."""
     return _refusal_for(
-        HandshakeError(503, f"handshake hook did not answer within {timeout:.1f}s"), head, carrier
+        HandshakeError(503, f"handshake hook did not answer within {timeout:.1f}s"),
+        head,
+        carrier,
+        handler,
     )
 
 
-def _refusal_for(exc: BaseException, head: RequestHead, carrier: str) -> Refusal:
+def _refusal_for(
+    exc: BaseException, head: RequestHead, carrier: str, handler: UpgradeHandler | None
+) -> Refusal:
+    status = exc.status if isinstance(exc, HandshakeError) else 500
+    if handler is not None:
+        handler.handshake_refused(status)
     if isinstance(exc, HandshakeError):
-        log.info(
+        # Rate-limited (wshub.logging): a flood of bad handshakes cannot flood the log.
+        peer = head.peer[0] or "?"
+        path = head.target.split("?", 1)[0][:200]
+        refusal_log.info(
             "%s: refused WebSocket upgrade (%s): %d %s",
-            head.peer[0] or "?",
+            peer,
             carrier,
-            exc.status,
+            status,
             exc.reason,
+            extra={"peer": peer, "path": path, "status": status, "transport": carrier},
         )
         return Refusal(exc.status, exc.reason, exc.headers, exc.body)
     log.error(
