@@ -48,12 +48,13 @@ import struct
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
-from .errors import ClientNotFound, WsHubError
+from .backplane_streams import ENSURE_SCRIPT, PUBLISH_SCRIPT, new_epoch, split_kept
+from .errors import ClientNotFound, HistoryUnavailable, WsHubError
 
 __all__ = [
     "CLUSTER_KEY_LABEL",
@@ -62,6 +63,9 @@ __all__ = [
     "BackplaneHub",
     "BackplaneStats",
     "ClusterSecretMissing",
+    "HistoryRead",
+    "KeptDone",
+    "KeptEntry",
     "LocalBackplane",
     "RedisBackplane",
     "TopicHub",
@@ -126,9 +130,18 @@ class TopicHub(Protocol):
         ...
 
     def deliver_publication(
-        self, name: str, payload: bytes, text: bool, exclude: frozenset[str]
+        self,
+        name: str,
+        payload: bytes,
+        text: bool,
+        exclude: frozenset[str],
+        position: tuple[str, int] | None = None,
     ) -> int:
-        """Deliver a publication of another node to the local subscribers; return how many."""
+        """Deliver a publication of another node to the local subscribers; return how many.
+
+        ``position``: ``(epoch, seq)`` of a publication kept in the cluster's
+        history (then it comes from every node, this one included, in order).
+        """
         ...
 
     def remote_joined(self, client_id: str, name: str) -> None:
@@ -154,6 +167,34 @@ REJECT_REASONS = (
     "bad_entry",  # a registry hash entry without a valid MAC
 )
 _NO_REJECTIONS: Mapping[str, int] = MappingProxyType(dict.fromkeys(REJECT_REASONS, 0))
+
+
+class KeptEntry(NamedTuple):
+    """One publication read back from a topic's history in the cluster."""
+
+    seq: int
+    payload: bytes
+    text: bool
+    #: The client IDs the publisher excluded.
+    exclude: frozenset[str]
+
+
+class HistoryRead(NamedTuple):
+    """What a topic's history in the cluster holds (:meth:`Backplane.read_history`)."""
+
+    #: The stream's epoch (None: no history kept for the topic).
+    epoch: str | None
+    #: Its latest sequence number (0 with no epoch).
+    seq: int
+    #: The kept publications after the asked sequence number, oldest first.
+    entries: list[KeptEntry]
+    #: The oldest sequence number still kept (``seq + 1`` when none is).
+    oldest: int
+
+
+#: Called with the position ``(epoch, seq)`` a kept publication got, or the
+#: exception that says why it got none.
+KeptDone = Callable[["tuple[str, int] | BaseException"], None]
 
 
 class BackplaneStats(NamedTuple):
@@ -272,6 +313,38 @@ class Backplane:
         """The subscribers of ``name`` on the other live nodes: client ID → (node, path)."""
         return {}
 
+    # Topic histories kept by the cluster (Redis Streams): positions are given
+    # where the history is, and every node delivers in its order.
+
+    def keep_history(self, size: int, ttl: float) -> bool:
+        """Keep each topic's last ``size`` publications (for ``ttl`` seconds, 0:
+        no age limit) in the cluster; False if this backplane cannot."""
+        return False
+
+    def publish_kept(
+        self,
+        name: str,
+        payload: bytes,
+        text: bool,
+        exclude: frozenset[str],
+        done: KeptDone | None = None,
+    ) -> None:
+        """Keep a publication in ``name``'s history and hand it to every node that
+        follows ``name``, this one included; :class:`HistoryUnavailable` if it
+        cannot be sent now.  ``done`` hears its position (or why it got none)."""
+        raise HistoryUnavailable("this backplane keeps no history")
+
+    async def topic_ready(self, name: str) -> None:
+        """Return once this node receives every publication of ``name`` kept from now on."""
+
+    async def read_history(self, name: str, after: int) -> HistoryRead:
+        """``name``'s history: its position and what it keeps after sequence ``after``."""
+        raise HistoryUnavailable("this backplane keeps no history")
+
+    async def history_position(self, name: str) -> tuple[str, int]:
+        """``name``'s latest position ``(epoch, seq)``, its epoch made (seq 0) if it has none."""
+        raise HistoryUnavailable("this backplane keeps no history")
+
 
 class LocalBackplane(Backplane):
     """The default: this process is the whole cluster."""
@@ -363,12 +436,17 @@ def _split_topic_meta(meta: bytes) -> tuple[str, bytes]:
 
 #: The label that turns a shared secret into the cluster key.
 CLUSTER_KEY_LABEL = b"wshub backplane v1"
+
 _VERSION = 1
+#: The version byte of a kept publication (a topic history's entry): its
+#: position follows the sealed message on the wire (``backplane_streams``).
+_VERSION_KEPT = 2
 _KEY_ID = 4
 _MAC = 32
 _SEAL = struct.Struct("!BQQB")  # version, counter, time ms, len(origin)
 _LEN = struct.Struct("!I")
 _SEALED_MIN = _KEY_ID + _MAC + _SEAL.size
+_VERSION_AT = _KEY_ID + _MAC
 _ORIGIN_LEN_AT = _SEALED_MIN - 1
 #: Counters per sender remembered behind its highest: messages of one node
 #: may arrive out of order by up to this many (heartbeats and the ordered
@@ -441,10 +519,10 @@ class _Seal:
         """The signing key's ID (hex): what two nodes with the same secret share."""
         return self._signing.key_id.hex()
 
-    def seal(self, channel: bytes, inner: bytes) -> bytes:
+    def seal(self, channel: bytes, inner: bytes, version: int = _VERSION) -> bytes:
         self._counter = counter = self._counter + 1
         origin = self._origin
-        head = _SEAL.pack(_VERSION, counter, int(time.time() * 1000), len(origin)) + origin
+        head = _SEAL.pack(version, counter, int(time.time() * 1000), len(origin)) + origin
         key = self._signing
         mac = key.messages.copy()
         mac.update(_LEN.pack(len(channel)) + channel + head)
@@ -462,8 +540,12 @@ class _Seal:
             and data[start : start + len(origin)] == origin
         )
 
-    def open(self, channel: bytes, data: bytes, now: float) -> tuple[str, bytes]:
-        """``(origin node, message)`` of a sealed message; raises :class:`_Rejected`."""
+    def open(
+        self, channel: bytes, data: bytes, now: float | None, version: int = _VERSION
+    ) -> tuple[str, bytes]:
+        """``(origin node, message)`` of a sealed message of ``version``; raises
+        :class:`_Rejected`.  ``now`` None: a kept message read back from its
+        stream, whose age and counter are not checked (its MAC still is)."""
         size = len(data)
         if size < _SEALED_MIN:
             raise _Rejected("malformed", f"{size} bytes, shorter than any sealed message")
@@ -480,9 +562,12 @@ class _Seal:
         mac.update(memoryview(data)[_KEY_ID + _MAC :])
         if not hmac.compare_digest(mac.digest(), data[_KEY_ID : _KEY_ID + _MAC]):
             raise _Rejected("bad_mac", "its MAC does not match: forged or altered")
+        expected = version
         version, counter, sent_ms, olen = _SEAL.unpack_from(data, _KEY_ID + _MAC)
-        if version != _VERSION:
-            raise _Rejected("bad_version", f"format version {version} (this node speaks 1)")
+        if version != expected:
+            raise _Rejected(
+                "bad_version", f"format version {version} where {expected} belongs (1 and 2 known)"
+            )
         start = _SEALED_MIN + olen
         if size < start:
             raise _Rejected("malformed", f"{size} bytes, shorter than its own header")
@@ -490,6 +575,8 @@ class _Seal:
         if not origin_b.isascii():
             raise _Rejected("malformed", "origin node ID not ASCII")
         origin = origin_b.decode("ascii")
+        if now is None:
+            return origin, data[start:]
         now_ms = int(now * 1000)
         if abs(now_ms - sent_ms) > self.window_ms:
             raise _Rejected(
@@ -602,6 +689,45 @@ def _unpack_sealed(origin: str, data: bytes, kinds: bytes) -> tuple[bytes, bytes
     return kind, meta, payload
 
 
+def _excluded(rest: bytes) -> frozenset[str]:
+    """The excluded IDs that follow a publication's topic in its metadata."""
+    if not rest:
+        return frozenset()
+    ids = json.loads(rest)
+    if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
+        raise _Rejected("bad_content", "publication exclude list is not [IDs]")
+    return frozenset(ids)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else str(value)
+
+
+def _entry_seq(entry_id: bytes) -> int:
+    """The sequence number of a history entry's ID ``0-<seq>``."""
+    return int(entry_id.partition(b"-")[2])
+
+
+def _entry_time(fields: dict[bytes, bytes]) -> int:
+    """When Redis kept a history entry (ms, its clock)."""
+    return int(fields.get(b"t", b"0"))
+
+
+def _kept_answer(args: tuple[Any, ...], result: tuple[str, int] | BaseException) -> bool:
+    """Tell a kept publication's ``done`` (args[4], a one-item box) its fate,
+    once; False if it was told before."""
+    box: list[KeptDone | None] = args[4]
+    if not box:
+        return False
+    done = box.pop()
+    if done is not None:
+        try:
+            done(result)
+        except Exception:
+            log.exception("redis backplane: a kept publication's callback failed")
+    return True
+
+
 def _log_failure(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("redis backplane: background task failed: %s", task.exception())
@@ -633,6 +759,11 @@ class RedisBackplane(Backplane):
     whose messages are accepted (never used to sign): for a rotation.
     ``replay_window``: seconds a message's timestamp may differ from this
     node's clock (older ones are dropped as stale).
+
+    ``history_trim``: with a hub that keeps a history (``history_size``),
+    each topic's history is a Redis Stream cut to that size ``"approximate"``
+    (``XADD MAXLEN ~``, whole stream nodes of up to 100 entries) or
+    ``"exact"`` (``MAXLEN =``).
     """
 
     def __init__(
@@ -650,6 +781,7 @@ class RedisBackplane(Backplane):
         queue_bytes: int = 64 * 1024 * 1024,
         connect_timeout: float = 5.0,
         backoff_max: float = 5.0,
+        history_trim: str = "approximate",
     ) -> None:
         super().__init__()
         try:
@@ -672,6 +804,11 @@ class RedisBackplane(Backplane):
             raise ValueError("prefix must be a non-empty token")
         if not replay_window > 0:
             raise ValueError("replay_window must be > 0")
+        if history_trim not in ("approximate", "exact"):
+            raise ValueError('history_trim must be "approximate" or "exact"')
+        #: How a topic's history is cut to its size: ``XADD MAXLEN ~`` (whole
+        #: stream nodes, so a few more are kept; cheaper) or ``=`` (exactly).
+        self.history_trim = history_trim
         # Only the derived keys are kept (cluster_key checks each secret).
         self._own_key = cluster_key(secret) if secret is not None else None
         self._other_keys = [cluster_key(s) for s in also_accept]
@@ -700,6 +837,16 @@ class RedisBackplane(Backplane):
         self._topics_subscribed: set[str] = set()
         self._topic_changes: set[str] = set()
         self._topic_wakeup: asyncio.Event | None = None
+        # Topic channels whose SUBSCRIBE Redis confirmed in this session, and
+        # who waits for one (topic_ready).
+        self._topics_ready: set[str] = set()
+        self._ready_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # Topic histories in Redis Streams (keep_history): (size, ttl in ms,
+        # exact trim), the publish script's SHA1 and the Redis server's run_id.
+        self._history: tuple[int, int, bool] | None = None
+        self._script_sha = ""
+        self._ensure_sha = ""
+        self._run_id = ""
         # Cached registry of the other nodes.
         self._remote: dict[str, dict[str, tuple[str, str]]] = {}
         self._owner: dict[str, str] = {}
@@ -925,10 +1072,17 @@ class RedisBackplane(Backplane):
             decode_responses=False,
         )
         self._client = client
+        if self._history is not None:
+            # A new run_id (Redis restarted) starts new epochs: see backplane_streams.
+            info = await client.info("server")
+            self._run_id = str(info.get("run_id", ""))
+            self._script_sha = _text(await client.script_load(PUBLISH_SCRIPT))
+            self._ensure_sha = _text(await client.script_load(ENSURE_SCRIPT))
         pubsub = client.pubsub()
         self._pubsub = pubsub
         await pubsub.subscribe(self._ch_all, self._ch_ctl, self._node_channel(self.node_id))
         self._topics_subscribed = set()
+        self._topics_ready = set()
         self._topic_changes = set(self._followed())
         await self._follow_topics(pubsub)
         await self._register_all(client)
@@ -1308,10 +1462,200 @@ class RedisBackplane(Backplane):
         msg = _pack(b"L", self._node_b, _topic_meta(name, client_id.encode("utf-8")))
         self._enqueue("publish", (self._topic_channel(name), msg), False, 0)
 
-    def publish_topic(self, name: str, payload: bytes, text: bool, exclude: frozenset[str]) -> None:
+    def _publication(self, name: str, payload: bytes, text: bool, exclude: frozenset[str]) -> bytes:
         rest = json.dumps(sorted(exclude)).encode() if exclude else b""
-        msg = _pack(b"P" if text else b"p", self._node_b, _topic_meta(name, rest), payload)
-        self._publish(self._topic_channel(name), msg)
+        return _pack(b"P" if text else b"p", self._node_b, _topic_meta(name, rest), payload)
+
+    def publish_topic(self, name: str, payload: bytes, text: bool, exclude: frozenset[str]) -> None:
+        self._publish(self._topic_channel(name), self._publication(name, payload, text, exclude))
+
+    # ============================================================ histories
+    #
+    # With keep_history(), every publication is one script run in Redis
+    # (backplane_streams.PUBLISH_SCRIPT): XADD to <prefix>:history:<name>,
+    # then PUBLISH on the topic's channel with the position after the sealed
+    # message.  Every node, the publisher included, delivers from the channel.
+
+    def keep_history(self, size: int, ttl: float) -> bool:
+        if size < 1 or ttl < 0:
+            raise ValueError("a history keeps at least one message, for ttl >= 0 seconds")
+        self._history = (int(size), int(ttl * 1000), self.history_trim == "exact")
+        return True
+
+    def _history_keys(self, name: str) -> tuple[str, str]:
+        return f"{self.prefix}:history-meta:{name}", f"{self.prefix}:history:{name}"
+
+    def publish_kept(
+        self,
+        name: str,
+        payload: bytes,
+        text: bool,
+        exclude: frozenset[str],
+        done: KeptDone | None = None,
+    ) -> None:
+        if self._history is None:
+            raise HistoryUnavailable("keep_history() was not called: no history to keep it in")
+        if not self._up:
+            raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
+        meta_key, stream_key = self._history_keys(name)
+        msg = self._publication(name, payload, text, exclude)
+        args = (self._topic_channel(name), meta_key, stream_key, msg, [done])
+        if not self._enqueue("kept", args, True, len(msg)):
+            raise HistoryUnavailable("the outgoing queue to Redis is full")
+
+    def _queue_kept(self, pipe: Any, sealer: _Seal, args: tuple[Any, ...]) -> None:
+        channel, meta_key, stream_key, message, _box = args
+        assert self._history is not None
+        size, ttl_ms, exact = self._history
+        pipe.execute_command(
+            "EVALSHA",
+            self._script_sha,
+            2,
+            meta_key,
+            stream_key,
+            channel,
+            sealer.seal(channel.encode(), message, _VERSION_KEPT),
+            self._run_id,
+            new_epoch(),
+            size,
+            "1" if exact else "0",
+            ttl_ms,
+        )
+
+    def _kept_result(self, args: tuple[Any, ...], size: int, result: Any) -> None:
+        if isinstance(result, BaseException):
+            if _kept_answer(args, HistoryUnavailable(f"Redis refused it: {result}")):
+                self._count_lost(args, size, f"Redis refused a kept publication: {result}")
+            if "NOSCRIPT" in str(result):
+                raise _SessionLost("the publish script is gone from Redis (SCRIPT FLUSH?)")
+            return
+        try:
+            position = (bytes(result[0]).decode("ascii"), int(result[1]))
+        except (TypeError, ValueError, IndexError) as exc:
+            _kept_answer(args, HistoryUnavailable(f"unexpected answer from Redis: {exc}"))
+            return
+        _kept_answer(args, position)
+
+    def _on_kept(
+        self, origin: str, channel_name: bytes, data: bytes, position: tuple[str, int]
+    ) -> None:
+        kind, meta, payload = _unpack_sealed(origin, data, b"Pp")
+        hub = self._topic_hub
+        if hub is None:
+            return
+        name, rest = _split_topic_meta(meta)
+        if name.encode("utf-8") != channel_name:
+            raise _Rejected("bad_content", f"names topic {name[:60]!r}, not its channel's")
+        hub.deliver_publication(name, payload, kind == b"P", _excluded(rest), position)
+
+    def _subscription_confirmed(self, msg: dict[str, Any], topic_prefix: bytes) -> None:
+        """Redis confirmed a (un)subscription: a topic's channel is (no longer) heard."""
+        channel = msg.get("channel")
+        if not isinstance(channel, bytes) or not channel.startswith(topic_prefix):
+            return
+        name = channel[len(topic_prefix) :].decode("utf-8", "replace")
+        if msg.get("type") == "unsubscribe":
+            self._topics_ready.discard(name)
+            return
+        self._topics_ready.add(name)
+        for waiter in self._ready_waiters.pop(name, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def topic_ready(self, name: str) -> None:
+        if name in self._topics_ready:
+            return
+        if not self._up:
+            raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._ready_waiters.setdefault(name, [])
+        waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in waiters:
+                waiters.remove(waiter)
+
+    async def read_history(self, name: str, after: int) -> HistoryRead:
+        client = self._client
+        history = self._history
+        if client is None or not self._up or history is None:
+            raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
+        meta_key, stream_key = self._history_keys(name)
+        pipe = client.pipeline(transaction=True)
+        pipe.hmget(meta_key, "epoch", "seq")
+        pipe.xrange(stream_key, f"(0-{after}", "+")
+        pipe.xrange(stream_key, "-", "+", count=1)
+        pipe.time()
+        try:
+            (raw_epoch, raw_seq), found, first, (secs, micros) = await pipe.execute()
+        except Exception as exc:
+            raise HistoryUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
+        if raw_epoch is None:
+            return HistoryRead(None, 0, [], 1)
+        seq = int(raw_seq or 0)
+        ttl_ms = history[1]
+        limit = secs * 1000 + micros // 1000 - ttl_ms if ttl_ms else 0
+        channel = self._topic_channel(name).encode()
+        entries: list[KeptEntry] = []
+        for entry_id, fields in found:
+            entry = self._open_kept_entry(name, channel, stream_key, entry_id, fields, limit)
+            if entry is not None:
+                entries.append(entry)
+        if first and _entry_time(first[0][1]) >= limit:
+            oldest = _entry_seq(first[0][0])
+        else:
+            oldest = entries[0].seq if entries else seq + 1
+        return HistoryRead(raw_epoch.decode("ascii", "replace"), seq, entries, oldest)
+
+    async def history_position(self, name: str) -> tuple[str, int]:
+        client = self._client
+        history = self._history
+        if client is None or not self._up or history is None:
+            raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
+        meta_key, stream_key = self._history_keys(name)
+        try:
+            epoch, seq = await client.evalsha(
+                self._ensure_sha,
+                2,
+                meta_key,
+                stream_key,
+                "",
+                "",
+                self._run_id,
+                new_epoch(),
+                history[1],
+            )
+        except Exception as exc:
+            raise HistoryUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
+        return _text(epoch), int(seq)
+
+    def _open_kept_entry(
+        self,
+        name: str,
+        channel: bytes,
+        stream_key: str,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        limit: int,
+    ) -> KeptEntry | None:
+        """One stream entry, if its MAC holds (and it is not older than the ttl)."""
+        sealer = self._sealer
+        assert sealer is not None
+        try:
+            if _entry_time(fields) < limit:
+                return None  # past the age limit, not trimmed yet
+            origin, inner = sealer.open(channel, fields[b"m"], None, _VERSION_KEPT)
+            kind, meta, payload = _unpack_sealed(origin, inner, b"Pp")
+            topic, rest = _split_topic_meta(meta)
+            if topic != name:
+                raise _Rejected("bad_content", f"names topic {topic[:60]!r}, not its stream's")
+            return KeptEntry(_entry_seq(entry_id), payload, kind == b"P", _excluded(rest))
+        except _Rejected as exc:
+            self._reject(exc.reason, stream_key, f"entry {entry_id[:40]!r}: {exc.detail}")
+        except (ValueError, TypeError, KeyError, struct.error) as exc:
+            self._reject("bad_content", stream_key, f"entry {entry_id[:40]!r}: {exc}")
+        return None
 
     async def topic_presence(self, name: str) -> dict[str, tuple[str, str]]:
         client = self._client
@@ -1353,13 +1697,7 @@ class RedisBackplane(Backplane):
         if name.encode("utf-8") != channel_name:
             raise _Rejected("bad_content", f"names topic {name[:60]!r}, not its channel's")
         if kind == b"P" or kind == b"p":
-            exclude: frozenset[str] = frozenset()
-            if rest:
-                ids = json.loads(rest)
-                if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
-                    raise _Rejected("bad_content", "publication exclude list is not [IDs]")
-                exclude = frozenset(ids)
-            hub.deliver_publication(name, payload, kind == b"P", exclude)
+            hub.deliver_publication(name, payload, kind == b"P", _excluded(rest))
         elif kind == b"J":
             hub.remote_joined(rest.decode("utf-8"), name)
         else:
@@ -1398,7 +1736,9 @@ class RedisBackplane(Backplane):
             log.warning("redis backplane: dropping cross-node messages: %s", why)
 
     def _drop_queue(self) -> None:
-        for _command, args, is_message, size in self._queue:
+        for command, args, is_message, size in self._queue:
+            if command == "kept":
+                _kept_answer(args, HistoryUnavailable("Redis became unreachable"))
             if is_message:
                 self._count_lost(args, size, "Redis is unreachable")
         self._queue.clear()
@@ -1451,14 +1791,26 @@ class RedisBackplane(Backplane):
                     # Sealed here, in the order sent: the counters rise on the wire.
                     channel, message = args
                     pipe.execute_command(command, channel, sealer.seal(channel.encode(), message))
+                elif command == "kept":
+                    self._queue_kept(pipe, sealer, args)
                 else:
                     pipe.execute_command(command, *args)
             try:
-                await pipe.execute()
-            except BaseException:
+                results = await pipe.execute(raise_on_error=False)
+                failure: BaseException | None = None
+                for (command, args, _is_message, size), result in zip(batch, results, strict=True):
+                    if command == "kept":
+                        self._kept_result(args, size, result)
+                    elif isinstance(result, BaseException) and failure is None:
+                        failure = result
+                if failure is not None:
+                    raise failure
+            except BaseException as exc:
                 # In flight when Redis went away: count as lost (at-most-once).
-                for _command, args, is_message, size in batch:
-                    if is_message:
+                for command, args, is_message, size in batch:
+                    # A kept one counts once: not if Redis answered it already.
+                    lost = _kept_answer(args, exc) if command == "kept" else is_message
+                    if lost:
                         self._count_lost(args, size, "Redis is unreachable")
                 self._drop_queue()
                 raise
@@ -1515,16 +1867,27 @@ class RedisBackplane(Backplane):
         ch_ctl = self._ch_ctl.encode()
         topic_prefix = self._topic_prefix.encode()
         while True:
-            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.heartbeat)
-            if msg is None or msg.get("type") != "message":
+            msg = await pubsub.get_message(ignore_subscribe_messages=False, timeout=self.heartbeat)
+            if msg is None:
+                continue
+            if msg.get("type") != "message":
+                self._subscription_confirmed(msg, topic_prefix)
                 continue
             channel = msg["channel"]
             data = msg["data"]
-            if channel != ch_ctl and sealer.is_own(data):
+            # A kept publication (version 2) comes to every node, its sender too.
+            kept = len(data) > _VERSION_AT and data[_VERSION_AT] == _VERSION_KEPT
+            if channel != ch_ctl and not kept and sealer.is_own(data):
                 continue  # this node's own publication, delivered locally when it was sent
             # Nothing is acted on before open() has checked the MAC, the
             # clock and the counter; what is dropped is counted and logged.
             try:
+                if kept and channel.startswith(topic_prefix):
+                    sealed, epoch, seq = split_kept(data)
+                    origin, inner = sealer.open(channel, sealed, time.time(), _VERSION_KEPT)
+                    self._accepted += 1
+                    self._on_kept(origin, channel[len(topic_prefix) :], inner, (epoch, seq))
+                    continue
                 origin, inner = sealer.open(channel, data, time.time())
                 self._accepted += 1
                 if channel == ch_ctl:

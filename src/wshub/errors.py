@@ -9,6 +9,7 @@ __all__ = [
     "ClientNotFound",
     "ConnectionClosedError",
     "HandshakeError",
+    "HistoryUnavailable",
     "TopicLimitError",
     "WebSocketProtocolError",
     "WsHubError",
@@ -36,6 +37,15 @@ class TopicLimitError(WsHubError, ValueError):
 
     def __str__(self) -> str:
         return f"client {self.client_id!r} already follows {self.limit} topics (the limit)"
+
+
+class HistoryUnavailable(WsHubError, ConnectionError):
+    """A publication cannot be kept: the cluster's history (Redis) is unreachable.
+
+    Raised by ``publish`` on a hub whose topics keep their history in Redis
+    Streams while its backplane is disconnected: the publication was not
+    sent to anyone (``docs/scaling.md``, History in Redis Streams).
+    """
 
 
 class WebSocketProtocolError(WsHubError):

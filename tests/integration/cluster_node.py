@@ -14,7 +14,11 @@ JSON commands (text messages on ``/`` or ``/chat``):
 - ``{"op": "presence", "topic": T}`` → ``{"op": "presence", "members": {ID: [node, path]},
   "cluster": await ws.cluster_subscribers(T)}``
 
-Every client gets ``{"op": "welcome", "id": ID, "node": NODE}`` on open.
+Every client gets ``{"op": "welcome", "id": ID, "node": NODE}`` on open,
+but ``wshub.v1`` clients: with ``--pubsub`` the node speaks ``wshub.v1`` to
+those that offer it (anyone may subscribe and publish), and with
+``--history-size N`` it keeps topic histories in Redis Streams
+(``--history-ttl``, ``--history-trim approximate|exact``).
 Payloads routed by send/broadcast arrive as the plain strings the sender gave.
 ``GET /state?ip=K&id=X`` answers the node's view of the cluster as JSON
 (with the backplane's ``accepted`` and ``rejected`` counters),
@@ -37,7 +41,12 @@ from wshub.backplane import RedisBackplane
 
 def build(args: argparse.Namespace) -> tuple[HttpServer, WebSocket]:
     backplane = RedisBackplane(
-        args.redis, heartbeat=args.heartbeat, ttl=args.ttl, resync_every=2, backoff_max=1.0
+        args.redis,
+        heartbeat=args.heartbeat,
+        ttl=args.ttl,
+        resync_every=2,
+        backoff_max=1.0,
+        history_trim=args.history_trim,
     )
     ws_box: list[WebSocket] = []
     topic_events: list[list[str]] = []
@@ -71,11 +80,17 @@ def build(args: argparse.Namespace) -> tuple[HttpServer, WebSocket]:
         cluster_limit_by_ip=args.cluster_limit_by_ip,
         secret=args.secret,
         per_message_deflate=False,
+        pubsub=args.pubsub,
+        authorize=(lambda client_id, action, topic: True) if args.pubsub else None,
+        history_size=args.history_size,
+        history_ttl=args.history_ttl,
     )
     ws_box.append(ws)
 
     @ws.on("open")
     def opened(client_id: str) -> None:
+        if ws.subprotocol(client_id) == "wshub.v1":
+            return
         ws.send(
             client_id, json.dumps({"op": "welcome", "id": client_id, "node": backplane.node_id})
         )
@@ -131,6 +146,10 @@ async def main() -> None:
     p.add_argument("--limit-by-ip", type=int, default=0)
     p.add_argument("--cluster-limit-by-ip", action="store_true")
     p.add_argument("--secret", default="cluster-test-secret")
+    p.add_argument("--pubsub", action="store_true")
+    p.add_argument("--history-size", type=int, default=0)
+    p.add_argument("--history-ttl", type=float, default=300.0)
+    p.add_argument("--history-trim", default="approximate")
     args = p.parse_args()
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"

@@ -36,11 +36,13 @@ def redis_server_path() -> str:
 
 
 class RedisServer:
-    """A throw-away redis-server on a free loopback port (no persistence)."""
+    """A throw-away redis-server on a free loopback port (no persistence, unless
+    ``persistent``: an append-only file synced on every write, in ``workdir``)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, persistent: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,7 +61,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.workdir),
             ],

@@ -15,7 +15,6 @@ The hub never touches a socket or an HTTP version: it judges upgrades
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import SplitResult
@@ -28,6 +27,7 @@ from ..protocol.deflate import DeflateOptions
 from ..protocol.frames import is_valid_close_code
 from ..transport.link import Admission, UpgradeRequest
 from .admission import AdmissionControl, PendingClient
+from .cluster_history import ClusterHistory
 from .events import Callback, Events
 from .handshake import ClientExtras, Handshake
 from .history import MemoryHistory, Position
@@ -128,7 +128,10 @@ class WebSocket:
         history_max_bytes = check_int("history_max_bytes", history_max_bytes)
         if history_size < 0:
             raise ValueError("history_size must be >= 0")
-        if history_size:
+        if history_size and self._backplane.keep_history(history_size, history_ttl):
+            # A cluster: topic histories in Redis Streams (docs/scaling.md).
+            topics.cluster = ClusterHistory(self._backplane)
+        elif history_size:
             topics.history = MemoryHistory(history_size, history_ttl, history_max_bytes)
         if pubsub:
             direct = (
@@ -603,9 +606,13 @@ class WebSocket:
 
     def topic_position(self, topic: str) -> Position | None:
         """The position of ``topic``'s latest publication kept in this
-        process's history (None: no history for it, or ``history_size=0``)."""
-        history = self._topics.history
-        return None if history is None else history.position(topic, time.monotonic())
+        process's history (None: no history for it, or ``history_size=0``).
+
+        With a Redis backplane (the history in Redis Streams): the position of
+        the last publication of ``topic`` delivered on this node (None when no
+        client here follows it).
+        """
+        return self._topics.position(topic)
 
     def topics(self, client_id: str) -> list[str]:
         """The topics local client ``client_id`` follows, in the order it subscribed."""

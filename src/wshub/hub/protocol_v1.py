@@ -21,10 +21,20 @@ after the replay: in order, none twice.  A store that answers
 asynchronously (Redis Streams) must keep that property by subscribing
 first, holding live messages while the replay comes, and dropping those at
 or below the last replayed sequence number.
+
+With a history in the cluster (``Topics.cluster``) that is what happens: the
+client is subscribed and its live messages held (``Topics.hold``); once this
+node hears the topic's channel the history is read from Redis; then the
+``subscribed`` answer, the gap (if any), the replay, and the held messages
+above the position the read answered go out, in that order.  A publication
+is answered (``published``, with its position) when Redis has kept it; if
+Redis cannot be reached, a ``publish`` or ``subscribe`` is answered with
+the error ``unavailable`` (the client is not subscribed).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -34,7 +44,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConnectionClosedError, TopicLimitError
+from ..errors import ConnectionClosedError, HistoryUnavailable, TopicLimitError
 from ..protocol.frames import CloseCode
 from .history import HistoryStore, Position, Replay
 from .topics import Topics, check_topic
@@ -106,6 +116,21 @@ def publication(topic: str, position: Position | None, payload: bytes, text: boo
     return envelope("message", topic, position, payload, text)
 
 
+def gap_notice(
+    topic: str, last: Position, position: Position, missed: tuple[int, int] | None
+) -> bytes:
+    """The ``gap`` a subscriber gets when this node's delivery of ``topic``
+    jumped from ``last`` to ``position`` (a cluster's history)."""
+    gap: dict[str, Any] = {"type": "gap", "topic": topic}
+    if missed is None:
+        gap["reason"] = "reset"
+    else:
+        gap.update(reason="truncated", **{"from": missed[0], "to": missed[1]})
+    gap["since"] = position_json(last)
+    gap["position"] = position_json(Position(position.epoch, position.seq - 1))
+    return _dumps(gap).encode("utf-8")
+
+
 def parse_since(value: object) -> Position | None:
     if value is None:
         return None
@@ -153,7 +178,7 @@ class Session:
 class ProtocolV1:
     """The ``wshub.v1`` layer of one hub: sessions, requests, direct streams."""
 
-    __slots__ = ("authorize", "direct_history", "sessions", "stats_errors", "topics")
+    __slots__ = ("_tasks", "authorize", "direct_history", "sessions", "stats_errors", "topics")
 
     def __init__(self, topics: Topics, direct_history: HistoryStore | None) -> None:
         self.topics = topics
@@ -164,16 +189,17 @@ class ProtocolV1:
         self.sessions: dict[str, Session] = {}
         #: How many requests were answered with an error or a close.
         self.stats_errors = 0
+        # The resumes waiting for the cluster's history (kept referenced).
+        self._tasks: set[asyncio.Future[None]] = set()
         topics.envelope = publication
+        topics.gap_notice = gap_notice
 
     # ------------------------------------------------------------ connections
 
     def opened(self, client: Client) -> None:
         """``client`` connected speaking ``wshub.v1`` (its messages come here)."""
         history = self.direct_history
-        # The stream exists from now on, so that what is sent while the
-        # client is away is kept for it even if nothing was sent before.
-        position = None if history is None else history.ensure(client.id, time.monotonic())
+        position = None if history is None else history.position(client.id, time.monotonic())
         self.sessions[client.id] = Session(client, position)
 
     def closed(self, client: Client) -> None:
@@ -264,6 +290,9 @@ class ProtocolV1:
         payload, text = parse_data(request)
         self._allowed(client, "publish", topic)
         topics = self.topics
+        if topics.cluster is not None:
+            self._publish_kept(client, topic, payload, text, request_id)
+            return
         topics.publish(topic, payload, text, ())
         if request_id is not None:
             history = topics.history
@@ -278,6 +307,30 @@ class ProtocolV1:
                 },
             )
 
+    def _publish_kept(
+        self, client: Client, topic: str, payload: bytes, text: bool, request_id: object
+    ) -> None:
+        """Publish into the cluster's history; answered once Redis kept it."""
+
+        def done(result: tuple[str, int] | BaseException) -> None:
+            if request_id is None:
+                return
+            if isinstance(result, BaseException):
+                self._error(client, "unavailable", f"not published: {result}", request_id)
+                return
+            answer = {
+                "type": "published",
+                "topic": topic,
+                "position": position_json(Position(*result)),
+                "id": request_id,
+            }
+            self._reply(client, answer)
+
+        try:
+            self.topics.publish(topic, payload, text, (), done)
+        except HistoryUnavailable as exc:
+            raise BadRequest("unavailable", f"not published: {exc}") from None
+
     def _subscribe(self, client: Client, request: dict[str, Any], request_id: object) -> None:
         topic = self._topic(request)
         since = parse_since(request.get("since"))
@@ -288,16 +341,87 @@ class ProtocolV1:
             raise BadRequest("already_subscribed", "already subscribed to this topic")
         if followed is not None and len(followed) >= topics.limit:
             raise BadRequest("limit", f"at most {topics.limit} topics per client")
+        if topics.cluster is not None:
+            self._subscribe_kept(client, topic, since, request_id)
+            return
         history = topics.history
         now = time.monotonic()
         replay: Replay | None = None
         if history is None:
             position = None
         elif since is None:
-            position = history.ensure(topic, now)
+            position = history.position(topic, now)
         else:
             replay = history.replay(topic, since, now)
             position = replay.position
+        self._answer_subscribe(client, topic, since, replay, position, request_id)
+        try:
+            topics.subscribe(client.id, topic, framed=True)
+        except TopicLimitError:  # (checked above; kept for safety)
+            raise BadRequest("limit", f"at most {topics.limit} topics per client") from None
+
+    def _subscribe_kept(
+        self, client: Client, topic: str, since: Position | None, request_id: object
+    ) -> None:
+        """Subscribe with the cluster's history: subscribed at once, live
+        messages held until the history is read (see the module docstring)."""
+        topics = self.topics
+        try:
+            topics.subscribe(client.id, topic, framed=True)
+        except TopicLimitError:  # (checked by the caller; kept for safety)
+            raise BadRequest("limit", f"at most {topics.limit} topics per client") from None
+        held = topics.hold(client.id, topic)
+        task = asyncio.ensure_future(self._resume_kept(client, topic, since, request_id, held))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resume_kept(
+        self,
+        client: Client,
+        topic: str,
+        since: Position | None,
+        request_id: object,
+        held: list[tuple[Position, bytes]],
+    ) -> None:
+        topics = self.topics
+        cluster = topics.cluster
+        assert cluster is not None
+        replay: Replay | None = None
+        try:
+            if since is None:
+                position: Position | None = await cluster.ensure(topic)
+            else:
+                replay = await cluster.replay(topic, since, client.id)
+                position = replay.position
+        except HistoryUnavailable as exc:
+            if topics.release(client.id, topic, held):
+                with contextlib.suppress(Exception):
+                    topics.unsubscribe(client.id, topic)
+                self._error(client, "unavailable", f"history not readable: {exc}", request_id)
+            return
+        if not topics.release(client.id, topic, held):
+            return  # unsubscribed or gone meanwhile
+        self._answer_subscribe(client, topic, since, replay, position, request_id)
+        # The live messages that came meanwhile, but those the read covered.
+        link = client.link
+        try:
+            for at, message in held:
+                if position is not None and at.epoch == position.epoch and at.seq <= position.seq:
+                    continue
+                link.send_message(message, True)
+        except ConnectionClosedError:
+            pass
+
+    def _answer_subscribe(
+        self,
+        client: Client,
+        topic: str,
+        since: Position | None,
+        replay: Replay | None,
+        position: Position | None,
+        request_id: object,
+    ) -> None:
+        """``subscribed``, then (with ``since``) the gap and the replayed messages."""
         answer: dict[str, Any] = {
             "type": "subscribed",
             "topic": topic,
@@ -309,10 +433,6 @@ class ProtocolV1:
         self._reply(client, answer)
         if since is not None:
             self._send_replay(client, topic, since, replay, position)
-        try:
-            topics.subscribe(client.id, topic, framed=True)
-        except TopicLimitError:  # (checked above; kept for safety)
-            raise BadRequest("limit", f"at most {topics.limit} topics per client") from None
 
     def _send_replay(
         self,
@@ -368,40 +488,36 @@ class ProtocolV1:
         since = parse_since(request.get("since"))
         history = self.direct_history
         now = time.monotonic()
-        # Without "since": the direct messages sent since this connection
-        # opened (before hello they are only kept), and "position" says
-        # where they start.  With it: the latest position.
-        start = since if since is not None else session.open_position
         replay: Replay | None = None
-        latest: Position | None = None
+        position: Position | None = None
         if history is not None:
+            # Without "since": what was sent since this connection opened.
+            start = since if since is not None else session.open_position
             if start is None:
-                latest = history.position(client.id, now)
-                if latest is not None:
-                    start = Position(latest.epoch, 0)
-                    replay = history.replay(client.id, start, now)
+                position = history.position(client.id, now)
+                if position is not None:
+                    replay = history.replay(client.id, Position(position.epoch, 0), now)
             else:
                 replay = history.replay(client.id, start, now)
-                latest = replay.position
-        recovered = (
-            since is not None and replay is not None and not replay.reset and not replay.missing
-        )
-        shown = latest if since is not None else session.open_position
+                position = replay.position
         self._reply(
             client,
             {
                 "type": "welcome",
                 "version": VERSION,
                 "client_id": client.id,
-                "position": position_json(shown),
-                "recovered": recovered,
+                "position": position_json(position),
+                "recovered": since is not None
+                and replay is not None
+                and not replay.reset
+                and replay.missing is None,
             },
         )
         session.greeted = True
         if since is not None:
-            self._send_replay(client, None, since, replay, latest)
-        elif replay is not None and start is not None:
-            self._send_replay(client, None, start, replay, latest)
+            self._send_replay(client, None, since, replay, position)
+        elif replay is not None and position is not None:
+            self._send_replay(client, None, Position(position.epoch, 0), replay, position)
 
     # ---------------------------------------------------------------- answers
 

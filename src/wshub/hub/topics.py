@@ -13,9 +13,16 @@ the cluster only to the topics its clients follow, and of every join and
 leave (cluster-wide presence).  :class:`TopicsPort` is what the backplane
 calls in return (:class:`~wshub.backplane.TopicHub`).
 
-A :class:`Topic` is the one place per topic where its state lives, so that
-a position (epoch + sequence) and a bounded history can later be kept next
-to its subscribers without changing how clients are found.
+A :class:`Topic` is the one place per topic where its state lives.
+
+With a history in the cluster (``cluster``: Redis Streams), a publication is
+not delivered here when it is made: the backplane writes it to the topic's
+stream and every node, this one included, delivers it when it comes back
+from Redis with its position (:meth:`Topics.deliver_kept`), so that all
+nodes deliver in one order.  Each topic remembers the last position it
+delivered (``Topic.cursor``) to tell ``wshub.v1`` subscribers of a new epoch
+or of publications this node missed, and may hold a resuming subscriber's
+live messages while its replay is read (:meth:`Topics.hold`).
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple, Protocol
 
-from ..backplane import Backplane
+from ..backplane import Backplane, KeptDone
 from ..errors import ClientNotFound, TopicLimitError
 from ..transport.link import Link
+from .cluster_history import ClusterHistory
 from .events import Events
 from .fanout import queue_to_all
 from .history import HistoryStore, Position
@@ -93,14 +101,27 @@ class PresenceInfo(NamedTuple):
 #: ``(topic, position or None, payload, is_text) -> JSON text`` (UTF-8).
 Envelope = Callable[[str, "Position | None", bytes, bool], bytes]
 
+#: Builds the notice a ``wshub.v1`` subscriber receives when this node's
+#: delivery of a topic jumped: ``(topic, last delivered, new position,
+#: (first, last) missed or None for a new epoch) -> JSON text``.
+GapNotice = Callable[[str, Position, Position, "tuple[int, int] | None"], bytes]
+
+#: A live message held for a resuming subscriber: its position and its envelope.
+Held = list[tuple[Position, bytes]]
+
 
 class Topic:
     """One topic that clients of this process follow."""
 
-    __slots__ = ("framed", "name", "subscribers")
+    __slots__ = ("cursor", "framed", "holding", "name", "subscribers")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        #: With a history in the cluster: the last position delivered here.
+        self.cursor: Position | None = None
+        #: Framed subscribers whose live messages are held while their replay
+        #: is read from the cluster's history (client ID → what came).
+        self.holding: dict[str, Held] = {}
         #: Client ID → client, in the order they subscribed.
         self.subscribers: dict[str, Subscriber] = {}
         #: The subscribers (a subset) that get publications wrapped in the
@@ -117,7 +138,9 @@ class Topics:
         "_events",
         "by_client",
         "by_name",
+        "cluster",
         "envelope",
+        "gap_notice",
         "history",
         "limit",
     )
@@ -143,6 +166,11 @@ class Topics:
         self.history: HistoryStore | None = None
         #: How ``wshub.v1`` subscribers get a publication (set by that layer).
         self.envelope: Envelope | None = None
+        #: How they are told of a jump in a topic's positions (set by that layer).
+        self.gap_notice: GapNotice | None = None
+        #: The topic histories of the cluster (Redis Streams), instead of
+        #: ``history``: publications are delivered as they come back from Redis.
+        self.cluster: ClusterHistory | None = None
 
     @staticmethod
     def check_limit(value: object) -> int:
@@ -213,6 +241,7 @@ class Topics:
         subscribers = topic.subscribers
         del subscribers[client_id]
         topic.framed.pop(client_id, None)
+        topic.holding.pop(client_id, None)
         name = topic.name
         self._backplane.topic_left(client_id, name)
         if not subscribers:
@@ -236,13 +265,34 @@ class Topics:
 
     # --------------------------------------------------------------- publishing
 
-    def publish(self, name: str, payload: bytes, text: bool, exclude: Iterable[str]) -> int:
+    def publish(
+        self,
+        name: str,
+        payload: bytes,
+        text: bool,
+        exclude: Iterable[str],
+        done: KeptDone | None = None,
+    ) -> int:
         """Queue a message for the subscribers of ``name`` here, hand it to the other
-        nodes; return how many local subscribers it was queued for."""
+        nodes; return how many local subscribers it was queued for.
+
+        With ``cluster`` (a history in Redis): hand it to the backplane, which
+        raises HistoryUnavailable if it cannot send it now, and return how many
+        local subscribers it is for; ``done`` hears its position.
+        """
         topic = self.by_name.get(name) if type(name) is str else None
         if topic is None:
             check_topic(name)
         excluded = set(exclude) if exclude else None
+        if self.cluster is not None:
+            self._backplane.publish_kept(
+                name, payload, text, frozenset(excluded) if excluded else frozenset(), done
+            )
+            if topic is None:
+                return 0
+            if not excluded:
+                return len(topic.subscribers)
+            return sum(1 for cid in topic.subscribers if cid not in excluded)
         history = self.history
         position = (
             None if history is None else history.append(name, payload, text, time.monotonic())
@@ -280,6 +330,18 @@ class Topics:
             count = queue_to_all(plain, payload, text) if plain else 0
             if wrapped:
                 message = self.envelope(topic.name, position, payload, text)
+                holding = topic.holding
+                if holding and position is not None:
+                    # Resuming subscribers: kept until their replay is sent.
+                    live = []
+                    for client in wrapped:
+                        held = holding.get(client.id)
+                        if held is None:
+                            live.append(client)
+                        else:
+                            held.append((position, message))
+                    count += len(wrapped) - len(live)
+                    wrapped = live
                 count += queue_to_all(wrapped, message, True)
             return count
         if excluded:
@@ -287,6 +349,66 @@ class Topics:
         else:
             receivers = list(subscribers.values())
         return queue_to_all(receivers, payload, text)
+
+    def deliver_kept(
+        self,
+        topic: Topic,
+        payload: bytes,
+        text: bool,
+        excluded: frozenset[str] | None,
+        position: Position,
+    ) -> int:
+        """Deliver a publication that came back from the cluster's history
+        with ``position``; tell ``wshub.v1`` subscribers first when the
+        topic's positions jumped (a new epoch, or publications this node did
+        not hear while its link to Redis was down)."""
+        last = topic.cursor
+        if last is not None:
+            if position.epoch == last.epoch:
+                if position.seq <= last.seq:
+                    return 0  # delivered already
+                if position.seq > last.seq + 1:
+                    self._notify_gap(topic, last, position, (last.seq + 1, position.seq - 1))
+            else:
+                self._notify_gap(topic, last, position, None)
+        topic.cursor = position
+        return self.deliver(topic, payload, text, excluded, position)
+
+    def _notify_gap(
+        self, topic: Topic, last: Position, position: Position, missed: tuple[int, int] | None
+    ) -> None:
+        notice = self.gap_notice
+        if notice is None or not topic.framed:
+            return
+        holding = topic.holding
+        receivers = [c for cid, c in topic.framed.items() if cid not in holding]
+        if receivers:
+            queue_to_all(receivers, notice(topic.name, last, position, missed), True)
+
+    def hold(self, client_id: str, name: str) -> Held:
+        """Hold the live messages of framed subscriber ``client_id`` of ``name``
+        (it subscribed a moment ago) until :meth:`release`."""
+        held: Held = []
+        self.by_name[name].holding[client_id] = held
+        return held
+
+    def release(self, client_id: str, name: str, held: Held) -> bool:
+        """Stop holding (``held``, from :meth:`hold`); False if the client left
+        the topic meanwhile (or subscribed again)."""
+        topic = self.by_name.get(name)
+        if topic is None or topic.holding.get(client_id) is not held:
+            return False
+        del topic.holding[client_id]
+        return True
+
+    def position(self, name: str) -> Position | None:
+        """The latest position of ``name`` known here: in this process's history,
+        or (with ``cluster``) the last one delivered here."""
+        history = self.history
+        if history is not None:
+            return history.position(name, time.monotonic())
+        topic = self.by_name.get(name)
+        return None if topic is None else topic.cursor
 
     # ----------------------------------------------------------------- presence
 
@@ -333,12 +455,21 @@ class TopicsPort:
         return {cid: path_of(c.event) for cid, c in topic.subscribers.items()}
 
     def deliver_publication(
-        self, name: str, payload: bytes, text: bool, exclude: frozenset[str]
+        self,
+        name: str,
+        payload: bytes,
+        text: bool,
+        exclude: frozenset[str],
+        position: tuple[str, int] | None = None,
     ) -> int:
         topic = self._topics.by_name.get(name)
         if topic is None:
             return 0
         topics = self._topics
+        if position is not None and topics.cluster is not None:
+            kept = topics.deliver_kept(topic, payload, text, exclude or None, Position(*position))
+            self._stats.messages_sent += kept
+            return kept
         history = topics.history
         # A publication of another node gets its position here: positions
         # are per node until the history is shared (docs/protocol.md).

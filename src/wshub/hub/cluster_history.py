@@ -1,0 +1,81 @@
+"""Topic histories kept by the cluster (Redis Streams), as the hub reads them.
+
+With a Redis backplane and ``history_size`` set, positions are given in
+Redis when a publication is written there (``wshub.backplane_streams``), and
+every node delivers a topic's publications from Redis in that order, with
+those positions.  What :class:`~wshub.hub.history.MemoryHistory` answers
+synchronously is asked of Redis here, so :class:`ClusterHistory` is
+asynchronous and gives the same :class:`~wshub.hub.history.Replay` answers.
+
+A read waits first until this node hears the topic's channel
+(``Backplane.topic_ready``): what was published before the read is in the
+stream, what comes after arrives live, and the caller drops the live ones at
+or below the position the read answered (``protocol_v1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from ..backplane import Backplane, HistoryRead
+from ..errors import HistoryUnavailable
+from .history import Entry, Position, Replay
+
+__all__ = ["ClusterHistory", "replay_of"]
+
+T = TypeVar("T")
+
+#: The highest sequence number: reading "after" it reads the position only.
+_END = 2**63 - 1
+
+
+def replay_of(read: HistoryRead, since: Position, client_id: str) -> Replay:
+    """The :class:`Replay` for ``since`` (as ``MemoryHistory.replay`` answers it)
+    of what a cluster's history holds, without the entries ``client_id`` was
+    excluded from."""
+    if read.epoch is None:
+        return Replay([], None, reset=True)
+    position = Position(read.epoch, read.seq)
+    last = since.seq
+    if since.epoch != read.epoch or last > read.seq or last < 0:
+        return Replay([], position, reset=True)
+    entries = [Entry(e.seq, e.payload, e.text) for e in read.entries if client_id not in e.exclude]
+    if last + 1 >= read.oldest:
+        return Replay(entries, position)
+    return Replay(entries, position, missing=(last + 1, read.oldest - 1))
+
+
+class ClusterHistory:
+    """The asynchronous reads of the topic histories a backplane keeps."""
+
+    __slots__ = ("_backplane", "timeout")
+
+    def __init__(self, backplane: Backplane, timeout: float = 10.0) -> None:
+        self._backplane = backplane
+        #: The longest wait for Redis (the channel's subscription, then the read).
+        self.timeout = timeout
+
+    async def _ask(self, topic: str, question: Awaitable[T]) -> T:
+        """``question``'s answer once this node hears ``topic``'s channel."""
+        try:
+            await asyncio.wait_for(self._backplane.topic_ready(topic), self.timeout)
+            return await asyncio.wait_for(question, self.timeout)
+        except asyncio.TimeoutError:
+            raise HistoryUnavailable(f"no answer from Redis within {self.timeout:g}s") from None
+        finally:
+            if inspect.iscoroutine(question):
+                question.close()  # not awaited when the wait failed
+
+    async def replay(self, topic: str, since: Position, client_id: str) -> Replay:
+        """What ``topic`` keeps after ``since`` for ``client_id``."""
+        read = await self._ask(topic, self._backplane.read_history(topic, min(since.seq, _END)))
+        return replay_of(read, since, client_id)
+
+    async def ensure(self, topic: str) -> Position:
+        """``topic``'s latest position, its epoch made (seq 0) if it has none,
+        so that a subscriber has a position to resume from before any publication."""
+        epoch, seq = await self._ask(topic, self._backplane.history_position(topic))
+        return Position(epoch, seq)

@@ -1,0 +1,318 @@
+"""History in Redis Streams: resume through another node, Redis restarts, bounds.
+
+Real parts only: a redis-server and two or three wshub node processes
+(``cluster_node.py --pubsub --history-size N``), each stopped by PID; the
+clients are the ``websockets`` library speaking the ``wshub.v1`` JSON of
+docs/protocol.md by hand (``v1_support.V1Peer``).  Redis itself is asked
+(``XLEN``, ``HGETALL``) what the nodes kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.integration.cluster_support import Cluster, Node, RedisServer
+from tests.integration.v1_support import V1Peer
+
+pytestmark = pytest.mark.timeout(180)
+
+OPTS = ("--ttl", "2", "--heartbeat", "0.5", "--pubsub")
+
+
+def history(size: int = 1000, *extra: str) -> tuple[str, ...]:
+    return (*OPTS, "--history-size", str(size), *extra)
+
+
+@pytest.fixture
+async def inspect(redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A plain Redis client to look at what the nodes kept."""
+    client = aioredis.Redis.from_url(redis.url)
+    yield client
+    await client.aclose()
+
+
+async def peer(node: Node, cookie: str | None = None) -> V1Peer:
+    return await V1Peer.connect(node, cookie)  # type: ignore[arg-type]  # has .url
+
+
+class Publisher:
+    """A ``wshub.v1`` client that publishes and waits for each ``published``."""
+
+    def __init__(self, conn: V1Peer) -> None:
+        self.conn = conn
+        self.next_id = 0
+
+    async def publish(self, topic: str, data: str) -> dict[str, Any]:
+        self.next_id += 1
+        await self.conn.send(type="publish", topic=topic, data=data, id=self.next_id)
+        while True:
+            answer = await self.conn.recv()
+            if answer.get("id") == self.next_id:
+                return answer
+
+
+async def collect(conn: V1Peer, out: list[dict[str, Any]], until: str, topic: str = "feed") -> None:
+    """Append every message of ``topic`` (and gaps) until one with data ``until``."""
+    while True:
+        message = await conn.recv()
+        if message["type"] in ("message", "gap") and message.get("topic") == topic:
+            out.append(message)
+            if message.get("data") == until:
+                return
+
+
+def data_of(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["data"] for m in messages if m["type"] == "message"]
+
+
+async def restart_redis(redis: RedisServer, sig: int = signal.SIGKILL) -> None:
+    redis.stop(sig)
+    await redis.start()
+
+
+async def wait_connected(*nodes: Node) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20.0
+    for node in nodes:
+        while not (await node.state())["connected"]:
+            if loop.time() > deadline:
+                raise AssertionError(f"node {node.port} did not reconnect to Redis")
+            await asyncio.sleep(0.05)
+
+
+async def test_one_order_on_every_node(cluster: Cluster) -> None:
+    """Publishers on two nodes: subscribers on both get the same sequence
+    (the stream's), with the same positions, 1, 2, 3 ..."""
+    a = await cluster.node(*history())
+    b = await cluster.node(*history())
+    sub_a, sub_b = await peer(a), await peer(b)
+    first = (await sub_a.subscribe("feed"))["position"]
+    assert first["seq"] == 0
+    assert (await sub_b.subscribe("feed"))["position"] == first
+    pub_a, pub_b = Publisher(await peer(a)), Publisher(await peer(b))
+
+    async def run(pub: Publisher, name: str) -> None:
+        for i in range(100):
+            answer = await pub.publish("feed", f"{name}{i}")
+            assert answer["type"] == "published", answer
+
+    await asyncio.gather(run(pub_a, "a"), run(pub_b, "b"))
+    await pub_a.publish("feed", "end")
+    got_a: list[dict[str, Any]] = []
+    got_b: list[dict[str, Any]] = []
+    await asyncio.gather(collect(sub_a, got_a, "end"), collect(sub_b, got_b, "end"))
+    assert [m["type"] for m in got_a] == ["message"] * 201
+    seen = [(m["epoch"], m["seq"], m["data"]) for m in got_a]
+    assert seen == [(m["epoch"], m["seq"], m["data"]) for m in got_b]
+    assert [s for _e, s, _d in seen] == list(range(1, 202))
+    assert {e for e, _s, _d in seen} == {first["epoch"]}
+    # Each publisher's own messages keep their order.
+    assert [d for d in data_of(got_a) if d.startswith("a")] == [f"a{i}" for i in range(100)]
+    assert [d for d in data_of(got_a) if d.startswith("b")] == [f"b{i}" for i in range(100)]
+    for conn in (sub_a, sub_b, pub_a.conn, pub_b.conn):
+        await conn.close()
+
+
+async def test_resume_on_another_node_after_kill9(cluster: Cluster) -> None:
+    """A subscriber's node is killed with kill -9 while a publisher on another
+    node keeps publishing: the subscriber reconnects to a third node with its
+    cookie and last position and gets every message once, in order, then live."""
+    a = await cluster.node(*history())
+    b = await cluster.node(*history())
+    c = await cluster.node(*history())
+    sub = await peer(a)
+    await sub.subscribe("feed")
+    pub = Publisher(await peer(b))
+    total = 300
+    killed = asyncio.Event()
+    got: list[dict[str, Any]] = []
+
+    async def publish_all() -> None:
+        for i in range(total):
+            answer = await pub.publish("feed", str(i))
+            assert answer["type"] == "published", answer
+            if i == 120:
+                await killed.wait()  # some are published while a is dead
+
+    async def follow_until_killed() -> None:
+        while len(got) < 50:
+            message = await sub.recv()
+            if message["type"] == "message":
+                got.append(message)
+        a.kill9()
+        await a.proc.wait()
+        killed.set()
+
+    publishing = asyncio.ensure_future(publish_all())
+    await follow_until_killed()
+    # Whatever was still in the socket's buffer when the node died.
+    with contextlib.suppress(Exception):
+        while True:
+            message = await asyncio.wait_for(sub.conn.recv(), 1.0)
+            got.append(json.loads(message))
+    last = got[-1]
+    assert last["type"] == "message"
+    since = {"epoch": last["epoch"], "seq": last["seq"]}
+
+    again = await peer(c, sub.cookie)
+    answer = await again.subscribe("feed", since=since)
+    assert answer["recovered"] is True, answer
+    await publishing
+    await pub.publish("feed", "live")
+    rest: list[dict[str, Any]] = []
+    await collect(again, rest, "live")
+    everything = data_of(got) + data_of(rest)
+    assert everything == [str(i) for i in range(total)] + ["live"]
+    seqs = [m["seq"] for m in got + rest]
+    assert seqs == list(range(1, total + 2))
+    await again.close()
+    await pub.conn.close()
+
+
+async def resume_after_restart(cluster: Cluster, redis: RedisServer, sig: int) -> None:
+    a = await cluster.node(*history())
+    b = await cluster.node(*history())
+    sub = await peer(a)
+    await sub.subscribe("feed")
+    pub = Publisher(await peer(b))
+    for i in range(20):
+        await pub.publish("feed", f"old{i}")
+    got: list[dict[str, Any]] = []
+    await collect(sub, got, "old19")
+    old = got[-1]
+    old_since = {"epoch": old["epoch"], "seq": old["seq"]}
+
+    await restart_redis(redis, sig)
+    # While the nodes have not noticed or are reconnecting, a publication
+    # fails loudly (an "unavailable" error) or is kept after the restart.
+    answer = await pub.publish("feed", "during")
+    assert answer["type"] in ("error", "published"), answer
+    if answer["type"] == "error":
+        assert answer["code"] == "unavailable", answer
+    await wait_connected(a, b)
+    # The live subscriber on a: a reset notice before the new epoch's messages.
+    for i in range(5):
+        answer = await pub.publish("feed", f"new{i}")
+        assert answer["type"] == "published", answer
+        assert answer["position"]["epoch"] != old["epoch"]
+    live: list[dict[str, Any]] = []
+    await collect(sub, live, "new4")
+    kinds = [m["type"] for m in live]
+    assert "gap" in kinds, live
+    gap = live[kinds.index("gap")]
+    assert gap["reason"] == "reset" and gap["since"] == old_since, gap
+    after = data_of(live[kinds.index("gap") :])
+    assert after[-5:] == [f"new{i}" for i in range(5)]
+
+    # A client resuming from before the restart: told "reset", never silent.
+    late = await peer(b)
+    answer = await late.subscribe("feed", since=old_since)
+    assert answer["recovered"] is False
+    gap = await late.recv_type("gap")
+    assert gap["reason"] == "reset" and gap["position"]["epoch"] != old["epoch"], gap
+    await pub.publish("feed", "next")
+    message = await late.recv_type("message")
+    assert message["data"] == "next"
+    for conn in (sub, late, pub.conn):
+        await conn.close()
+
+
+async def test_redis_restart_without_persistence(cluster: Cluster, redis: RedisServer) -> None:
+    """redis-server with --save '' and no AOF, killed and started again: the
+    histories are gone, a new epoch starts, clients are told "reset"."""
+    await resume_after_restart(cluster, redis, signal.SIGKILL)
+
+
+async def test_redis_restart_with_persistence(tmp_path: Path) -> None:
+    """With an append-only file the stream survives a restart, yet wshub cannot
+    tell whether its tail did: a new epoch and an explicit reset all the same."""
+    server = RedisServer(tmp_path, persistent=True)
+    await server.start()
+    cluster = Cluster(server, tmp_path)
+    try:
+        await resume_after_restart(cluster, server, signal.SIGTERM)
+        inspect = aioredis.Redis.from_url(server.url)
+        try:
+            assert await inspect.config_get("appendonly") == {"appendonly": "yes"}
+        finally:
+            await inspect.aclose()
+    finally:
+        await cluster.close()
+        server.stop()
+
+
+async def test_history_bounds_in_redis(cluster: Cluster, inspect: aioredis.Redis) -> None:
+    """XLEN of a topic's stream: exactly the size with --history-trim exact, at
+    most one stream node (100 entries) more with the default ~; a resume from
+    before the kept range is told which sequence numbers it lost."""
+    exact = await cluster.node(*history(50, "--history-trim", "exact"))
+    pub = Publisher(await peer(exact))
+    for i in range(200):
+        await pub.publish("exact", str(i))
+    assert await inspect.xlen("wshub:history:exact") == 50
+    meta = await inspect.hgetall("wshub:history-meta:exact")
+    assert meta[b"seq"] == b"200"
+    late = await peer(exact)
+    answer = await late.subscribe("exact", since={"epoch": meta[b"epoch"].decode(), "seq": 10})
+    assert answer["recovered"] is False
+    gap = await late.recv_type("gap")
+    assert (gap["reason"], gap["from"], gap["to"]) == ("truncated", 11, 150), gap
+    replayed = [await late.recv_type("message") for _ in range(50)]
+    assert [m["data"] for m in replayed] == [str(i) for i in range(150, 200)]
+
+    rough = await cluster.node(*history(50))
+    pub_rough = Publisher(await peer(rough))
+    for i in range(400):
+        await pub_rough.publish("rough", str(i))
+    assert 50 <= await inspect.xlen("wshub:history:rough") <= 150
+    for conn in (pub.conn, late, pub_rough.conn):
+        await conn.close()
+
+
+async def test_history_age_in_redis(cluster: Cluster, inspect: aioredis.Redis) -> None:
+    """--history-ttl: older entries are trimmed when the next one is kept, and
+    the keys expire with the last publication."""
+    node = await cluster.node(*history(1000, "--history-ttl", "1"))
+    pub = Publisher(await peer(node))
+    for i in range(5):
+        await pub.publish("aged", str(i))
+    assert await inspect.xlen("wshub:history:aged") == 5
+    assert 0 < await inspect.pttl("wshub:history:aged") <= 1000
+    assert 0 < await inspect.pttl("wshub:history-meta:aged") <= 1000
+    await asyncio.sleep(0.5)
+    await pub.publish("aged", "5")
+    await asyncio.sleep(0.7)  # entries 0-4 are past the second now, 5 is not
+    await pub.publish("aged", "6")
+    assert await inspect.xlen("wshub:history:aged") == 2
+    await pub.conn.close()
+
+
+async def test_forged_history_entry_is_not_replayed(
+    cluster: Cluster, inspect: aioredis.Redis
+) -> None:
+    """An entry XADDed by a Redis client without the secret is dropped and
+    counted, never replayed."""
+    node = await cluster.node(*history())
+    pub = Publisher(await peer(node))
+    first = await pub.publish("feed", "real1")
+    await inspect.xadd("wshub:history:feed", {"m": b"forged", "t": b"9999999999999"}, id="0-2")
+    await inspect.hincrby("wshub:history-meta:feed", "seq", 1)
+    await pub.publish("feed", "real3")
+    late = await peer(node)
+    since = {"epoch": first["position"]["epoch"], "seq": 0}
+    await late.subscribe("feed", since=since)
+    assert (await late.recv_type("message"))["data"] == "real1"
+    assert (await late.recv_type("message"))["data"] == "real3"
+    state = await node.state()
+    assert state["rejected"]["malformed"] + state["rejected"]["unknown_key"] >= 1, state
+    await late.close()
+    await pub.conn.close()
