@@ -72,9 +72,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wshub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="an echo or broadcast server on path /")
+    serve = sub.add_parser("serve", help="an echo, broadcast or pub/sub server on path /")
     _common(serve, 9001)
-    serve.add_argument("--mode", choices=["echo", "broadcast"], default="echo")
+    serve.add_argument(
+        "--mode",
+        choices=["echo", "broadcast", "pubsub"],
+        default="echo",
+        help="echo (default), broadcast, or pubsub: topics, history and resume for "
+        "clients of the wshub.v1 subprotocol (docs/protocol.md; anyone may subscribe "
+        "and publish)",
+    )
+    serve.add_argument(
+        "--history-size",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="--mode pubsub: publications kept per topic for resume (default 1000; 0: none)",
+    )
+    serve.add_argument(
+        "--history-ttl",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="--mode pubsub: how long a publication is kept (default 300; 0: no age limit)",
+    )
     serve.add_argument("--deflate", choices=["on", "off"], default="on")
     serve.add_argument(
         "--compressor",
@@ -283,6 +304,24 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pubsub_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The hub's options of ``--mode pubsub`` (none for the other modes)."""
+    if args.mode != "pubsub":
+        return {}
+    if args.history_size < 0 or args.history_ttl < 0:
+        raise SystemExit("wshub serve: --history-size and --history-ttl must be >= 0")
+
+    def allow_all(client_id: str, action: str, topic: str) -> bool:
+        return True
+
+    return {
+        "pubsub": True,
+        "authorize": allow_all,
+        "history_size": args.history_size,
+        "history_ttl": args.history_ttl,
+    }
+
+
 def _server_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "loopback_congestion": None
@@ -309,8 +348,11 @@ def _serve_app(args: argparse.Namespace) -> HttpServer:
         per_message_deflate=_deflate_option(args),
         backplane=_backplane_option(args.backplane),
         subprotocols=args.subprotocol,
+        **_pubsub_options(args),
     )
-    if args.mode == "echo":
+    if args.mode == "pubsub":
+        pass  # wshub.v1 clients talk to the hub's pub/sub layer; raw ones are ignored
+    elif args.mode == "echo":
         send = ws.send
 
         @ws.on("message")

@@ -28,12 +28,13 @@ async def test_subscribe_publish_receive_positions(start_server: StartServer) ->
     b = await V1Peer.connect(running)
     welcome = await a.hello()
     assert welcome["version"] == 1 and welcome["client_id"] in running.ws.clients
-    assert welcome["position"] is None and welcome["recovered"] is False
+    # The client's direct stream and the topic's start at 0 (nothing sent yet).
+    assert welcome["position"]["seq"] == 0 and welcome["recovered"] is False
     answer = await a.subscribe("news")
     assert answer == {
         "type": "subscribed",
         "topic": "news",
-        "position": None,
+        "position": {"epoch": answer["position"]["epoch"], "seq": 0},
         "recovered": False,
     }
     assert running.ws.subscribers("news") == [welcome["client_id"]]

@@ -19,7 +19,7 @@ import websockets
 
 from tests.conftest import Running, StartServer, wait_for
 from tests.integration.v1_support import V1Peer, allow_all
-from wshub.hub.history import ENTRY_OVERHEAD, MemoryHistory, Position
+from wshub.hub.history import ENTRY_OVERHEAD, STREAM_OVERHEAD, MemoryHistory, Position
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,7 +61,8 @@ async def resume_across_drop(running: Running, drop: str) -> None:
     welcome = await peer.hello()
     client_id = welcome["client_id"]
     subscribed = await peer.subscribe("ticks")
-    assert subscribed["position"] is None and subscribed["recovered"] is False
+    # Nothing published yet: the topic's stream starts at 0, a place to resume from.
+    assert subscribed["position"]["seq"] == 0 and subscribed["recovered"] is False
     got: list[tuple[int, str]] = []
     publisher = asyncio.create_task(publish_steadily(running, "ticks", TOTAL))
     try:
@@ -289,11 +290,11 @@ def test_history_memory_is_bounded_and_measured() -> None:
     per_message = used / kept
     print(f"history overhead: {per_message:.0f} bytes per kept message")
     assert per_message < ENTRY_OVERHEAD
-    assert history.total_bytes == kept * (64 + ENTRY_OVERHEAD)
+    assert history.total_bytes == kept * (64 + ENTRY_OVERHEAD) + 100 * STREAM_OVERHEAD
 
 
 def test_history_byte_budget_drops_whole_streams_oldest_first() -> None:
-    history = MemoryHistory(size=1000, max_bytes=10 * (100 + ENTRY_OVERHEAD))
+    history = MemoryHistory(size=1000, max_bytes=10 * (100 + ENTRY_OVERHEAD) + 2 * STREAM_OVERHEAD)
     for _ in range(8):
         history.append("a", b"x" * 100, False, now=0.0)
     for _ in range(4):

@@ -34,6 +34,9 @@ __all__ = ["Entry", "HistoryStore", "MemoryHistory", "Position", "Replay", "new_
 #: against ``max_bytes``: the entry's tuple, its slot in the deque, its
 #: sequence number and time (measured with tracemalloc, rounded up).
 ENTRY_OVERHEAD = 160
+#: What one stream costs with nothing kept (its object, two empty deques,
+#: its epoch and its slot in the table), counted against ``max_bytes``.
+STREAM_OVERHEAD = 1600
 
 
 class Position(NamedTuple):
@@ -80,6 +83,11 @@ class HistoryStore(Protocol):
 
     def replay(self, stream: str, since: Position, now: float) -> Replay:
         """What ``stream`` holds after ``since``."""
+        ...
+
+    def ensure(self, stream: str, now: float) -> Position:
+        """The latest position of ``stream``, made (``seq`` 0) if it has none,
+        so that a subscriber has a position to resume from before any message."""
         ...
 
     def position(self, stream: str, now: float) -> Position | None:
@@ -135,7 +143,7 @@ class MemoryHistory:
         streams = self._streams
         state = streams.pop(stream, None)
         if state is None:
-            state = _Stream(self.size, now)
+            state = self._new_stream(now)
         streams[stream] = state  # now the most recently written
         entries = state.entries
         if len(entries) == self.size:
@@ -168,6 +176,19 @@ class MemoryHistory:
     def position(self, stream: str, now: float) -> Position | None:
         state = self._live(stream, now)
         return None if state is None else Position(state.epoch, state.seq)
+
+    def ensure(self, stream: str, now: float) -> Position:
+        state = self._live(stream, now)
+        if state is None:
+            state = self._streams[stream] = self._new_stream(now)
+            self._trim(now)
+        return Position(state.epoch, state.seq)
+
+    def _new_stream(self, now: float) -> _Stream:
+        state = _Stream(self.size, now)
+        state.bytes = STREAM_OVERHEAD
+        self.total_bytes += STREAM_OVERHEAD
+        return state
 
     def drop(self, stream: str) -> None:
         state = self._streams.pop(stream, None)

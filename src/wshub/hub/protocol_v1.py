@@ -199,7 +199,9 @@ class ProtocolV1:
     def opened(self, client: Client) -> None:
         """``client`` connected speaking ``wshub.v1`` (its messages come here)."""
         history = self.direct_history
-        position = None if history is None else history.position(client.id, time.monotonic())
+        # The stream exists from now on, so that what is sent while the
+        # client is away is kept for it even if nothing was sent before.
+        position = None if history is None else history.ensure(client.id, time.monotonic())
         self.sessions[client.id] = Session(client, position)
 
     def closed(self, client: Client) -> None:
@@ -350,7 +352,7 @@ class ProtocolV1:
         if history is None:
             position = None
         elif since is None:
-            position = history.position(topic, now)
+            position = history.ensure(topic, now)
         else:
             replay = history.replay(topic, since, now)
             position = replay.position
@@ -488,36 +490,40 @@ class ProtocolV1:
         since = parse_since(request.get("since"))
         history = self.direct_history
         now = time.monotonic()
+        # Without "since": the direct messages sent since this connection
+        # opened (before hello they are only kept), and "position" says
+        # where they start.  With it: the latest position.
+        start = since if since is not None else session.open_position
         replay: Replay | None = None
-        position: Position | None = None
+        latest: Position | None = None
         if history is not None:
-            # Without "since": what was sent since this connection opened.
-            start = since if since is not None else session.open_position
             if start is None:
-                position = history.position(client.id, now)
-                if position is not None:
-                    replay = history.replay(client.id, Position(position.epoch, 0), now)
+                latest = history.position(client.id, now)
+                if latest is not None:
+                    start = Position(latest.epoch, 0)
+                    replay = history.replay(client.id, start, now)
             else:
                 replay = history.replay(client.id, start, now)
-                position = replay.position
+                latest = replay.position
+        recovered = (
+            since is not None and replay is not None and not replay.reset and not replay.missing
+        )
+        shown = latest if since is not None else session.open_position
         self._reply(
             client,
             {
                 "type": "welcome",
                 "version": VERSION,
                 "client_id": client.id,
-                "position": position_json(position),
-                "recovered": since is not None
-                and replay is not None
-                and not replay.reset
-                and replay.missing is None,
+                "position": position_json(shown),
+                "recovered": recovered,
             },
         )
         session.greeted = True
         if since is not None:
-            self._send_replay(client, None, since, replay, position)
-        elif replay is not None and position is not None:
-            self._send_replay(client, None, Position(position.epoch, 0), replay, position)
+            self._send_replay(client, None, since, replay, latest)
+        elif replay is not None and start is not None:
+            self._send_replay(client, None, start, replay, latest)
 
     # ---------------------------------------------------------------- answers
 
