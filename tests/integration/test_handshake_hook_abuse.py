@@ -4,7 +4,8 @@
   reaches the server log, whatever becomes of the handshake: the hook
   fails (500), refuses (401), does not answer in time (503), or a guard
   refuses before it (origin 403, per-IP 429), over HTTP/1.1 and HTTP/2;
-  nor does the ``repr`` of a ``Handshake``.
+  nor does the DEBUG line of an admitted client, nor the ``repr`` of a
+  ``Handshake``.
 * A hook that never answers, under a flood of handshakes from one
   address: ``limit_by_ip`` bounds how many wait (the rest get 429 and the
   hook never sees them), and a client from another address is served
@@ -599,3 +600,16 @@ async def test_a_hook_cancelled_under_it_over_http2_is_a_500() -> None:
         await wait_for(lambda: ws._per_ip.count("127.0.0.1") == 0, what="slots freed")
     finally:
         await server.close(timeout=2.0)
+
+
+async def test_an_admitted_clients_token_is_not_logged_either(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = await start_server(on_handshake=lambda hs: None)
+    caplog.set_level(logging.DEBUG, logger="wshub")
+    async with connect(f"{srv.url}/room?token={TOKEN}"):
+        await wait_for(lambda: bool(srv.ws.clients), what="open")
+    await wait_for(lambda: not srv.ws.clients, what="close")
+    records = [r for r in caplog.records if r.name.startswith("wshub")]
+    assert [r for r in records if "opened /room" in r.getMessage()]
+    assert TOKEN not in log_text(records)

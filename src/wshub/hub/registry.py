@@ -254,7 +254,7 @@ class Registry:
             log.debug(
                 "client %s opened %s",
                 client_id,
-                url_text,
+                path,  # not url_text: its query may carry a token
                 extra={"client_id": client_id, "path": path, "address": ip_key},
             )
         self.pings.ensure_running()
