@@ -26,6 +26,7 @@ from hyperframe.frame import (
 
 from tests.conftest import Running, StartServer, wait_for
 from tests.integration.h2_client_support import OP_TEXT, H2Client, ws_frame
+from wshub import Handshake
 from wshub.transport import http2
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -246,3 +247,44 @@ async def test_a_websocket_stream_cannot_grow_the_servers_memory(
     await bad.read_until_closed()
     assert bad.goaway_code() == ErrorCodes.FLOW_CONTROL_ERROR
     await wait_for(lambda: not srv.ws.clients, what="the client to be closed")
+
+
+async def test_too_many_streams_waiting_for_the_handshake_hook_gets_goaway(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With ``limit_by_ip`` off, what bounds the handshakes that wait for a
+    slow async hook on one connection is SETTINGS_MAX_CONCURRENT_STREAMS:
+    one stream more is a GOAWAY, and every waiting hook is cancelled."""
+    waiting: list[str] = []
+    cancelled: list[str] = []
+
+    async def hook(hs: Handshake) -> None:
+        if hs.path == "/slow":
+            waiting.append(hs.path)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                cancelled.append(hs.path)
+
+    srv = await start_server(on_handshake=hook, limit_by_ip=0)
+    echo(srv)
+    good = await bystander(srv)
+    bad = await RawH2.connect(srv.port)
+    fields = [
+        (":method", "CONNECT"),
+        (":protocol", "websocket"),
+        (":path", "/slow"),
+        *authority(srv),
+        ("sec-websocket-version", "13"),
+    ]
+    limit = http2.MAX_CONCURRENT_STREAMS
+    bad.send(b"".join(bad.headers(1 + 2 * i, fields, end=False) for i in range(limit)))
+    await wait_for(lambda: len(waiting) == limit, what="every stream's hook waiting")
+    bad.send(bad.headers(1 + 2 * limit, fields, end=False))
+    await bad.read_until_closed()
+    assert bad.goaway_code() == ErrorCodes.PROTOCOL_ERROR
+    await wait_for(lambda: len(cancelled) == limit, what="every waiting hook cancelled")
+    assert len(waiting) == limit
+    await still_served(good)
+    await good.close()
+    await wait_for(lambda: srv.ws._per_ip.count("127.0.0.1") == 0, what="nothing counted")
