@@ -442,8 +442,9 @@ async def test_odd_and_oversized_offers(
         lambda hs: hs.response_headers.append(("Content-Length", "0")),
         lambda hs: hs.response_headers.append(("X-Ok",)),
         lambda hs: setattr(hs, "response_headers", "X-Injected: 1"),
-        lambda hs: Response(401, b"", [("X-Ok", "\r\nX-Injected: 1")]),
-        lambda hs: Response(301, b"", [("Location", "/a\nX-Injected: 1")]),
+        lambda hs: Response(b"", 401, [("X-Ok", "\r\nX-Injected: 1")]),
+        lambda hs: Response(b"", 301, [("Location", "/a\nX-Injected: 1")]),
+        lambda hs: Response.text(401, "x", {"WWW-Authenticate": "Bearer"}),  # type: ignore[arg-type]
     ],
     ids=[
         "cookie-value-crlf",
@@ -462,6 +463,7 @@ async def test_odd_and_oversized_offers(
         "headers-not-a-list",
         "refusal-header-crlf",
         "redirect-location-lf",
+        "refusal-headers-dict",
     ],
 )
 async def test_what_the_hook_sets_cannot_inject_into_the_answer(
