@@ -238,6 +238,69 @@ async def test_every_message_once_in_order_across_a_drop(
     await context.close()
 
 
+async def test_publish_while_away_is_queued_and_sent_after_the_resume(
+    start_server: StartServer, browser: Any, proxies: list[TcpProxy]
+) -> None:
+    running = await start_hub(start_server)
+    reader = await V1Peer.connect(running)
+    await reader.subscribe("t")
+    page, proxy, client_id = await page_that_saw_one(browser, proxies, running)
+    assert (await reader.recv_type("message"))["data"] == "a"
+    await drop_and_hold(running, proxy, client_id)
+    # Not connected: the publications wait in the client's queue, in order.
+    await page.evaluate("window.queued = ['q1', 'q2'].map((d) => harness.client.publish('t', d))")
+    assert await page.evaluate("harness.client.state") == "reconnecting"
+    proxy.refuse = False
+    positions = await page.evaluate("Promise.all(window.queued)")
+    epoch = (await page.evaluate("harness.client.position('t')"))["epoch"]
+    assert positions == [{"epoch": epoch, "seq": 2}, {"epoch": epoch, "seq": 3}]
+    got = [await reader.recv_type("message") for _ in range(2)]
+    assert [(m["seq"], m["data"]) for m in got] == [(2, "q1"), (3, "q2")]
+    events = await wait_messages(page, "t", 3)
+    assert [e[4] for e in events] == ["a", "q1", "q2"]
+    await reader.close()
+    await page.context.close()
+
+
+async def test_async_iteration_and_backoff(start_server: StartServer, browser: Any) -> None:
+    running = await start_hub(start_server)
+    context = await browser.new_context()
+    page = await open_harness(context, running.http_url)
+    await start_client(page, ["t"])
+    await page.evaluate(
+        """() => {
+          window.iterated = [];
+          window.iteration = (async () => {
+            for await (const event of harness.client) window.iterated.push(event);
+            return "ended";
+          })();
+        }"""
+    )
+    running.ws.publish("t", "one")
+    running.ws.publish("t", b"\x02")
+    await page.wait_for_function("window.iterated.length === 2", timeout=WAIT)
+    iterated = await page.evaluate(
+        "window.iterated.map((e) => [e.type, e.topic, e.position.seq, "
+        "typeof e.data === 'string' ? e.data : Array.from(e.data)])"
+    )
+    assert iterated == [["message", "t", 1, "one"], ["message", "t", 2, [2]]]
+    # close() ends the iteration.
+    await page.evaluate("harness.client.close()")
+    assert await page.evaluate("window.iteration") == "ended"
+    assert await page.evaluate("harness.states") == [["open", None], ["closed", 1000]]
+    # The delay before attempt n: anywhere in [0, min(max, min * factor^n)].
+    delays = await page.evaluate(
+        """() => {
+          const b = {min: 100, max: 1000, factor: 2, jitter: 1};
+          const d = (n, r) => wshub.backoffDelay(b, n, () => r);
+          return [[0, 1, 2, 3, 4, 10].map((n) => d(n, 1)), d(3, 0), d(3, 0.5),
+                  wshub.backoffDelay({...b, jitter: 0}, 2, () => 0.3)];
+        }"""
+    )
+    assert delays == [[100, 200, 400, 800, 1000, 1000], 0, 400, 400]
+    await context.close()
+
+
 # ------------------------------------------------------------ gaps, resets
 
 
