@@ -53,6 +53,7 @@ from .protocol.client import (
 
 __all__ = [
     "Client",
+    "Disconnected",
     "Gap",
     "HandshakeFailed",
     "RequestError",
@@ -240,6 +241,9 @@ class Client:
         self._subscribing.setdefault(topic, []).append(future)
         if self._ready.is_set():
             self._send_subscribe(topic)
+        elif self._task is None or self._task.done():
+            self._subscribing.pop(topic, None)
+            raise Disconnected("not connected (the client has ended)")
         answer = await future
         return Subscription(topic, _position(answer.get("position")), bool(answer.get("recovered")))
 
@@ -266,7 +270,7 @@ class Client:
         return _position(answer.get("position"))
 
     async def _request(self, message: dict[str, Any]) -> dict[str, Any]:
-        await self._ready.wait()
+        await self._wait_ready()
         self._next_id += 1
         request_id = message["id"] = self._next_id
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -340,21 +344,21 @@ class Client:
                 writer.close()
                 self._fail_pending(Disconnected("connection lost"))
             if self._closing or not self.reconnect:
-                await self._items.put(StopAsyncIteration() if error is None else error)
+                await self._finish(StopAsyncIteration() if error is None else error)
                 return
             while True:
                 attempt += 1
                 cap = min(self.max_delay, self.min_delay * 2 ** min(attempt, 30))
                 await asyncio.sleep(random.uniform(0, cap))  # full jitter
                 if self._closing:
-                    await self._items.put(StopAsyncIteration())
+                    await self._finish(StopAsyncIteration())
                     return
                 try:
                     reader, writer = await self._open()
                     break
                 except HandshakeFailed as exc:
                     if exc.status in _FINAL_STATUSES:
-                        await self._items.put(exc)
+                        await self._finish(exc)
                         return
                     log.info("wshub.client: reconnect failed: %s", exc)
                 except (OSError, asyncio.TimeoutError) as exc:
@@ -413,6 +417,31 @@ class Client:
         else:
             self._resuming.discard(topic)
         self._send(message)
+
+    async def _wait_ready(self) -> None:
+        """Until connected; Disconnected if the client has ended instead."""
+        if self._ready.is_set():
+            return
+        task = self._task
+        if task is None or task.done():
+            raise Disconnected("not connected (the client has ended)")
+        ready = asyncio.ensure_future(self._ready.wait())
+        try:
+            await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        if not self._ready.is_set():
+            raise Disconnected("not connected (the client has ended)")
+
+    async def _finish(self, item: BaseException) -> None:
+        """The client ends: the iteration ends with ``item``, waiting requests fail."""
+        self._fail_pending(Disconnected("the client has ended"))
+        for futures in self._subscribing.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(Disconnected("the client has ended"))
+        self._subscribing.clear()
+        await self._items.put(item)
 
     def _fail_pending(self, exc: BaseException) -> None:
         for future in self._pending.values():

@@ -20,7 +20,7 @@ from tests.conftest import Running, StartServer, wait_for
 from tests.integration.cli_support import free_port, start_program, wshub_command
 from tests.integration.v1_support import V1Peer, allow_all
 from wshub import Response
-from wshub.client import Gap, HandshakeFailed, RequestError
+from wshub.client import Disconnected, Gap, HandshakeFailed, RequestError
 from wshub.hub.history import Position
 from wshub.protocol.client import (
     ClientProtocol,
@@ -90,6 +90,48 @@ async def test_resumes_by_itself_across_a_server_side_drop(
     assert [data for _, _, data in got] == [str(i) for i in range(TOTAL)]
     assert [p.seq for _, p, _ in got if p is not None] == list(range(1, TOTAL + 1))
     assert {topic for topic, _, _ in got} == {"feed"}
+
+
+async def test_resumes_after_its_own_abort(start_server: StartServer) -> None:
+    """The client's side drops (as a network failure would) while publishing goes on."""
+    running = await start_pubsub(start_server)
+    ws = running.ws
+    got: list[Any] = []
+
+    async def publisher() -> None:
+        for i in range(TOTAL):
+            ws.publish("feed", str(i))
+            await asyncio.sleep(0.002)
+
+    async with wshub.client.connect(running.url + "/", min_delay=0.05) as client:
+        await client.subscribe("feed")
+        task = asyncio.create_task(publisher())
+        try:
+            async for _topic, _position, data in client:
+                got.append(data)
+                if len(got) == 40:
+                    client.abort()
+                if len(got) == TOTAL:
+                    break
+            await task
+        finally:
+            task.cancel()
+        assert client.connections >= 2
+    assert got == [str(i) for i in range(TOTAL)]
+
+
+async def test_without_reconnect_the_end_is_an_error(start_server: StartServer) -> None:
+    running = await start_pubsub(start_server)
+    async with wshub.client.connect(running.url + "/", reconnect=False) as client:
+        await client.subscribe("t")
+        assert client.client_id is not None
+        running.ws.close(client.client_id, 1001, "bye")
+        items = [item async for item in client]  # ends, without hanging
+        assert items == []
+        with pytest.raises(Disconnected):
+            await client.publish("t", "too late")
+        with pytest.raises(Disconnected):
+            await client.subscribe("u")
 
 
 async def test_direct_messages_and_publications_survive_a_drop(start_server: StartServer) -> None:
