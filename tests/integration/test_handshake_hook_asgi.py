@@ -35,6 +35,14 @@ def connect(srv: AsgiServer, path: str, **kwargs: Any) -> Any:
     return websockets.connect(srv.url + path, **kwargs)
 
 
+async def refusal(srv: AsgiServer, path: str) -> Any:
+    """The HTTP response of a refused handshake, as the websockets client got it."""
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(srv, path):
+            pass
+    return info.value.response
+
+
 async def test_admitted_once_with_data_request_and_subprotocol(server: AsgiServer) -> None:
     async with connect(
         server,
@@ -64,10 +72,7 @@ async def test_no_offer_no_subprotocol(server: AsgiServer) -> None:
 
 
 async def test_refusal_through_the_denial_extension(server: AsgiServer) -> None:
-    with pytest.raises(InvalidStatus) as info:
-        async with connect(server, "/room?token=bad"):
-            pass
-    response = info.value.response
+    response = await refusal(server, "/room?token=bad")
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="t"'
     assert bytes(response.body) == b"who are you?\n"
@@ -76,10 +81,8 @@ async def test_refusal_through_the_denial_extension(server: AsgiServer) -> None:
 async def test_a_hook_that_never_answers_is_cut_at_the_handshake_timeout(
     server: AsgiServer,
 ) -> None:
-    with pytest.raises(InvalidStatus) as info:
-        async with connect(server, "/stuck"):
-            pass
-    assert info.value.response.status_code == 503
+    response = await refusal(server, "/stuck")
+    assert response.status_code == 503
     # The server goes on serving.
     async with connect(server, "/after?token=good") as client:
         report = json.loads(await asyncio.wait_for(client.recv(), 10))
@@ -90,10 +93,7 @@ async def test_an_exception_in_the_hook_is_a_500_and_the_server_goes_on(
     server: AsgiServer,
 ) -> None:
     token = "s3cr3t-asgi-t0ken"
-    with pytest.raises(InvalidStatus) as info:
-        async with connect(server, f"/boom?token={token}"):
-            pass
-    response = info.value.response
+    response = await refusal(server, f"/boom?token={token}")
     assert response.status_code == 500
     assert b"own bug" not in bytes(response.body) and b"Traceback" not in bytes(response.body)
     async with connect(server, "/after-boom?token=good") as client:
@@ -109,10 +109,8 @@ async def test_an_exception_in_the_hook_is_a_500_and_the_server_goes_on(
 
 
 async def test_a_hook_cancelled_under_it_is_a_500(server: AsgiServer) -> None:
-    with pytest.raises(InvalidStatus) as info:
-        async with connect(server, "/cancelled"):
-            pass
-    assert info.value.response.status_code == 500
+    response = await refusal(server, "/cancelled")
+    assert response.status_code == 500
     async with connect(server, "/after-cancelled?token=good") as client:
         report = json.loads(await asyncio.wait_for(client.recv(), 10))
     assert report["data"] == {"user": "alice"}
