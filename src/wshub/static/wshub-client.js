@@ -484,15 +484,18 @@ export class WshubClient {
   _gap(message) {
     const topic = typeof message.topic === "string" ? message.topic : null;
     const position = readPosition(message.position);
-    if (topic === null) {
-      if (message.reason === "reset") this._directStream.position = position;
+    const stream = topic === null ? this._directStream : this._topics.get(topic);
+    if (stream === undefined) return;
+    if (message.reason === "truncated") {
+      // The kept messages after the hole follow: a resume from here on
+      // starts after the hole (it is reported once).
+      if (position !== null && Number.isSafeInteger(message.to)) {
+        stream.position = { epoch: position.epoch, seq: message.to };
+      }
     } else {
-      const entry = this._topics.get(topic);
-      if (entry === undefined) return;
-      // After a reset nothing is replayed: the next message is after the
-      // server's latest position.  After a truncation the kept messages
-      // follow (they are after "since"): the position stays.
-      if (message.reason === "reset") entry.position = position;
+      // A reset: nothing is replayed, what comes next is after the
+      // server's latest position (null: nothing kept, start afresh).
+      stream.position = position;
     }
     const gap = {
       topic,
