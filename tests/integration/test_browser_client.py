@@ -446,3 +446,45 @@ async def test_a_hub_without_wshub_v1_is_reported(start_server: StartServer, bro
     states = await page.evaluate("harness.states")
     assert states == [["reconnecting", 1006], ["reconnecting", 1006], ["closed", 1006]]
     await context.close()
+
+
+async def test_an_open_socket_without_wshub_v1_stops_the_client(
+    start_server: StartServer, browser: Any
+) -> None:
+    """Where a socket opens with another subprotocol (not Chromium's way: it
+    fails such a handshake; other WebSocket implementations may not), the
+    client sends nothing, closes it and stops, saying why.  The socket is a
+    stand-in passed as ``options.WebSocket``."""
+    running = await start_hub(start_server)
+    context = await browser.new_context()
+    page = await open_harness(context, running.http_url)
+    await page.evaluate(
+        """() => {
+          window.offered = [];
+          window.sent = [];
+          class OtherProtocol {
+            constructor(url, protocols) {
+              window.offered.push([url, protocols]);
+              this.protocol = "other";
+              this.readyState = 0;
+              setTimeout(() => { this.readyState = 1; this.onopen(); });
+            }
+            send(data) { window.sent.push(data); }
+            addEventListener() {}
+            close(code, reason) {
+              window.closedWith = [code, reason];
+              this.readyState = 3;
+              setTimeout(() => this.onclose({code: 1000, reason}));
+            }
+          }
+          harness.start("/", {topics: ["t"], WebSocket: OtherProtocol});
+        }"""
+    )
+    await page.wait_for_function("harness.client.state === 'closed'", timeout=WAIT)
+    assert await page.evaluate("window.offered") == [[running.url + "/", ["wshub.v1"]]]
+    assert await page.evaluate("window.sent") == []
+    assert await page.evaluate("window.closedWith") == [1000, "wshub.v1 expected"]
+    errors = await page.evaluate("harness.errors")
+    assert [code for code, _ in errors] == ["subprotocol"]
+    assert 'does not speak wshub.v1 (it chose "other")' in errors[0][1]
+    await context.close()
