@@ -74,6 +74,13 @@ class ClusterHistory:
         read = await self._ask(topic, self._backplane.read_history(topic, min(since.seq, _END)))
         return replay_of(read, since, client_id)
 
+    async def read(self, topic: str, after: int) -> HistoryRead:
+        """What ``topic``'s history keeps after sequence ``after``, as it is."""
+        try:
+            return await asyncio.wait_for(self._backplane.read_history(topic, after), self.timeout)
+        except asyncio.TimeoutError:
+            raise HistoryUnavailable(f"no answer from Redis within {self.timeout:g}s") from None
+
     async def ensure(self, topic: str) -> Position:
         """``topic``'s latest position, its epoch made (seq 0) if it has none,
         so that a subscriber has a position to resume from before any publication."""

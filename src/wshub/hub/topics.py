@@ -27,12 +27,14 @@ live messages while its replay is read (:meth:`Topics.hold`).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple, Protocol
 
-from ..backplane import Backplane, KeptDone
-from ..errors import ClientNotFound, TopicLimitError
+from ..backplane import Backplane, HistoryRead, KeptDone
+from ..errors import ClientNotFound, HistoryUnavailable, TopicLimitError
 from ..transport.link import Link
 from .cluster_history import ClusterHistory
 from .events import Events
@@ -50,6 +52,8 @@ __all__ = [
     "TopicsPort",
     "check_topic",
 ]
+
+log = logging.getLogger("wshub")
 
 #: The longest topic name, in bytes of UTF-8.
 MAX_TOPIC_BYTES = 256
@@ -110,15 +114,27 @@ GapNotice = Callable[[str, Position, Position, "tuple[int, int] | None"], bytes]
 Held = list[tuple[Position, bytes]]
 
 
+class Kept(NamedTuple):
+    """A publication that came back from the cluster's history, to deliver."""
+
+    payload: bytes
+    text: bool
+    excluded: frozenset[str] | None
+    position: Position
+
+
 class Topic:
     """One topic that clients of this process follow."""
 
-    __slots__ = ("cursor", "framed", "holding", "name", "subscribers")
+    __slots__ = ("catching_up", "cursor", "framed", "holding", "name", "subscribers")
 
     def __init__(self, name: str) -> None:
         self.name = name
         #: With a history in the cluster: the last position delivered here.
         self.cursor: Position | None = None
+        #: While the publications this node missed are read back from the
+        #: cluster's history: the live ones that came meanwhile (else None).
+        self.catching_up: list[Kept] | None = None
         #: Framed subscribers whose live messages are held while their replay
         #: is read from the cluster's history (client ID → what came).
         self.holding: dict[str, Held] = {}
@@ -134,6 +150,7 @@ class Topics:
 
     __slots__ = (
         "_backplane",
+        "_catch_ups",
         "_clients",
         "_events",
         "by_client",
@@ -171,6 +188,7 @@ class Topics:
         #: The topic histories of the cluster (Redis Streams), instead of
         #: ``history``: publications are delivered as they come back from Redis.
         self.cluster: ClusterHistory | None = None
+        self._catch_ups: set[asyncio.Future[None]] = set()
 
     @staticmethod
     def check_limit(value: object) -> int:
@@ -362,17 +380,64 @@ class Topics:
         with ``position``; tell ``wshub.v1`` subscribers first when the
         topic's positions jumped (a new epoch, or publications this node did
         not hear while its link to Redis was down)."""
+        if topic.catching_up is not None:
+            topic.catching_up.append(Kept(payload, text, excluded, position))
+            return 0
         last = topic.cursor
         if last is not None:
             if position.epoch == last.epoch:
                 if position.seq <= last.seq:
                     return 0  # delivered already
-                if position.seq > last.seq + 1:
-                    self._notify_gap(topic, last, position, (last.seq + 1, position.seq - 1))
+                if position.seq > last.seq + 1 and self.cluster is not None:
+                    # Missed while this node's link to Redis was down: read
+                    # them back, holding what comes meanwhile.
+                    topic.catching_up = [Kept(payload, text, excluded, position)]
+                    task = asyncio.ensure_future(self._catch_up(topic, last))
+                    self._catch_ups.add(task)
+                    task.add_done_callback(self._catch_ups.discard)
+                    return 0
             else:
                 self._notify_gap(topic, last, position, None)
         topic.cursor = position
         return self.deliver(topic, payload, text, excluded, position)
+
+    async def _catch_up(self, topic: Topic, last: Position) -> None:
+        """Deliver what ``topic``'s history keeps after ``last``, then what came
+        live meanwhile; a gap notice for what it no longer keeps."""
+        cluster = self.cluster
+        assert cluster is not None
+        read: HistoryRead | None
+        try:
+            read = await cluster.read(topic.name, last.seq)
+        except HistoryUnavailable as exc:
+            log.warning("topic %r: cannot read back what this node missed: %s", topic.name, exc)
+            read = None
+        else:
+            log.info(
+                "topic %r: read back %d publications after %d that this node missed",
+                topic.name,
+                len(read.entries),
+                last.seq,
+            )
+        held, topic.catching_up = topic.catching_up or [], None
+        if self.by_name.get(topic.name) is not topic:
+            return  # nobody here follows it any more
+        if read is not None and read.epoch == last.epoch:
+            if read.oldest > last.seq + 1:
+                missed = (last.seq + 1, read.oldest - 1)
+                self._notify_gap(topic, last, Position(last.epoch, read.oldest), missed)
+            for entry in read.entries:
+                if entry.seq > last.seq:
+                    position = Position(last.epoch, entry.seq)
+                    topic.cursor = position
+                    self.deliver(topic, entry.payload, entry.text, entry.exclude or None, position)
+        elif held:
+            first = held[0].position
+            if first.epoch == last.epoch:
+                self._notify_gap(topic, last, first, (last.seq + 1, first.seq - 1))
+            topic.cursor = Position(first.epoch, first.seq - 1)
+        for kept in held:
+            self.deliver_kept(topic, kept.payload, kept.text, kept.excluded, kept.position)
 
     def _notify_gap(
         self, topic: Topic, last: Position, position: Position, missed: tuple[int, int] | None
