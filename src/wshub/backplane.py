@@ -988,6 +988,9 @@ class RedisBackplane(Backplane):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._up = False
+        for command, args, _is_message, _size in self._queue:
+            if command == "kept":
+                _kept_answer(args, HistoryUnavailable("the node is shutting down"))
         self._queue.clear()
         self._queued_messages = self._queued_bytes = 0
 

@@ -25,6 +25,7 @@ import wshub.client
 from tests.integration.browser_support import TcpProxy
 from tests.integration.cluster_support import Cluster, Node, RedisServer
 from tests.integration.v1_support import V1Peer
+from wshub.backplane_streams import kept_trailer
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -431,3 +432,27 @@ async def test_forged_history_entry_is_not_replayed(
     assert state["rejected"]["malformed"] + state["rejected"]["unknown_key"] >= 1, state
     await late.close()
     await pub.conn.close()
+
+
+async def test_forged_kept_publication_is_dropped(
+    cluster: Cluster, inspect: aioredis.Redis
+) -> None:
+    """PUBLISHed by a Redis client without the secret, in the shape of a kept
+    publication (version 2, a position trailer), with or without a trailer
+    that parses: dropped and counted, never delivered."""
+    node = await cluster.node(*history())
+    sub = await peer(node)
+    await sub.subscribe("feed")
+    before = (await node.state())["rejected"]
+    fake = bytes(36) + b"\x02" + bytes(17) + b"\x01x" + b"P"
+    for data in (fake + kept_trailer("AAAAAAAAAAAA", 1), fake + b"no trailer\x03"):
+        await inspect.publish("wshub:topic:feed", data)
+    pub = Publisher(await peer(node))
+    await pub.publish("feed", "real")
+    message = await sub.recv_type("message")
+    assert message["data"] == "real" and message["seq"] == 1
+    after = (await node.state())["rejected"]
+    dropped = sum(after.values()) - sum(before.values())
+    assert dropped == 2, (before, after)
+    for conn in (sub, pub.conn):
+        await conn.close()

@@ -536,8 +536,9 @@ class TopicsPort:
             self._stats.messages_sent += kept
             return kept
         history = topics.history
-        # A publication of another node gets its position here: positions
-        # are per node until the history is shared (docs/protocol.md).
+        # Without a history in the cluster (a backplane that keeps none, or a
+        # node of the cluster without history_size): a position given here,
+        # per node, if this node keeps a history in memory.
         position = (
             None if history is None else history.append(name, payload, text, time.monotonic())
         )
