@@ -57,11 +57,12 @@ class HubCollector(Collector):
 
     Register it with your own ``prometheus_client`` registry to publish the
     hub's metrics next to yours: ``REGISTRY.register(HubCollector(ws))``.
-    It turns on the counting of messages (:meth:`WebSocket.count_messages`).
+    It turns the hub's metrics on (:meth:`WebSocket.enable_metrics`): what
+    happened before is not counted.
     """
 
     def __init__(self, hub: WebSocket) -> None:
-        hub.count_messages()
+        hub.enable_metrics()
         self._stats: HubStats = hub.stats
 
     def collect(self) -> Iterator[Metric]:

@@ -221,6 +221,21 @@ async def test_h2_connections_have_their_label(start_server: StartServer) -> Non
     assert value(after, "wshub_closes_total", code="1000") == 1
 
 
+async def test_without_metrics_nothing_is_counted_per_message_or_connection(
+    start_server: StartServer,
+) -> None:
+    srv = await start_server(ping_delay=0)
+    ws = srv.ws
+    ws.on("message", lambda cid, data: ws.send(cid, data))
+    async with websockets.connect(srv.url + "/") as client:
+        await client.send("not counted")
+        assert await client.recv() == "not counted"
+        snap = ws.stats.snapshot()
+        assert snap.open_by_carrier == {}  # no connection tracked
+    assert (snap.messages_received, snap.messages_sent) == (0, 0)
+    assert snap.handshakes == {101: 1}  # one integer per handshake, kept anyway
+
+
 async def test_metrics_off_leaves_the_path_to_the_handler(start_server: StartServer) -> None:
     plain = await start_server()
     status, _, _ = await asyncio.to_thread(fetch, plain.http_url + "/metrics")

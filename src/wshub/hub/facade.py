@@ -373,12 +373,14 @@ class WebSocket:
         data: str | bytes | bytearray | memoryview,
         encoding: str | None = None,
     ) -> bool:
-        """:meth:`send` while messages are counted (see :meth:`count_messages`)."""
-        client = self._clients.get(client_id) if type(client_id) is str else None
-        below_high = WebSocket.send(self, client_id, data, encoding)
-        if client is not None and client.link.is_open:
-            self._stats.messages_sent += 1
-        return below_high
+        """:meth:`send` while messages are counted (see :meth:`enable_metrics`):
+        a message for a client open here (a closing one is not in ``clients``)."""
+        try:
+            if client_id in self._clients:
+                self._stats.messages_sent += 1
+        except TypeError:  # not an ID: send says so
+            pass
+        return WebSocket.send(self, client_id, data, encoding)
 
     async def drain(self, client_id: str) -> None:
         """Wait until the client's write buffer is under its low-water mark."""
@@ -525,14 +527,15 @@ class WebSocket:
         """
         return self._metrics
 
-    def count_messages(self) -> None:
-        """Count the messages received and sent from now on, for metrics.
+    def enable_metrics(self) -> None:
+        """Keep every figure of :attr:`stats` from now on: count messages and
+        track the connections opened from now on.
 
-        ``metrics_path`` (and :class:`wshub.metrics.HubCollector`) turn it
-        on; without metrics nothing is counted per message.
+        ``metrics_path`` (and :class:`wshub.metrics.HubCollector`) call it;
+        without metrics nothing is counted per message or per connection.
         """
-        if not self._stats.counting:
-            self._stats.count_messages()
+        if not self._stats.enabled:
+            self._stats.enable()
             # Only this hub's send counts; the class's stays as fast as it was.
             self.send = self._counted_send  # type: ignore[method-assign]
 

@@ -139,13 +139,15 @@ class Client:
 
 class CountingClient(Client):
     """A client whose messages are counted: the hub's metrics are on
-    (:meth:`HubStats.count_messages`); without them nothing is counted per
+    (:meth:`HubStats.enable`); without them nothing is counted per
     message."""
 
     __slots__ = ()
 
     def on_message(self, data: str | bytes) -> bool:
         self.registry.stats.messages_received += 1
+        if self.direct is None:  # (Client.on_message, without a call more)
+            return self.events.deliver(self, data)
         return Client.on_message(self, data)
 
 
@@ -231,7 +233,7 @@ class Registry:
         extras: Handshake | ClientExtras | None = None,
     ) -> None:
         """An admitted client is connected through ``link``: register it, run ``"open"``."""
-        client = (CountingClient if self.stats.counting else Client)(
+        client = (CountingClient if self.stats.enabled else Client)(
             self,
             self._events,
             client_id,
@@ -249,7 +251,10 @@ class Registry:
         if layer is not None and extras is not None and extras.subprotocol == SUBPROTOCOL:
             client.direct = layer
             layer.opened(client)
-        self.stats.opened(link)
+        stats = self.stats
+        stats.accepted += 1
+        if stats.enabled:
+            stats.opened(link)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "client %s opened %s",
@@ -314,7 +319,8 @@ class Registry:
             phase = client.phase
         # The socket counted under limit_by_ip until now, closing or not.
         self._per_ip.release(client.ip_key)
-        self.stats.gone(client.link)
+        if self.stats.enabled:
+            self.stats.gone(client.link)
         if phase == CLOSING:
             if self.closing.get(client.id) is client:
                 del self.closing[client.id]
@@ -329,7 +335,8 @@ class Registry:
         and its connection, if still there, delivers nothing."""
         client.phase = REPORTED
         client.event = NO_EVENT
-        self.stats.closed_with(event.code)
+        if self.stats.enabled:
+            self.stats.closed_with(event.code)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "client %s closed: %d %s",

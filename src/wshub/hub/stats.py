@@ -62,6 +62,11 @@ class HubStats:
     :meth:`gone` when its connection is over (a closing client still
     counts as open, and its bytes as the link's, until then), and
     :meth:`closed_with` when the ``"close"`` event reports its code.
+
+    The registry calls these only while :attr:`enabled` (metrics on);
+    before, only what costs nothing measurable is kept (handshakes,
+    pongs, per-call counts of broadcasts): no connection is tracked, no
+    close or message counted.
     """
 
     __slots__ = (
@@ -72,7 +77,7 @@ class HubStats:
         "closed_bytes_received",
         "closed_bytes_sent",
         "closes",
-        "counting",
+        "enabled",
         "handshakes",
         "messages_received",
         "messages_sent",
@@ -90,8 +95,8 @@ class HubStats:
         self._links: set[Link] = set()
         self._options = options
         self._backplane = backplane
-        #: Whether messages are counted (:meth:`count_messages`).
-        self.counting = False
+        #: Whether metrics are on (:meth:`enable`).
+        self.enabled = False
         #: Messages the clients sent us / we queued for them (local clients).
         self.messages_received = 0
         self.messages_sent = 0
@@ -108,31 +113,28 @@ class HubStats:
         self.rtt_sum = 0.0
         self.rtt_count = 0
 
-    def count_messages(self) -> None:
-        """Count every message from now on (what turning metrics on does).
-
-        Off by default: the only figures that cost something per message.
-        """
-        self.counting = True
+    def enable(self) -> None:
+        """Metrics are on: from now on, count every message and track the
+        connections opened (their bytes, the open-connection figures)."""
+        self.enabled = True
 
     def handshake(self, status: int) -> None:
-        """An upgrade was refused with ``status`` (accepted ones: :meth:`opened`)."""
+        """An upgrade was refused with ``status`` (accepted ones: ``accepted``)."""
         handshakes = self.handshakes
         handshakes[status] = handshakes.get(status, 0) + 1
 
     def opened(self, link: Link) -> None:
-        """An upgrade was accepted: its client is connected through ``link``."""
-        self.accepted += 1
+        """With metrics on: a client admitted since is connected through ``link``
+        (accepted upgrades are counted by the caller: ``accepted += 1``)."""
         self._links.add(link)
 
     def gone(self, link: Link) -> None:
         """``link``'s connection is over: its byte counts join the totals."""
-        try:
-            self._links.remove(link)
-        except KeyError:
-            return
-        self.closed_bytes_received += link.bytes_read
-        self.closed_bytes_sent += link.bytes_written
+        links = self._links
+        if link in links:  # (not if it opened before metrics were on)
+            links.remove(link)
+            self.closed_bytes_received += link.bytes_read
+            self.closed_bytes_sent += link.bytes_written
 
     def closed_with(self, code: int) -> None:
         """A ``"close"`` event reported ``code``."""
