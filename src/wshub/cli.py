@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         default="echo",
         help="echo (default), broadcast, or pubsub: topics, history and resume for "
         "clients of the wshub.v1 subprotocol (docs/protocol.md; anyone may subscribe "
-        "and publish)",
+        "and publish), and the browser client at /wshub-client.js",
     )
     serve.add_argument(
         "--history-size",
@@ -351,7 +351,9 @@ def _serve_app(args: argparse.Namespace) -> HttpServer:
         **_pubsub_options(args),
     )
     if args.mode == "pubsub":
-        pass  # wshub.v1 clients talk to the hub's pub/sub layer; raw ones are ignored
+        # wshub.v1 clients talk to the hub's pub/sub layer; raw ones are
+        # ignored.  The browser client is served too, for a page to import.
+        serve_client(server)
     elif args.mode == "echo":
         send = ws.send
 
@@ -416,7 +418,7 @@ def build_demo(server: HttpServer | None = None) -> tuple[HttpServer, WebSocket]
             ws.publish(DEMO_TOPIC, notice("join", id=client_id))
         else:  # a raw client (of /echo, say) is told who it is first
             ws.send(client_id, notice("welcome", id=client_id, path=url.path))
-        log.info("open %s %s", client_id, url.geturl())
+        log.info("open %s %s", client_id, url.path)  # not the query: it may hold a token
 
     @ws.on("/echo")
     def echo(client_id: str, data: str | bytes) -> None:
