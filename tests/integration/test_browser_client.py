@@ -488,3 +488,47 @@ async def test_an_open_socket_without_wshub_v1_stops_the_client(
     assert [code for code, _ in errors] == ["subprotocol"]
     assert 'does not speak wshub.v1 (it chose "other")' in errors[0][1]
     await context.close()
+
+
+async def test_serve_mode_pubsub_serves_the_module(browser: Any) -> None:
+    """``wshub serve --mode pubsub`` answers /wshub-client.js; a page of its
+    origin imports it and publishes and receives through it."""
+    from tests.integration.cli_support import free_port, start_program, wshub_command
+
+    port = free_port()
+    argv = [*wshub_command(), "serve", "--port", str(port), "--mode", "pubsub"]
+    program = await start_program(argv, port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(base + CLIENT_PATH, timeout=10) as answer:
+            assert answer.status == 200
+            assert answer.headers["Content-Type"] == "text/javascript; charset=utf-8"
+            assert answer.read() == client_file().read_bytes()
+        page = await browser.new_page()
+        await page.goto(base + CLIENT_PATH)
+        got = await page.evaluate(
+            """async (url) => {
+                const wshub = await import("/wshub-client.js");
+                const received = [];
+                let done;
+                const arrived = new Promise((resolve) => { done = resolve; });
+                const client = wshub.connect(url, {
+                  onMessage(topic, position, data) {
+                    received.push([topic, position.seq, data]);
+                    if (received.length === 2) done();
+                  },
+                });
+                await client.subscribe("news");
+                await client.publish("news", "one");
+                await client.publish("news", "two");
+                await arrived;
+                await client.close();
+                return received;
+            }""",
+            f"ws://127.0.0.1:{port}/",
+        )
+        assert got == [["news", 1, "one"], ["news", 2, "two"]]
+    finally:
+        status, err = await program.stop()
+    assert status == 0, err
+    assert "Traceback" not in err

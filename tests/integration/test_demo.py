@@ -8,11 +8,13 @@ exposes ``window.wshubDemo.received`` (every message it saw),
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import websockets
 
 from tests.integration.chromium_support import chromium
 from tests.integration.cli_support import free_port, start_program, wshub_command
@@ -114,3 +116,20 @@ async def test_demo_in_chromium(browser: Any) -> None:
         status, err = await program.stop(signal.SIGTERM)
     assert status == 0, err
     assert "Traceback" not in err
+
+
+async def test_demo_logs_the_path_not_the_query() -> None:
+    """The open line names the path: a token in the query never reaches the log."""
+    port = free_port()
+    program = await start_program([*wshub_command(), "demo", "--port", str(port)], port)
+    try:
+        url = f"ws://127.0.0.1:{port}/echo?token=s3cret-token"
+        async with websockets.connect(url) as conn:
+            welcome = json.loads(await conn.recv())
+            assert welcome["type"] == "welcome" and welcome["path"] == "/echo"
+    finally:
+        status, err = await program.stop(signal.SIGTERM)
+    assert status == 0, err
+    assert f"open {welcome['id']} /echo" in err
+    assert f"close {welcome['id']} " in err
+    assert "s3cret-token" not in err
