@@ -17,7 +17,10 @@ direct messages.  When the connection drops it reconnects by itself
 between comes once, in order, before new ones; when the server's history no
 longer covers the gap, the iteration yields a :class:`Gap` in its place,
 never a silent loss.  ``topic`` is None for a direct message (``ws.send``
-on the server).
+on the server).  A topic the server cannot follow for the moment (the error
+``unavailable``: its cluster's Redis is out of reach) when the client
+resubscribes after a reconnect is asked again with backoff until it
+succeeds, never dropped.
 
 It runs on asyncio streams with wshub's own sans-I/O client protocol
 (:mod:`wshub.protocol.client`): no dependency beyond the standard library.
@@ -168,6 +171,10 @@ class Client:
         self._subscribing: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._resuming: set[str] = set()
         self._subscribe_ids: dict[int, str] = {}
+        # Topics refused "unavailable" on a resubscribe: attempts so far, and
+        # the timer of the next one (cancelled when the connection ends).
+        self._retries: dict[str, int] = {}
+        self._retry_timers: dict[str, asyncio.TimerHandle] = {}
         self._next_id = 0
         self._ready = asyncio.Event()
         self._welcomed: asyncio.Future[None] | None = None
@@ -341,6 +348,7 @@ class Client:
                 self._ready.clear()
                 self._writer = self._protocol = None
                 self._subscribe_ids.clear()
+                self._cancel_retries()  # the next connection resubscribes them all
                 writer.close()
                 self._fail_pending(Disconnected("connection lost"))
             if self._closing or not self.reconnect:
@@ -433,9 +441,39 @@ class Client:
         if not self._ready.is_set():
             raise Disconnected("not connected (the client has ended)")
 
+    def _cancel_retries(self) -> None:
+        for timer in self._retry_timers.values():
+            timer.cancel()
+        self._retry_timers.clear()
+
+    def _retry_subscribe(self, topic: str, error: RequestError) -> None:
+        """Ask for ``topic`` again later (full jitter, like the reconnects)."""
+        attempt = self._retries[topic] = self._retries.get(topic, 0) + 1
+        cap = min(self.max_delay, self.min_delay * 2 ** min(attempt, 30))
+        delay = random.uniform(0, cap)
+        log.info(
+            "wshub.client: subscription to %r unavailable (%s); retry %d in %.2fs",
+            topic,
+            error,
+            attempt,
+            delay,
+        )
+        old = self._retry_timers.pop(topic, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._retry_timers[topic] = loop.call_later(delay, self._retry_now, topic)
+
+    def _retry_now(self, topic: str) -> None:
+        self._retry_timers.pop(topic, None)
+        if topic in self._wanted and self._ready.is_set() and not self._closing:
+            with contextlib.suppress(Disconnected, OSError, RuntimeError):
+                self._send_subscribe(topic)
+
     async def _finish(self, item: BaseException) -> None:
         """The client ends: the iteration ends with ``item``, waiting requests fail."""
         self._fail_pending(Disconnected("the client has ended"))
+        self._cancel_retries()
         for futures in self._subscribing.values():
             for future in futures:
                 if not future.done():
@@ -509,6 +547,7 @@ class Client:
         request_id = message.get("id")
         if type(request_id) is int:
             self._subscribe_ids.pop(request_id, None)
+        self._retries.pop(topic, None)
         position = _position(message.get("position"))
         if topic not in self._resuming and position is not None:
             # A fresh subscription: what comes next is after this position.
@@ -525,10 +564,14 @@ class Client:
                 if not future.done():
                     future.set_result({"topic": topic, "position": None, "recovered": False})
             return
-        self._wanted.pop(topic, None)
-        self._resuming.discard(topic)
         error = RequestError(str(message.get("code")), str(message.get("message")))
         futures = self._subscribing.pop(topic, [])
+        if error.code == "unavailable" and not futures and topic in self._wanted:
+            # A resubscribe (after a reconnect, or a retry): kept, asked again.
+            self._retry_subscribe(topic, error)
+            return
+        self._wanted.pop(topic, None)
+        self._resuming.discard(topic)
         if not futures:
             log.warning("wshub.client: subscription to %r refused: %s", topic, error)
         for future in futures:

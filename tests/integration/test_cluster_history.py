@@ -342,6 +342,47 @@ async def resume_after_restart(cluster: Cluster, redis: RedisServer, sig: int) -
         await conn.close()
 
 
+async def test_python_client_retries_an_unavailable_resubscribe(
+    cluster: Cluster, redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """wshub.client reconnects while its node cannot reach Redis: the
+    resubscribe is refused "unavailable" and asked again with backoff (never
+    dropped), so once Redis is back the topic flows again: a reset gap (the
+    restarted Redis kept nothing), then the new publications."""
+    caplog.set_level("INFO", logger="wshub.client")
+    a = await cluster.node(*history())
+    async with wshub.client.connect(f"{a.url}/", min_delay=0.05, max_delay=0.3) as client:
+        await client.subscribe("feed")
+        pub = Publisher(await peer(a))
+        await pub.publish("feed", "before")
+        assert (await client.__anext__())[2] == "before"
+
+        redis.stop(signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20.0
+        while (await a.state())["connected"]:
+            assert loop.time() < deadline, "the node did not notice that Redis is gone"
+            await asyncio.sleep(0.05)
+        client.abort()
+
+        def retries() -> int:
+            return sum("unavailable" in r.getMessage() for r in caplog.records)
+
+        while retries() < 2:  # refused, asked again, refused again: still followed
+            assert loop.time() < deadline, "no 'unavailable' retry was logged"
+            await asyncio.sleep(0.05)
+        await redis.start()
+        await wait_connected(a)
+        # The retried subscription is answered: the resume's gap comes first.
+        item = await asyncio.wait_for(client.__anext__(), 30.0)
+        assert item[0] == "feed", item
+        assert isinstance(item[2], wshub.client.Gap) and item[2].reason == "reset", item
+        answer = await pub.publish("feed", "after")
+        assert answer["type"] == "published", answer
+        assert (await asyncio.wait_for(client.__anext__(), 30.0))[2] == "after"
+        await pub.conn.close()
+
+
 async def test_redis_restart_without_persistence(cluster: Cluster, redis: RedisServer) -> None:
     """redis-server with --save '' and no AOF, killed and started again: the
     histories are gone, a new epoch starts, clients are told "reset"."""
