@@ -12,7 +12,7 @@ import websockets
 
 from tests.conftest import StartServer, wait_for
 from tests.rawws import RawClient, client_frame, close_body
-from wshub import ClientNotFound, CloseEvent, WebSocketProtocolError
+from wshub import ClientNotFound, CloseEvent, Handshake, WebSocketProtocolError
 
 
 def connect(url: str, **kwargs: Any) -> Any:
@@ -331,3 +331,62 @@ async def test_a_closing_client_is_unlisted_and_never_raises(
                 call(cid)
     finally:
         raw.close()
+
+
+@pytest.mark.parametrize("how", ["peer", "server-decided"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_close_callbacks_read_the_clients_record(
+    start_server: StartServer, how: str, kind: str
+) -> None:
+    # A chat says "alice left" from what the hook attached: ws.data(id),
+    # ws.request(id) and ws.url(id) answer in the "close" callbacks, sync or
+    # async (after an await too), for a close the peer started and for one
+    # the server decided (1009, reported at once); after them the ID is unknown.
+    def hook(hs: Handshake) -> None:
+        hs.data = {"user": hs.query_params["user"][0]}
+
+    srv = await start_server(on_handshake=hook, max_payload=16)
+    ws = srv.ws
+    seen: list[tuple[Any, str, int]] = []
+    finished = asyncio.Event()
+
+    def read(cid: str, event: CloseEvent) -> None:
+        seen.append((ws.data(cid), ws.url(cid).query, event.code))
+
+    if kind == "sync":
+
+        def on_close(cid: str, event: CloseEvent) -> None:
+            read(cid, event)
+            finished.set()
+
+        ws.on("close", on_close)
+    else:
+
+        async def on_close_async(cid: str, event: CloseEvent) -> None:
+            await asyncio.sleep(0.01)
+            read(cid, event)
+            finished.set()
+
+        ws.on("close", on_close_async)
+    async with connect(srv.url + "/?user=alice") as client:
+        await wait_for(lambda: len(ws.clients) == 1)
+        [cid] = ws.clients
+        assert ws.request(cid) is not None
+        if how == "peer":
+            await client.close()
+        else:
+            await client.send("x" * 17)  # over max_payload: 1009 from the server
+            with pytest.raises(websockets.ConnectionClosed):
+                await client.recv()
+    await asyncio.wait_for(finished.wait(), 10)
+    code = 1000 if how == "peer" else 1009
+    assert seen == [({"user": "alice"}, "user=alice", code)]
+
+    def forgotten() -> bool:
+        try:
+            ws.data(cid)
+        except ClientNotFound:
+            return True
+        return False
+
+    await wait_for(forgotten, what="the ID unknown once the callbacks are done")

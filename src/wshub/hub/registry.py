@@ -165,6 +165,7 @@ class Registry:
         "closing",
         "pings",
         "protocol_v1",
+        "reporting",
         "stats",
         "topics",
     )
@@ -183,6 +184,10 @@ class Registry:
         #: handshake: no longer in ``clients``, their ``"close"`` event still
         #: due.  Their IDs stay taken, and the per-client methods still answer.
         self.closing: dict[str, Client] = {}
+        #: Client ID → :class:`Client`, while its ``"close"`` callbacks run
+        #: (an async one until it returns): its record (data, request, URL)
+        #: stays readable to them, though the ID is no longer taken.
+        self.reporting: dict[str, Client] = {}
         # Clients whose "close" ran when the server closed them (their ID is
         # free) but whose connection still finishes its closing handshake.
         self._finishing = 0
@@ -202,11 +207,11 @@ class Registry:
 
     def get(self, client_id: str) -> Client:
         """The local client ``client_id``, open or closing; ClientNotFound if
-        it never was here or its ``"close"`` event has run."""
+        it never was here or its ``"close"`` callbacks have finished."""
         try:
             return self.clients[client_id]
         except KeyError:
-            client = self.closing.get(client_id)
+            client = self.closing.get(client_id) or self.reporting.get(client_id)
             if client is None:
                 raise ClientNotFound(client_id) from None
             return client
@@ -345,7 +350,16 @@ class Registry:
                 event.reason,
                 extra={"client_id": client.id, "address": client.ip_key, "close_code": event.code},
             )
-        self._events.emit("close", (client.id, event), None)
+        reporting = self.reporting
+        client_id = client.id
+        reporting[client_id] = client
+
+        def reported() -> None:
+            if reporting.get(client_id) is client:
+                del reporting[client_id]
+
+        if self._events.emit("close", (client_id, event), None, reported):
+            reported()
 
     def _check_all_closed(self) -> None:
         if (
