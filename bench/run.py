@@ -4,6 +4,7 @@
     python3 bench/run.py                   # full run: 3 trials (~15 min)
     python3 bench/run.py --quick           # 1 trial, shorter windows (a few minutes)
     python3 bench/run.py --servers wshub,websockets --scenarios S1,S5 --trials 5
+    python3 bench/run.py --servers wshub,socketify --scenarios T1    # topic fan-out
 
 ``make bench`` and ``make bench-quick`` set everything up first (bench/README.md).
 Standard library only.  Per trial: a fresh server process pinned to one core
@@ -54,7 +55,7 @@ class Scenario:
     id: str
     title: str
     unit: str
-    server_mode: str  # echo | broadcast
+    server_mode: str  # echo | broadcast | pubsub (topics, wshub.v1)
     deflate: bool
     loadgen: list[str]
     metric: str = "msgs_per_s"
@@ -63,8 +64,16 @@ class Scenario:
     lower_is_better: bool = False
 
 
-def scenarios(idle_conns: int) -> dict[str, Scenario]:
+#: Topic fan-out (T1, T2, T4): 100 topics x 50 subscribers and one publisher.
+TOPIC_SUBSCRIBERS = 5000
+
+
+def scenarios(idle_conns: int, topics_window: int = 100) -> dict[str, Scenario]:
     bcast = ["--mode", "broadcast", "-c", "500", "--size", "64", "--window", "8"]
+    topics = [
+        *("--mode", "topics", "-c", str(TOPIC_SUBSCRIBERS), "--topics", "100"),
+        *("--size", "64", "--window", str(topics_window)),
+    ]
     all_ = [
         Scenario(
             "S1",
@@ -147,11 +156,41 @@ def scenarios(idle_conns: int) -> dict[str, Scenario]:
             kind="cluster",
             nodes=2,
         ),
+        Scenario(
+            "T1",
+            "topic fan-out: 1 publisher, 100 topics x 50 subscribers (wshub.v1), 64 B, "
+            f"at most {topics_window} publications undelivered",
+            "deliveries/s",
+            "pubsub",
+            False,
+            topics,
+        ),
+        Scenario(
+            "T2",
+            "topic fan-out over 2 nodes + redis-server: as T1, each topic's subscribers "
+            "on both, publisher on node 1",
+            "deliveries/s",
+            "pubsub",
+            False,
+            topics,
+            kind="cluster",
+            nodes=2,
+        ),
+        Scenario(
+            "T4",
+            "topic fan-out over 4 nodes + redis-server: as T2 with 4 nodes",
+            "deliveries/s",
+            "pubsub",
+            False,
+            topics,
+            kind="cluster",
+            nodes=4,
+        ),
     ]
     return {s.id: s for s in all_}
 
 
-DEFAULT_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "C1", "C2"]
+DEFAULT_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "C1", "C2", "T1", "T2", "T4"]
 
 
 @dataclass
@@ -166,6 +205,7 @@ class Server:
     # every scenario, and the trial waits until every worker listens.
     workers: int = 0
     only: tuple[str, ...] = ()  # the scenarios it runs in (empty: every one)
+    pubsub: bool = False  # topics over wshub.v1 (--mode pubsub): T1, T2, T4
 
 
 def workers_in(cmd: list[str]) -> int:
@@ -184,7 +224,7 @@ def servers() -> dict[str, Server]:
         Server("websockets", [py, str(srv / "websockets_server.py")], ["py:websockets"]),
         Server("picows", [py, str(srv / "picows_server.py")], ["py:picows"]),
         Server("aiohttp", [py, str(srv / "aiohttp_server.py")], ["py:aiohttp"]),
-        Server("socketify", [py, str(srv / "socketify_server.py")], ["py:socketify"]),
+        Server("socketify", [py, str(srv / "socketify_server.py")], ["py:socketify"], pubsub=True),
         Server("granian", [py, str(srv / "granian_server.py")], ["py:granian"]),
         Server("node-ws", ["node", str(NODE_DIR / "ws_server.js")], ["npm:ws"]),
         Server(
@@ -192,6 +232,7 @@ def servers() -> dict[str, Server]:
             [wshub, "serve"],
             ["py:wshub", "py:uvloop", "py:isal"],
             cluster=True,
+            pubsub=True,
         ),
         Server(
             "wshub-w2",
@@ -208,6 +249,7 @@ def servers() -> dict[str, Server]:
             ["py:wshub"],
             env={"WSHUB_NO_EXTENSIONS": "1"},
             label="wshub, WSHUB_NO_EXTENSIONS=1",
+            pubsub=True,
         ),
     ]
     return {s.name: s for s in all_}
@@ -723,13 +765,14 @@ def report(
     clus = [s for s in scens if s.kind == "cluster"]
     cl_srvs = [srv for srv in srvs if srv.cluster]
     if clus and cl_srvs:
-        w("## Cluster broadcast (wshub nodes joined by redis-server)")
+        w("## Cluster broadcast and topics (wshub nodes joined by redis-server)")
         w("")
         w(
             "Every node and redis-server share the server core; the load generator "
-            "connects the receivers round-robin over the nodes and the sender to node 1. "
-            "Compare with S7 of the same server: the cost of the backplane, not scaling "
-            "(on one core, more nodes cannot add capacity)."
+            "connects the receivers round-robin over the nodes (T2, T4: each topic's "
+            "subscribers) and the sender to node 1. "
+            "Compare with S7 (C1, C2) or T1 (T2, T4) of the same server: the cost of the "
+            "backplane, not scaling (on one core, more nodes cannot add capacity)."
         )
         w("")
         w(
@@ -919,13 +962,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, help="warm-up seconds (default 1; quick 0.5)")
     ap.add_argument("--idle-conns", type=int, help="S6 connections (default 5000; quick 2000)")
     ap.add_argument(
+        "--topics-window",
+        type=int,
+        default=100,
+        help="T1, T2, T4: publications not yet delivered to every subscriber (default 100)",
+    )
+    ap.add_argument(
         "--server",
         action="append",
         default=[],
         metavar="NAME=COMMAND",
         help="an extra server for this run (repeatable), e.g. "
         "'wshub-main=/path/to/venv/bin/wshub serve'; it gets --port --mode --deflate "
-        "(and, when NAME starts with wshub, --backplane URL in C1/C2)",
+        "(and, when NAME starts with wshub, --backplane URL in C1/C2/T2/T4 and "
+        "--mode pubsub in T1/T2/T4)",
     )
     ap.add_argument("--baseline", default="websockets", help="ratio column (default websockets)")
     ap.add_argument("--server-cpu", type=int, default=0)
@@ -939,7 +989,7 @@ def main(argv: list[str] | None = None) -> int:
     opts.warmup = opts.warmup if opts.warmup is not None else (0.5 if q else 1.0)
     opts.idle_conns = opts.idle_conns or (2000 if q else 5000)
 
-    all_scens = scenarios(opts.idle_conns)
+    all_scens = scenarios(opts.idle_conns, opts.topics_window)
     all_srvs = servers()
     for spec in opts.server:
         name, _, command = spec.partition("=")
@@ -948,7 +998,12 @@ def main(argv: list[str] | None = None) -> int:
         cmd = shlex.split(command)
         # A wshub build given this way takes part in the cluster scenarios too.
         all_srvs[name] = Server(
-            name, cmd, [], cluster=name.startswith("wshub"), workers=workers_in(cmd)
+            name,
+            cmd,
+            [],
+            cluster=name.startswith("wshub"),
+            workers=workers_in(cmd),
+            pubsub=name.startswith("wshub"),
         )
     if opts.list:
         for s in all_scens.values():
@@ -967,9 +1022,9 @@ def main(argv: list[str] | None = None) -> int:
     if not LOADGEN.exists():
         ap.error(f"{LOADGEN} is missing: run `make -C bench setup` (or make bench-quick)")
 
-    # S6 needs thousands of descriptors in the server and in the load generator
+    # S6 and T1 need thousands of descriptors in the server and in the load generator
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = opts.idle_conns + 1024
+    want = max(opts.idle_conns, TOPIC_SUBSCRIBERS) + 1024
     if soft < want:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), max(want, hard)))
@@ -998,6 +1053,8 @@ def main(argv: list[str] | None = None) -> int:
                 c.skipped = "no backplane"
             elif srv.only and s.id not in srv.only:
                 c.skipped = f"{', '.join(srv.only)} only"
+            elif s.server_mode == "pubsub" and not srv.pubsub:
+                c.na = "no topics (pub/sub) in its server here"
             elif missing[srv.name]:
                 c.na = f"not installed here: {missing[srv.name]}"
     if not shutil.which("redis-server"):

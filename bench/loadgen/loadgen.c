@@ -10,6 +10,7 @@
  *   loadgen --mode handshake --port P -c 16
  *   loadgen --mode idle --port P -c 5000 --hold 30
  *   loadgen --mode broadcast --port P1,P2 -c 500 --size 64 --window 8
+ *   loadgen --mode topics --port P1,P2 -c 5000 --topics 100 --size 64 --window 100
  *
  * What it checks: status 101, Upgrade, Connection and Sec-WebSocket-Accept;
  * server frames unmasked, no RSV2/RSV3, RSV1 only on the first frame of a
@@ -17,6 +18,11 @@
  * unfragmented, continuations in order; echoes byte-identical, in order and
  * of the same type.  Every client frame has a fresh random masking key.
  * Messages carry their sequence number as 16 hex digits in front.
+ *
+ * Topics mode speaks the wshub.v1 subprotocol (docs/protocol.md): every
+ * connection offers it, each subscriber sends one JSON "subscribe", the
+ * publisher sends "publish" requests and the subscribers check the
+ * "message" envelopes (topic, order, content).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -44,7 +50,7 @@
 /* ------------------------------------------------------------------ */
 /* options and counters                                                 */
 
-enum mode { M_ECHO, M_DEFLATE, M_HANDSHAKE, M_IDLE, M_BROADCAST };
+enum mode { M_ECHO, M_DEFLATE, M_HANDSHAKE, M_IDLE, M_BROADCAST, M_TOPICS };
 
 static struct {
     enum mode mode;
@@ -58,10 +64,11 @@ static struct {
     double warmup, duration, hold, connect_timeout;
     int concurrency;
     int npre;
+    int topics;
 } opt = {
     .mode = M_ECHO, .nports = 0, .conns = 1, .size = 32, .binary = 0,
     .depth = 1, .window = 8, .warmup = 1.0, .duration = 3.0, .hold = 30.0,
-    .connect_timeout = 15.0, .concurrency = 64, .npre = 256,
+    .connect_timeout = 15.0, .concurrency = 64, .npre = 256, .topics = 100,
 };
 
 static struct {
@@ -362,7 +369,10 @@ static void make_template(void)
     tmpl = malloc(n);
     for (size_t i = 0; i < n; i++) {
         uint64_t r = rng_next();
-        tmpl[i] = opt.binary ? (uint8_t)r : (uint8_t)(' ' + 1 + r % 94);
+        if (opt.mode == M_TOPICS) /* carried in a JSON string: nothing to escape */
+            tmpl[i] = (uint8_t)"abcdefghijklmnopqrstuvwxyz0123456789"[r % 36];
+        else
+            tmpl[i] = opt.binary ? (uint8_t)r : (uint8_t)(' ' + 1 + r % 94);
     }
 }
 
@@ -440,6 +450,8 @@ struct conn {
     int frag_op, frag_rsv1, in_frag;
     uint64_t t_start, t_close;
     int want_out;
+    int topic;            /* topics: the subscriber's topic (index) */
+    int subscribed;       /* topics: its "subscribed" answer came */
 };
 
 static struct conn *conns;
@@ -460,6 +472,11 @@ static int *b_remaining;
 static int b_nrecv, b_synced;
 static uint64_t b_sync_id, b_last_sync, b_last_progress;
 static int b_sync_seen[64];
+
+/* topics state (with the broadcast state above: window, sync) */
+static int *t_count;     /* subscribed receivers per topic */
+static int t_subscribed; /* receivers whose subscription was answered */
+static int t_error_shown;
 
 static void conn_start(struct conn *c);
 static void conn_kill(struct conn *c, int counted_as_open);
@@ -554,6 +571,11 @@ static void on_open(struct conn *c, uint64_t now)
             echo_send(c, now);
     } else if (c->role == R_RECEIVER) {
         receivers_open++;
+        if (opt.mode == M_TOPICS) {
+            char m[64];
+            int n = snprintf(m, sizeof m, "{\"type\":\"subscribe\",\"topic\":\"t%d\"}", c->topic);
+            queue_frame(c, 1, 0, NULL, (const uint8_t *)m, (size_t)n);
+        }
     } else if (c->role == R_CYCLE) {
         static const uint8_t close_payload[2] = {0x03, 0xe8}; /* 1000 */
         queue_frame(c, 8, 0, NULL, close_payload, 2);
@@ -592,7 +614,8 @@ static void send_upgrade(struct conn *c)
                      opt.mode == M_DEFLATE
                          ? "Sec-WebSocket-Extensions: permessage-deflate; "
                            "client_no_context_takeover; server_no_context_takeover\r\n"
-                         : "");
+                     : opt.mode == M_TOPICS ? "Sec-WebSocket-Protocol: wshub.v1\r\n"
+                                            : "");
     buf_reserve(&c->out, (size_t)n);
     memcpy(c->out.p + c->out.len, req, (size_t)n);
     c->out.len += (size_t)n;
@@ -638,6 +661,7 @@ static int parse_upgrade_response(struct conn *c)
     c->in.off += hlen;
     int ok_status = !strncmp(h, "HTTP/1.1 101", 12);
     int ok_upgrade = 0, ok_conn = 0, ok_accept = 0, ext = 0, snct = 0, bad_ext = 0;
+    int ok_proto = opt.mode != M_TOPICS;
     char *save = NULL;
     char *line = strtok_r(h, "\r\n", &save);
     for (line = strtok_r(NULL, "\r\n", &save); line; line = strtok_r(NULL, "\r\n", &save)) {
@@ -657,6 +681,8 @@ static int parse_upgrade_response(struct conn *c)
             ok_conn = token_in(v, "upgrade");
         else if (!strcasecmp(line, "sec-websocket-accept"))
             ok_accept = !strcmp(v, c->accept);
+        else if (!strcasecmp(line, "sec-websocket-protocol"))
+            ok_proto = opt.mode == M_TOPICS && !strcmp(v, "wshub.v1");
         else if (!strcasecmp(line, "sec-websocket-extensions")) {
             /* permessage-deflate; params... */
             char *p = v, *sv2 = NULL;
@@ -687,7 +713,9 @@ static int parse_upgrade_response(struct conn *c)
         }
     }
     free(h);
-    if (!ok_status || !ok_upgrade || !ok_conn || !ok_accept || bad_ext) {
+    if (!ok_status || !ok_upgrade || !ok_conn || !ok_accept || bad_ext || !ok_proto) {
+        if (!ok_proto && ok_status && !t_error_shown++)
+            fprintf(stderr, "loadgen: the server did not answer Sec-WebSocket-Protocol: wshub.v1\n");
         st.handshake_failed++;
         return -1;
     }
@@ -705,6 +733,113 @@ static int parse_upgrade_response(struct conn *c)
 /* ---- messages ---- */
 
 static void bcast_complete_check(uint64_t now);
+
+/* the string value of "key" in a flat JSON object without escapes; NULL if absent */
+static const uint8_t *json_str(const uint8_t *d, size_t n, const char *key, size_t *len)
+{
+    char pat[32];
+    int pl = snprintf(pat, sizeof pat, "\"%s\":\"", key);
+    const uint8_t *v = memmem(d, n, pat, (size_t)pl);
+    if (!v)
+        return NULL;
+    v += pl;
+    const uint8_t *e = memchr(v, '"', n - (size_t)(v - d));
+    if (!e)
+        return NULL;
+    *len = (size_t)(e - v);
+    return v;
+}
+
+static int str_is(const uint8_t *v, size_t n, const char *s)
+{
+    return v && n == strlen(s) && !memcmp(v, s, n);
+}
+
+/* broadcast, topics: receiver c got message seq; it expects every stride-th
+   (broadcast 1, topics T) and counts the ones skipped as lost */
+static void receiver_got(struct conn *c, uint64_t seq, uint64_t stride, size_t bytes,
+                         uint64_t now)
+{
+    if (seq < c->expect_seq || seq >= b_next) {
+        st.dup++;
+        return;
+    }
+    for (uint64_t s = c->expect_seq; s < seq; s += stride) {
+        st.lost++;
+        if (s >= b_oldest)
+            b_remaining[s % (uint64_t)opt.window]--;
+    }
+    c->expect_seq = seq + stride;
+    if (seq >= b_oldest)
+        b_remaining[seq % (uint64_t)opt.window]--;
+    if (measuring) {
+        st.received++;
+        st.bytes += bytes;
+        if (c->port != opt.ports[0])
+            st.cross++;
+        hist_add((now - b_sent_at[seq % (uint64_t)opt.window]) / 1000);
+    }
+}
+
+/* topics mode: one wshub.v1 message from the server */
+static void topics_message(struct conn *c, int op, const uint8_t *data, size_t n, uint64_t now)
+{
+    size_t tl = 0, dl = 0, pl = 0;
+    const uint8_t *type = data && op == 1 ? json_str(data, n, "type", &tl) : NULL;
+    if (!type) {
+        st.mismatches++;
+        return;
+    }
+    if (str_is(type, tl, "error")) {
+        st.proto_errors++;
+        if (!t_error_shown++)
+            fprintf(stderr, "loadgen: the server answered %.*s\n", (int)(n < 300 ? n : 300),
+                    (const char *)data);
+        return;
+    }
+    if (c->role != R_RECEIVER)
+        return; /* the publisher's answers: none asked for */
+    if (str_is(type, tl, "subscribed")) {
+        if (!c->subscribed) {
+            c->subscribed = 1;
+            t_count[c->topic]++;
+            t_subscribed++;
+        }
+        return;
+    }
+    if (str_is(type, tl, "gap")) {
+        st.lost++; /* the server says it lost some: never expected here */
+        return;
+    }
+    if (!str_is(type, tl, "message"))
+        return; /* welcome and other types: not ours to check */
+    char want_topic[16];
+    snprintf(want_topic, sizeof want_topic, "t%d", c->topic);
+    const uint8_t *topic = json_str(data, n, "topic", &pl);
+    const uint8_t *d = json_str(data, n, "data", &dl);
+    if (!str_is(topic, pl, want_topic) || !d) {
+        st.mismatches++;
+        return;
+    }
+    if (dl && d[0] == 'S') { /* sync publication "S<id>" */
+        char num[24];
+        size_t k = dl - 1 < sizeof num - 1 ? dl - 1 : sizeof num - 1;
+        memcpy(num, d + 1, k);
+        num[k] = 0;
+        uint64_t id = strtoull(num, NULL, 10);
+        if (!b_synced && id + 64 > b_sync_id && id <= b_sync_id)
+            b_sync_seen[id % 64]++;
+        return;
+    }
+    uint64_t seq;
+    uint64_t T = (uint64_t)opt.topics;
+    if (dl != opt.size || get_hex16(d, dl, &seq) || memcmp(d + 16, tmpl + 16, dl - 16) ||
+        seq % T != (uint64_t)c->topic) {
+        st.mismatches++;
+        return;
+    }
+    receiver_got(c, seq, T, dl, now);
+}
 
 static void on_message(struct conn *c, int op, int compressed, const uint8_t *data, size_t n,
                        uint64_t now)
@@ -736,6 +871,10 @@ static void on_message(struct conn *c, int op, int compressed, const uint8_t *da
             data = scratch;
             n = scratch_cap - infl.avail_out;
         }
+    }
+    if (opt.mode == M_TOPICS) {
+        topics_message(c, op, data, n, now);
+        return;
     }
     if (c->role == R_ECHO) {
         uint64_t seq = c->expect_seq;
@@ -793,25 +932,7 @@ static void on_message(struct conn *c, int op, int compressed, const uint8_t *da
             st.mismatches++;
             return;
         }
-        if (seq < c->expect_seq || seq >= b_next) {
-            st.dup++;
-            return;
-        }
-        for (uint64_t s = c->expect_seq; s < seq; s++) {
-            st.lost++;
-            if (s >= b_oldest)
-                b_remaining[s % (uint64_t)opt.window]--;
-        }
-        c->expect_seq = seq + 1;
-        if (seq >= b_oldest)
-            b_remaining[seq % (uint64_t)opt.window]--;
-        if (measuring) {
-            st.received++;
-            st.bytes += n;
-            if (c->port != opt.ports[0])
-                st.cross++;
-            hist_add((now - b_sent_at[seq % (uint64_t)opt.window]) / 1000);
-        }
+        receiver_got(c, seq, 1, n, now);
     }
     /* sender's own copies and idle connections: ignored */
 }
@@ -944,6 +1065,9 @@ static void conn_reset(struct conn *c)
     c->frag_len = 0;
     c->want_out = 0;
     c->next_seq = c->expect_seq = 0;
+    if (opt.mode == M_TOPICS)
+        c->expect_seq = (uint64_t)c->topic; /* the first publication to topic k is k */
+    c->subscribed = 0;
 }
 
 static void conn_start(struct conn *c)
@@ -997,6 +1121,21 @@ static void conn_kill(struct conn *c, int counted_as_open)
             st.lost++;
         }
         b_nrecv--;
+    }
+    if (opt.mode == M_TOPICS && c->role == R_RECEIVER && was_open && c->subscribed) {
+        t_count[c->topic]--;
+        t_subscribed--;
+        if (!finished && b_synced) {
+            uint64_t T = (uint64_t)opt.topics;
+            uint64_t s = c->expect_seq;
+            while (s < b_oldest)
+                s += T;
+            for (; s < b_next; s += T) {
+                b_remaining[s % (uint64_t)opt.window]--;
+                st.lost++;
+            }
+            b_nrecv--;
+        }
     }
 }
 
@@ -1117,11 +1256,28 @@ static void on_event(struct conn *c, uint32_t events, uint64_t now)
             st.closed_by_server++;
         conn_kill(c, c->state >= C_OPEN);
     }
-    if (opt.mode == M_BROADCAST && c->role == R_RECEIVER)
+    if ((opt.mode == M_BROADCAST || opt.mode == M_TOPICS) && c->role == R_RECEIVER)
         bcast_complete_check(now);
 }
 
 /* ---- broadcast ---- */
+
+/* topics: {"type":"publish","topic":"t<k>","data":"<seq in hex><template>"};
+   seq == 0 with sync > 0: the sync publication "S<sync>" */
+static void topics_publish(struct conn *s, int topic, uint64_t seq)
+{
+    static uint8_t *m;
+    static size_t cap;
+    if (cap < opt.size + 128) {
+        cap = opt.size + 128;
+        m = realloc(m, cap);
+    }
+    int n = snprintf((char *)m, cap, "{\"type\":\"publish\",\"topic\":\"t%d\",\"data\":\"", topic);
+    put_hex16(m + n, seq);
+    memcpy(m + n + 16, tmpl + 16, opt.size - 16);
+    memcpy(m + n + opt.size, "\"}", 2);
+    queue_frame(s, 1, 0, NULL, m, (size_t)n + opt.size + 2);
+}
 
 static void bcast_send(uint64_t now)
 {
@@ -1133,9 +1289,15 @@ static void bcast_send(uint64_t now)
         int slot = (int)(seq % (uint64_t)opt.window);
         b_remaining[slot] = b_nrecv;
         b_sent_at[slot] = now;
-        uint8_t h[16];
-        put_hex16(h, seq);
-        queue_frame(s, 1, 0, h, tmpl, opt.size);
+        if (opt.mode == M_TOPICS) {
+            int topic = (int)(seq % (uint64_t)opt.topics);
+            b_remaining[slot] = t_count[topic];
+            topics_publish(s, topic, seq);
+        } else {
+            uint8_t h[16];
+            put_hex16(h, seq);
+            queue_frame(s, 1, 0, h, tmpl, opt.size);
+        }
         if (measuring)
             st.sent++;
     }
@@ -1178,9 +1340,17 @@ static void bcast_sync(uint64_t now)
     b_last_sync = now;
     b_sync_id++;
     b_sync_seen[b_sync_id % 64] = 0;
-    char m[32];
-    int n = snprintf(m, sizeof m, "S%llu", (unsigned long long)b_sync_id);
-    queue_frame(&conns[0], 1, 0, NULL, (uint8_t *)m, (size_t)n);
+    char m[96];
+    if (opt.mode == M_TOPICS) {
+        for (int k = 0; k < opt.topics; k++) {
+            int n = snprintf(m, sizeof m, "{\"type\":\"publish\",\"topic\":\"t%d\",\"data\":\"S%llu\"}",
+                             k, (unsigned long long)b_sync_id);
+            queue_frame(&conns[0], 1, 0, NULL, (uint8_t *)m, (size_t)n);
+        }
+    } else {
+        int n = snprintf(m, sizeof m, "S%llu", (unsigned long long)b_sync_id);
+        queue_frame(&conns[0], 1, 0, NULL, (uint8_t *)m, (size_t)n);
+    }
     flush_out(&conns[0]);
 }
 
@@ -1199,7 +1369,7 @@ static void print_results(const char *failure)
     uint64_t count = opt.mode == M_HANDSHAKE ? st.completed : st.received;
     uint64_t errors = st.conn_failed + st.handshake_failed + st.mismatches + st.proto_errors +
                       st.closed_by_server + st.lost + st.dup + st.deflate_refused + st.stalled;
-    const char *modes[] = {"echo", "deflate", "handshake", "idle", "broadcast"};
+    const char *modes[] = {"echo", "deflate", "handshake", "idle", "broadcast", "topics"};
     printf("{\"mode\":\"%s\",\"ports\":[", modes[opt.mode]);
     for (int i = 0; i < opt.nports; i++)
         printf("%s%d", i ? "," : "", opt.ports[i]);
@@ -1213,10 +1383,12 @@ static void print_results(const char *failure)
            (unsigned long long)hist_n);
     printf("\"sent\":%llu,\"received\":%llu,", (unsigned long long)st.sent,
            (unsigned long long)st.received);
-    if (opt.mode == M_BROADCAST)
+    if (opt.mode == M_BROADCAST || opt.mode == M_TOPICS)
         printf("\"receivers\":%d,\"broadcasts_per_s\":%.1f,\"cross_deliveries_per_s\":%.1f,",
                b_nrecv, secs > 0 ? (double)st.completed / secs : 0.0,
                secs > 0 ? (double)st.cross / secs : 0.0);
+    if (opt.mode == M_TOPICS)
+        printf("\"topics\":%d,\"window\":%d,", opt.topics, opt.window);
     if (opt.mode == M_IDLE)
         printf("\"open_s\":%.3f,", t_ready ? (double)(t_ready - t_begin) / 1e9 : 0.0);
     printf("\"errors\":%llu,\"conn_failed\":%llu,\"handshake_failed\":%llu,\"mismatches\":%llu,"
@@ -1243,13 +1415,15 @@ static void print_results(const char *failure)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: loadgen --mode echo|deflate|handshake|idle|broadcast --port P[,P2...] [options]\n"
+            "usage: loadgen --mode echo|deflate|handshake|idle|broadcast|topics --port P[,P2...] [options]\n"
             "  -c, --conns N          connections (echo/deflate/idle), loops (handshake),\n"
-            "                         receivers (broadcast; plus one sender)        [1]\n"
+            "                         receivers (broadcast, topics; plus one sender) [1]\n"
+            "  --topics T             topics: subscriber i follows topic t<i %% T>   [100]\n"
             "  --size BYTES           message size (>= 16)                           [32]\n"
             "  --type text|binary     message type (echo)                            [text]\n"
             "  --depth D              messages in flight per connection (echo)       [1]\n"
-            "  --window W             broadcast: messages not yet delivered to all   [8]\n"
+            "  --window W             broadcast, topics: messages not yet delivered\n"
+            "                         to every receiver (of their topic)            [8]\n"
             "  --warmup S             seconds before measuring                       [1]\n"
             "  --duration S           measured seconds                               [3]\n"
             "  --hold S               idle: seconds to hold after ready (or SIGTERM) [30]\n"
@@ -1258,6 +1432,8 @@ static void usage(FILE *f)
             "deflate mode offers permessage-deflate; client_no_context_takeover;\n"
             "server_no_context_takeover and sends 4 KiB-ish JSON text precompressed.\n"
             "broadcast: the sender is on the first port, receivers spread over all ports.\n"
+            "topics: wshub.v1 (docs/protocol.md); one publisher on the first port publishes\n"
+            "to t0, t1, ... in turn; each topic's subscribers spread over all ports.\n"
             "Prints one JSON line (idle: a {\"event\":\"ready\"} line first).\n");
 }
 
@@ -1297,7 +1473,7 @@ int main(int argc, char **argv)
         {"size", 1, 0, 's'},      {"type", 1, 0, 't'},      {"depth", 1, 0, 'd'},
         {"window", 1, 0, 'w'},    {"warmup", 1, 0, 'W'},    {"duration", 1, 0, 'D'},
         {"hold", 1, 0, 'H'},      {"concurrency", 1, 0, 'k'}, {"connect-timeout", 1, 0, 'T'},
-        {"help", 0, 0, 'h'},      {0, 0, 0, 0}};
+        {"topics", 1, 0, 'P'},    {"help", 0, 0, 'h'},      {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "c:h", lo, NULL)) != -1) {
         switch (ch) {
@@ -1312,6 +1488,8 @@ int main(int argc, char **argv)
                 opt.mode = M_IDLE;
             else if (!strcmp(optarg, "broadcast"))
                 opt.mode = M_BROADCAST;
+            else if (!strcmp(optarg, "topics"))
+                opt.mode = M_TOPICS;
             else {
                 usage(stderr);
                 return 2;
@@ -1360,6 +1538,9 @@ int main(int argc, char **argv)
         case 'T':
             opt.connect_timeout = atof(optarg);
             break;
+        case 'P':
+            opt.topics = atoi(optarg);
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -1368,7 +1549,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (!opt.nports || opt.conns < 1 || opt.depth < 1 || opt.window < 1 ||
+    if (!opt.nports || opt.conns < 1 || opt.depth < 1 || opt.window < 1 || opt.topics < 1 ||
         opt.size > (1u << 30) || opt.duration <= 0 || opt.warmup < 0) {
         usage(stderr);
         return 2;
@@ -1396,7 +1577,8 @@ int main(int argc, char **argv)
         return 2;
 
     epfd = epoll_create1(EPOLL_CLOEXEC);
-    nconns = opt.conns + (opt.mode == M_BROADCAST ? 1 : 0);
+    nconns = opt.conns + (opt.mode == M_BROADCAST || opt.mode == M_TOPICS ? 1 : 0);
+    t_count = calloc((size_t)opt.topics, sizeof *t_count);
     conns = calloc((size_t)nconns, sizeof *conns);
     for (int i = 0; i < nconns; i++) {
         struct conn *c = &conns[i];
@@ -1421,6 +1603,13 @@ int main(int argc, char **argv)
         case M_BROADCAST:
             c->role = i ? R_RECEIVER : R_SENDER;
             c->port = i ? opt.ports[(i - 1) % opt.nports] : opt.ports[0];
+            break;
+        case M_TOPICS:
+            /* subscriber j = i - 1 follows topic j % T; the subscribers of one topic
+               go round-robin over the ports, so every node has some of every topic */
+            c->role = i ? R_RECEIVER : R_SENDER;
+            c->topic = i ? (i - 1) % opt.topics : 0;
+            c->port = i ? opt.ports[((i - 1) / opt.topics) % opt.nports] : opt.ports[0];
             break;
         }
     }
@@ -1459,14 +1648,17 @@ int main(int argc, char **argv)
                 finish("no connection could be opened");
                 return 1;
             }
-            if (opt.mode == M_BROADCAST) {
+            if (opt.mode == M_BROADCAST || opt.mode == M_TOPICS) {
                 if (conns[0].state != C_OPEN) {
                     finish("the sender could not connect");
                     return 1;
                 }
-                if (!b_nrecv && !b_sync_id)
-                    b_nrecv = receivers_open;
-                bcast_sync(now);
+                /* topics: every subscription answered first */
+                if (opt.mode != M_TOPICS || t_subscribed >= receivers_open) {
+                    if (!b_nrecv && !b_sync_id)
+                        b_nrecv = opt.mode == M_TOPICS ? t_subscribed : receivers_open;
+                    bcast_sync(now);
+                }
             } else {
                 t_open_all = now;
                 if (opt.mode == M_IDLE) {
@@ -1480,7 +1672,9 @@ int main(int argc, char **argv)
             }
         }
         if (!t_open_all && now - t_begin > (uint64_t)(opt.connect_timeout * 1e9)) {
-            finish(opt.mode == M_BROADCAST ? "broadcast sync timed out" : "connect timeout");
+            finish(opt.mode == M_TOPICS      ? "subscribe or sync timed out"
+                   : opt.mode == M_BROADCAST ? "broadcast sync timed out"
+                                             : "connect timeout");
             return 1;
         }
         if (opt.mode == M_IDLE) {
@@ -1512,7 +1706,7 @@ int main(int argc, char **argv)
                 }
             }
         }
-        if (opt.mode == M_BROADCAST && b_synced) {
+        if ((opt.mode == M_BROADCAST || opt.mode == M_TOPICS) && b_synced) {
             if (conns[0].state != C_OPEN) {
                 finish("the sender's connection was closed");
                 return 1;

@@ -1,12 +1,23 @@
-"""socketify.py (C++ uWebSockets): echo, or publish to every client."""
+"""socketify.py (C++ uWebSockets): echo, publish to every client, or topics.
+
+``--mode pubsub`` (scenario T1) answers the part of wshub.v1 that the load
+generator speaks with uWebSockets' own topics: ``subscribe`` is
+``ws.subscribe(topic)`` (answered ``subscribed``), ``publish`` is
+``app.publish(topic, envelope)``, framed once by uWebSockets for every
+subscriber.  The envelope is wshub.v1's ``message`` without a position
+(socketify keeps no history).
+"""
 
 from __future__ import annotations
+
+import json
 
 from _args import parse
 from socketify import App, AppListenOptions, CompressOptions, OpCode
 
-args = parse(__doc__)
+args = parse(__doc__, modes=("echo", "broadcast", "pubsub"))
 app = App()
+dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def on_open(ws) -> None:  # type: ignore[no-untyped-def]
@@ -14,9 +25,24 @@ def on_open(ws) -> None:  # type: ignore[no-untyped-def]
         ws.subscribe("all")
 
 
+def on_request(ws, message) -> None:  # type: ignore[no-untyped-def]
+    """One wshub.v1 request (the load generator's subset of it)."""
+    request = json.loads(message)
+    topic = request["topic"]
+    if request["type"] == "publish":
+        envelope = {"type": "message", "topic": topic, "data": request["data"]}
+        app.publish(topic, dumps(envelope), OpCode.TEXT)
+    elif request["type"] == "subscribe":
+        ws.subscribe(topic)
+        answer = {"type": "subscribed", "topic": topic, "position": None, "recovered": False}
+        ws.send(dumps(answer), OpCode.TEXT)
+
+
 def on_message(ws, message, opcode: OpCode) -> None:  # type: ignore[no-untyped-def]
     if args.mode == "echo":
         ws.send(message, opcode)
+    elif args.mode == "pubsub":
+        on_request(ws, message)
     else:
         app.publish("all", message, opcode)  # the app publishes: the sender gets it too
 
