@@ -54,6 +54,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .backplane import ClusterSecretMissing
 from .hub import WebSocket
 from .transport.server import HttpServer, event_loop_factory, run_on_loop
 
@@ -137,7 +138,9 @@ def run(
     must have a cluster backplane (``backplane="redis://…"``): otherwise
     each worker would be a hub of its own, so the first worker says so on
     stderr and :func:`run` returns :data:`EXIT_CONFIG` without starting
-    the others.  ``cluster_limit_by_ip``: set on each worker's hub (True:
+    the others; the same when the backplane has no cluster secret (the
+    hub's ``secret``, ``WSHUB_SECRET`` or ``RedisBackplane(secret=...)``:
+    see ``docs/scaling.md``).  ``cluster_limit_by_ip``: set on each worker's hub (True:
     ``limit_by_ip`` counts over all workers; None: leave the hub's own).
 
     Returns the exit status for the process: 0 after SIGTERM or SIGINT
@@ -486,7 +489,12 @@ def _worker_main(
             return EXIT_CONFIG
         if cluster_limit_by_ip is not None:
             hub.cluster_limit_by_ip = cluster_limit_by_ip
-    run_on_loop(_serve_worker(server, report_fd, listen), loop)
+    try:
+        run_on_loop(_serve_worker(server, report_fd, listen), loop)
+    except ClusterSecretMissing as exc:
+        # Every worker would fail the same way: said once, by the first.
+        print(f"wshub workers: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 

@@ -182,6 +182,32 @@ async def test_several_workers_without_a_backplane_from_python(tmp_path: Path) -
     assert "Traceback" not in text
 
 
+async def test_workers_without_a_cluster_secret_from_python(redis: RedisServer) -> None:
+    # wshub serve makes one secret for its workers; from Python the hub needs
+    # one (WSHUB_SECRET, WebSocket(secret=...)): without, one line, no traceback.
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from wshub import HttpServer, WebSocket
+        from wshub import workers
+
+        os.environ.pop("WSHUB_SECRET", None)
+
+        def app():
+            server = HttpServer()
+            WebSocket(server, backplane=sys.argv[2])
+            return server
+
+        sys.exit(workers.run(app, workers=2, port=int(sys.argv[1])))
+        """
+    )
+    status, text = await run_script(script, str(free_port()), redis.url)
+    assert status == EXIT_CONFIG, text
+    assert text.count("no cluster secret") == 1, text  # said by the first worker only
+    assert "WSHUB_SECRET" in text
+    assert "Traceback" not in text
+
+
 @pytest.mark.parametrize("code", [1012, 1001])
 async def test_sigterm_drains_every_worker(
     code: int, redis: RedisServer, tmp_path: Path, started: list[Supervised]
