@@ -457,6 +457,8 @@ _REPLAY_SLOTS = 16384
 _REPLAY_MASK = (1 << _REPLAY_SLOTS) - 1
 #: The shortest interval between two log lines about one reason of rejection.
 _REJECT_LOG_EVERY = 10.0
+#: The longest stop() waits for the queue to be written, then for the session to end.
+_FLUSH_TIMEOUT = 5.0
 
 
 class ClusterSecretMissing(WsHubError, ValueError):
@@ -728,6 +730,13 @@ def _kept_answer(args: tuple[Any, ...], result: tuple[str, int] | BaseException)
     return True
 
 
+def _flushed(args: tuple[Any, ...]) -> None:
+    """Wake the :meth:`RedisBackplane._flush` waiting on ``args[0]``."""
+    written: asyncio.Future[None] = args[0]
+    if not written.done():
+        written.set_result(None)
+
+
 def _log_failure(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("redis backplane: background task failed: %s", task.exception())
@@ -866,6 +875,9 @@ class RedisBackplane(Backplane):
         self._resync_task: asyncio.Task[None] | None = None
         self._up = False
         self._stopping = False
+        # Set by stop() when it ends the session: the writer returns once its
+        # queue is empty even if a cancellation was lost inside redis-py.
+        self._session_ending = False
         self._supervisor: asyncio.Task[None] | None = None
         self._autostart_task: asyncio.Future[None] | None = None
         self._own_hb_seen = 0.0
@@ -911,7 +923,7 @@ class RedisBackplane(Backplane):
             return
         if self._sealer is None:
             self._sealer = self._make_sealer()
-        self._stopping = False
+        self._stopping = self._session_ending = False
         self._wakeup = asyncio.Event()
         self._topic_wakeup = asyncio.Event()
         self._resync_lock = asyncio.Lock()
@@ -970,7 +982,13 @@ class RedisBackplane(Backplane):
         self._autostart_task = task
 
     async def stop(self) -> None:
+        # New publications into a history are refused from now on; those
+        # accepted before are written and answered before the node leaves,
+        # so that a publisher told "unavailable", or cut off by its close
+        # after this, knows the publication was not kept (docs/deploy.md).
         self._stopping = True
+        if self._up and self._client is not None:
+            await self._flush(_FLUSH_TIMEOUT)
         task, self._supervisor = self._supervisor, None
         client = self._client
         if client is not None and self._up:
@@ -984,15 +1002,36 @@ class RedisBackplane(Backplane):
             except Exception as exc:
                 log.warning("redis backplane: could not withdraw node %s: %s", self.node_id, exc)
         if task is not None:
+            self._session_ending = True
+            if self._wakeup is not None:
+                self._wakeup.set()
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            done, _ = await asyncio.wait({task}, timeout=_FLUSH_TIMEOUT)
+            if done:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    task.result()
+            else:
+                log.warning("redis backplane: the session did not end when stopped")
         self._up = False
         for command, args, _is_message, _size in self._queue:
             if command == "kept":
                 _kept_answer(args, HistoryUnavailable("the node is shutting down"))
+            elif command == "flush":
+                _flushed(args)
         self._queue.clear()
         self._queued_messages = self._queued_bytes = 0
+
+    async def _flush(self, timeout: float) -> None:
+        """Until every command queued before now was written to Redis and
+        answered (or failed), at most ``timeout`` seconds."""
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(("flush", (written,), False, 0))
+        if self._wakeup is not None:
+            self._wakeup.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(written), timeout)
+        except asyncio.TimeoutError:
+            log.warning("redis backplane: the outgoing queue was not written within %.0fs", timeout)
 
     def _safe_url(self) -> str:
         parts = urlsplit(self.url)
@@ -1498,6 +1537,8 @@ class RedisBackplane(Backplane):
     ) -> None:
         if self._history is None:
             raise HistoryUnavailable("keep_history() was not called: no history to keep it in")
+        if self._stopping:
+            raise HistoryUnavailable("the node is leaving the cluster (shutting down)")
         if not self._up:
             raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
         meta_key, stream_key = self._history_keys(name)
@@ -1742,6 +1783,8 @@ class RedisBackplane(Backplane):
         for command, args, is_message, size in self._queue:
             if command == "kept":
                 _kept_answer(args, HistoryUnavailable("Redis became unreachable"))
+            elif command == "flush":
+                _flushed(args)
             if is_message:
                 self._count_lost(args, size, "Redis is unreachable")
         self._queue.clear()
@@ -1782,12 +1825,23 @@ class RedisBackplane(Backplane):
         queue = self._queue
         while True:
             if not queue:
+                if self._session_ending:
+                    return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             batch: list[tuple[str, tuple[Any, ...], bool, int]] = []
+            flushes: list[tuple[Any, ...]] = []  # stop() waits for what came before
             while queue and len(batch) < 1000:
-                batch.append(queue.popleft())
+                item = queue.popleft()
+                if item[0] == "flush":
+                    flushes.append(item[1])
+                else:
+                    batch.append(item)
+            if not batch:
+                for args in flushes:
+                    _flushed(args)
+                continue
             pipe = client.pipeline(transaction=False)
             for command, args, _is_message, _size in batch:
                 if command == "publish":
@@ -1818,6 +1872,8 @@ class RedisBackplane(Backplane):
                 self._drop_queue()
                 raise
             finally:
+                for args in flushes:
+                    _flushed(args)
                 for _command, _args, _is_message, size in batch:
                     self._queued_messages -= 1
                     self._queued_bytes -= size
