@@ -53,7 +53,13 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
-from .backplane_streams import ENSURE_SCRIPT, PUBLISH_SCRIPT, new_epoch, split_kept
+from .backplane_streams import (
+    DIRECT_SCRIPT,
+    ENSURE_SCRIPT,
+    PUBLISH_SCRIPT,
+    new_epoch,
+    split_kept,
+)
 from .errors import ClientNotFound, HistoryUnavailable, WsHubError
 
 __all__ = [
@@ -98,6 +104,13 @@ class BackplaneHub(Protocol):
 
     def client_missing(self, client_id: str) -> None:
         """A routed ``send`` found no client with this ID on its node."""
+        ...
+
+    def deliver_direct(
+        self, client_id: str, payload: bytes, text: bool, position: tuple[str, int]
+    ) -> None:
+        """A direct message of a ``wshub.v1`` client's stream in the cluster
+        (:meth:`Backplane.send_direct`), with its position, for a local client."""
         ...
 
     def close_duplicate(self, client_id: str) -> bool:
@@ -343,6 +356,37 @@ class Backplane:
 
     async def history_position(self, name: str) -> tuple[str, int]:
         """``name``'s latest position ``(epoch, seq)``, its epoch made (seq 0) if it has none."""
+        raise HistoryUnavailable("this backplane keeps no history")
+
+    # The direct streams of wshub.v1 clients (one per client ID), kept where
+    # the topic histories are (keep_history) and heard by the client's node.
+
+    def follow_direct(self, client_id: str) -> None:
+        """A ``wshub.v1`` client opened here: hear its direct stream."""
+
+    def unfollow_direct(self, client_id: str) -> None:
+        """The ``wshub.v1`` client left this node."""
+
+    async def direct_ready(self, client_id: str) -> None:
+        """Until this node hears ``client_id``'s direct stream."""
+        raise HistoryUnavailable("this backplane keeps no history")
+
+    def send_direct(
+        self, client_id: str, payload: bytes, text: bool, ttl: float, routed: bytes | str | None
+    ) -> bool:
+        """Keep a direct message in ``client_id``'s stream; its node delivers it.
+
+        ``routed`` None: the client is connected here (its stream is made if
+        it has none).  Otherwise the message as a raw ``send`` would route it,
+        for an ID without a direct stream (a raw client).  False: slow down."""
+        raise HistoryUnavailable("this backplane keeps no history")
+
+    async def read_direct(self, client_id: str, after: int, ttl: float) -> HistoryRead:
+        """``client_id``'s direct stream: its position and what it keeps after ``after``."""
+        raise HistoryUnavailable("this backplane keeps no history")
+
+    async def direct_position(self, client_id: str, ttl: float) -> tuple[str, int]:
+        """``client_id``'s direct stream's position, its epoch made (seq 0) if it has none."""
         raise HistoryUnavailable("this backplane keeps no history")
 
 
@@ -846,10 +890,17 @@ class RedisBackplane(Backplane):
         self._topics_subscribed: set[str] = set()
         self._topic_changes: set[str] = set()
         self._topic_wakeup: asyncio.Event | None = None
-        # Topic channels whose SUBSCRIBE Redis confirmed in this session, and
-        # who waits for one (topic_ready).
-        self._topics_ready: set[str] = set()
-        self._ready_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # Topic and direct channels whose SUBSCRIBE Redis confirmed in this
+        # session, and who waits for one (topic_ready, direct_ready).
+        self._channels_ready: set[bytes] = set()
+        self._ready_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        # The direct streams of the local wshub.v1 clients (follow_direct):
+        # the IDs wanted, those whose channel is subscribed, those changed.
+        self._direct_prefix = f"{prefix}:direct:"
+        self._direct_wanted: set[str] = set()
+        self._direct_subscribed: set[str] = set()
+        self._direct_changes: set[str] = set()
+        self._direct_sha = ""
         # Topic histories in Redis Streams (keep_history): (size, ttl in ms,
         # exact trim), the publish script's SHA1 and the Redis server's run_id.
         self._history: tuple[int, int, bool] | None = None
@@ -1120,12 +1171,15 @@ class RedisBackplane(Backplane):
             self._run_id = str(info.get("run_id", ""))
             self._script_sha = _text(await client.script_load(PUBLISH_SCRIPT))
             self._ensure_sha = _text(await client.script_load(ENSURE_SCRIPT))
+            self._direct_sha = _text(await client.script_load(DIRECT_SCRIPT))
         pubsub = client.pubsub()
         self._pubsub = pubsub
         await pubsub.subscribe(self._ch_all, self._ch_ctl, self._node_channel(self.node_id))
         self._topics_subscribed = set()
-        self._topics_ready = set()
+        self._channels_ready = set()
         self._topic_changes = set(self._followed())
+        self._direct_subscribed = set()
+        self._direct_changes = set(self._direct_wanted)
         await self._follow_topics(pubsub)
         await self._register_all(client)
         # Anything queued while down was counted as lost; start clean.
@@ -1426,7 +1480,11 @@ class RedisBackplane(Backplane):
     def _topic_changed(self, name: str) -> None:
         # Before start() nothing is subscribed: the session's start takes
         # every followed topic then.
-        self._topic_changes.add(name)
+        self._channel_changed(self._topic_changes, name)
+
+    def _channel_changed(self, changes: set[str], name: str) -> None:
+        """Note that ``name``'s channel may have to be (un)subscribed."""
+        changes.add(name)
         wakeup = self._topic_wakeup
         if wakeup is not None:
             wakeup.set()
@@ -1446,6 +1504,7 @@ class RedisBackplane(Backplane):
         Changes are collected while a command is in flight and applied
         together, so a topic followed and dropped at once costs nothing.
         """
+        await self._follow_direct(pubsub)
         changes, self._topic_changes = self._topic_changes, set()
         hub = self._topic_hub
         if not changes or hub is None:
@@ -1453,13 +1512,25 @@ class RedisBackplane(Backplane):
         subscribed = self._topics_subscribed
         add = [n for n in changes if n not in subscribed and hub.follows(n)]
         drop = [n for n in changes if n in subscribed and not hub.follows(n)]
+        await self._change_channels(pubsub, subscribed, add, drop, self._topic_channel)
+
+    @staticmethod
+    async def _change_channels(
+        pubsub: Any,
+        subscribed: set[str],
+        add: list[str],
+        drop: list[str],
+        channel: Callable[[str], str],
+    ) -> None:
+        """SUBSCRIBE the channels of ``add``, UNSUBSCRIBE those of ``drop``
+        (a thousand a command), and keep ``subscribed`` up to date."""
         for i in range(0, len(add), 1000):
             chunk = add[i : i + 1000]
-            await pubsub.subscribe(*[self._topic_channel(n) for n in chunk])
+            await pubsub.subscribe(*[channel(n) for n in chunk])
             subscribed.update(chunk)
         for i in range(0, len(drop), 1000):
             chunk = drop[i : i + 1000]
-            await pubsub.unsubscribe(*[self._topic_channel(n) for n in chunk])
+            await pubsub.unsubscribe(*[channel(n) for n in chunk])
             subscribed.difference_update(chunk)
 
     def _register_presence(self, pipe: Any) -> None:
@@ -1550,10 +1621,28 @@ class RedisBackplane(Backplane):
     def _queue_kept(self, pipe: Any, sealer: _Seal, args: tuple[Any, ...]) -> None:
         channel, meta_key, stream_key, message, _box = args
         assert self._history is not None
-        size, ttl_ms, exact = self._history
+        sha = self._script_sha
         pipe.execute_command(
+            *self._keep_call(sha, sealer, channel, meta_key, stream_key, message, self._history[1])
+        )
+
+    def _keep_call(
+        self,
+        sha: str,
+        sealer: _Seal,
+        channel: str,
+        meta_key: str,
+        stream_key: str,
+        message: bytes,
+        ttl_ms: int,
+    ) -> list[Any]:
+        """The EVALSHA of a script that keeps ``message`` in a stream
+        (``backplane_streams``: its KEYS and ARGV[1..7])."""
+        assert self._history is not None
+        size, _ttl_ms, exact = self._history
+        return [
             "EVALSHA",
-            self._script_sha,
+            sha,
             2,
             meta_key,
             stream_key,
@@ -1564,7 +1653,7 @@ class RedisBackplane(Backplane):
             size,
             "1" if exact else "0",
             ttl_ms,
-        )
+        ]
 
     def _kept_result(self, args: tuple[Any, ...], size: int, result: Any) -> None:
         if isinstance(result, BaseException):
@@ -1592,27 +1681,30 @@ class RedisBackplane(Backplane):
             raise _Rejected("bad_content", f"names topic {name[:60]!r}, not its channel's")
         hub.deliver_publication(name, payload, kind == b"P", _excluded(rest), position)
 
-    def _subscription_confirmed(self, msg: dict[str, Any], topic_prefix: bytes) -> None:
-        """Redis confirmed a (un)subscription: a topic's channel is (no longer) heard."""
+    def _subscription_confirmed(self, msg: dict[str, Any], prefixes: tuple[bytes, ...]) -> None:
+        """Redis confirmed a (un)subscription: a topic's (or a client's direct)
+        channel is (no longer) heard."""
         channel = msg.get("channel")
-        if not isinstance(channel, bytes) or not channel.startswith(topic_prefix):
+        if not isinstance(channel, bytes) or not channel.startswith(prefixes):
             return
-        name = channel[len(topic_prefix) :].decode("utf-8", "replace")
         if msg.get("type") == "unsubscribe":
-            self._topics_ready.discard(name)
+            self._channels_ready.discard(channel)
             return
-        self._topics_ready.add(name)
-        for waiter in self._ready_waiters.pop(name, ()):
+        self._channels_ready.add(channel)
+        for waiter in self._ready_waiters.pop(channel, ()):
             if not waiter.done():
                 waiter.set_result(None)
 
     async def topic_ready(self, name: str) -> None:
-        if name in self._topics_ready:
+        await self._channel_ready(self._topic_channel(name).encode())
+
+    async def _channel_ready(self, channel: bytes) -> None:
+        if channel in self._channels_ready:
             return
         if not self._up:
             raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters = self._ready_waiters.setdefault(name, [])
+        waiters = self._ready_waiters.setdefault(channel, [])
         waiters.append(waiter)
         try:
             await waiter
@@ -1621,11 +1713,30 @@ class RedisBackplane(Backplane):
                 waiters.remove(waiter)
 
     async def read_history(self, name: str, after: int) -> HistoryRead:
-        client = self._client
         history = self._history
-        if client is None or not self._up or history is None:
+        if history is None:
             raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
         meta_key, stream_key = self._history_keys(name)
+        channel = self._topic_channel(name).encode()
+
+        def entry(entry_id: bytes, fields: dict[bytes, bytes], limit: int) -> KeptEntry | None:
+            return self._open_kept_entry(name, channel, stream_key, entry_id, fields, limit)
+
+        return await self._read_stream(meta_key, stream_key, after, history[1], entry)
+
+    async def _read_stream(
+        self,
+        meta_key: str,
+        stream_key: str,
+        after: int,
+        ttl_ms: int,
+        entry: Callable[[bytes, dict[bytes, bytes], int], KeptEntry | None],
+    ) -> HistoryRead:
+        """A history stream's position and its entries after ``after`` that
+        ``entry`` opens (those it cannot are dropped and counted)."""
+        client = self._client
+        if client is None or not self._up:
+            raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
         pipe = client.pipeline(transaction=True)
         pipe.hmget(meta_key, "epoch", "seq")
         pipe.xrange(stream_key, f"(0-{after}", "+")
@@ -1638,14 +1749,12 @@ class RedisBackplane(Backplane):
         if raw_epoch is None:
             return HistoryRead(None, 0, [], 1)
         seq = int(raw_seq or 0)
-        ttl_ms = history[1]
         limit = secs * 1000 + micros // 1000 - ttl_ms if ttl_ms else 0
-        channel = self._topic_channel(name).encode()
         entries: list[KeptEntry] = []
         for entry_id, fields in found:
-            entry = self._open_kept_entry(name, channel, stream_key, entry_id, fields, limit)
-            if entry is not None:
-                entries.append(entry)
+            opened = entry(entry_id, fields, limit)
+            if opened is not None:
+                entries.append(opened)
         if first and _entry_time(first[0][1]) >= limit:
             oldest = _entry_seq(first[0][0])
         else:
@@ -1653,11 +1762,16 @@ class RedisBackplane(Backplane):
         return HistoryRead(raw_epoch.decode("ascii", "replace"), seq, entries, oldest)
 
     async def history_position(self, name: str) -> tuple[str, int]:
-        client = self._client
         history = self._history
-        if client is None or not self._up or history is None:
+        if history is None:
             raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
-        meta_key, stream_key = self._history_keys(name)
+        return await self._ensure_stream(*self._history_keys(name), history[1])
+
+    async def _ensure_stream(self, meta_key: str, stream_key: str, ttl_ms: int) -> tuple[str, int]:
+        """A history stream's position, its epoch made (seq 0) if it has none."""
+        client = self._client
+        if client is None or not self._up:
+            raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
         try:
             epoch, seq = await client.evalsha(
                 self._ensure_sha,
@@ -1668,11 +1782,132 @@ class RedisBackplane(Backplane):
                 "",
                 self._run_id,
                 new_epoch(),
-                history[1],
+                ttl_ms,
             )
         except Exception as exc:
             raise HistoryUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
         return _text(epoch), int(seq)
+
+    # ------------------------------------------------------ direct streams
+    #
+    # A wshub.v1 client's direct messages are kept like a topic's
+    # publications, in <prefix>:direct:<ID> (meta <prefix>:direct-meta:<ID>),
+    # and published on the channel <prefix>:direct:<ID>, which the node the
+    # client is connected to subscribes to (follow_direct).  The sending node
+    # need not know where the client is, nor whether it is a wshub.v1 client:
+    # backplane_streams.DIRECT_SCRIPT keeps the message if the ID has a
+    # direct stream and routes it as a raw send otherwise.
+
+    def _direct_keys(self, client_id: str) -> tuple[str, str]:
+        return f"{self.prefix}:direct-meta:{client_id}", self._direct_prefix + client_id
+
+    def _direct_channel(self, client_id: str) -> str:
+        return self._direct_prefix + client_id
+
+    def follow_direct(self, client_id: str) -> None:
+        self._direct_wanted.add(client_id)
+        self._channel_changed(self._direct_changes, client_id)
+
+    def unfollow_direct(self, client_id: str) -> None:
+        self._direct_wanted.discard(client_id)
+        self._channel_changed(self._direct_changes, client_id)
+
+    async def _follow_direct(self, pubsub: Any) -> None:
+        """(Un)subscribe the direct channels of the clients that came or went."""
+        changes, self._direct_changes = self._direct_changes, set()
+        if not changes:
+            return
+        wanted, subscribed = self._direct_wanted, self._direct_subscribed
+        add = [c for c in changes if c in wanted and c not in subscribed]
+        drop = [c for c in changes if c not in wanted and c in subscribed]
+        await self._change_channels(pubsub, subscribed, add, drop, self._direct_channel)
+
+    async def direct_ready(self, client_id: str) -> None:
+        await self._channel_ready(self._direct_channel(client_id).encode())
+
+    def send_direct(
+        self, client_id: str, payload: bytes, text: bool, ttl: float, routed: bytes | str | None
+    ) -> bool:
+        history = self._history
+        if history is None:
+            raise HistoryUnavailable("keep_history() was not called: no history to keep it in")
+        owner = None if routed is None else self._owner.get(client_id)
+        if not self._up:
+            if routed is None:
+                raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
+            if owner is None:
+                raise ClientNotFound(client_id)
+            self._count_lost((self._direct_channel(client_id),), len(payload), "Redis is down")
+            return False
+        meta = client_id.encode("utf-8")
+        message = _pack(b"D" if text else b"d", self._node_b, meta, payload)
+        mode, route_channel, route_message = "create", "", b""
+        if routed is not None:
+            mode = "exists"
+            if owner is not None:
+                mode, route_channel = "route", self._node_channel(owner)
+                if isinstance(routed, str):
+                    raw = routed.encode("utf-8", "surrogatepass")
+                    route_message = _pack(b"T", self._node_b, meta, raw)
+                else:
+                    route_message = _pack(b"t" if text else b"y", self._node_b, meta, routed)
+        meta_key, stream_key = self._direct_keys(client_id)
+        args = (
+            self._direct_channel(client_id),
+            meta_key,
+            stream_key,
+            message,
+            int(ttl * 1000),
+            mode,
+            route_channel,
+            route_message,
+            client_id,
+        )
+        if not self._enqueue("direct", args, True, len(message)):
+            return False
+        return self._queued_bytes < self.queue_bytes // 2
+
+    def _queue_direct(self, pipe: Any, sealer: _Seal, args: tuple[Any, ...]) -> None:
+        channel, meta_key, stream_key, message, ttl_ms, mode, route_channel, routed, _id = args
+        sha = self._direct_sha
+        pipe.execute_command(
+            *self._keep_call(sha, sealer, channel, meta_key, stream_key, message, ttl_ms),
+            mode,
+            route_channel,
+            sealer.seal(route_channel.encode(), routed) if routed else b"",
+        )
+
+    def _direct_result(self, args: tuple[Any, ...], size: int, result: Any) -> None:
+        if isinstance(result, BaseException):
+            self._count_lost(args, size, f"Redis refused a direct message: {result}")
+            if "NOSCRIPT" in str(result):
+                raise _SessionLost("the direct script is gone from Redis (SCRIPT FLUSH?)")
+        elif result == 0 and self._hub is not None:
+            self._hub.client_missing(args[-1])  # no node has it, nor a direct stream
+
+    def _on_direct_kept(
+        self, origin: str, client_id: bytes, data: bytes, position: tuple[str, int]
+    ) -> None:
+        kind, meta, payload = _unpack_sealed(origin, data, b"Dd")
+        if meta != client_id:
+            raise _Rejected("bad_content", "a direct message for another client than its channel's")
+        hub = self._hub
+        if hub is not None:
+            hub.deliver_direct(meta.decode("utf-8"), payload, kind == b"D", position)
+
+    async def read_direct(self, client_id: str, after: int, ttl: float) -> HistoryRead:
+        meta_key, stream_key = self._direct_keys(client_id)
+        channel = self._direct_channel(client_id).encode()
+
+        def entry(entry_id: bytes, fields: dict[bytes, bytes], limit: int) -> KeptEntry | None:
+            return self._open_kept_entry(
+                client_id, channel, stream_key, entry_id, fields, limit, direct=True
+            )
+
+        return await self._read_stream(meta_key, stream_key, after, int(ttl * 1000), entry)
+
+    async def direct_position(self, client_id: str, ttl: float) -> tuple[str, int]:
+        return await self._ensure_stream(*self._direct_keys(client_id), int(ttl * 1000))
 
     def _open_kept_entry(
         self,
@@ -1682,15 +1917,21 @@ class RedisBackplane(Backplane):
         entry_id: bytes,
         fields: dict[bytes, bytes],
         limit: int,
+        direct: bool = False,
     ) -> KeptEntry | None:
-        """One stream entry, if its MAC holds (and it is not older than the ttl)."""
+        """One stream entry, if its MAC holds (and it is not older than the ttl).
+        ``direct``: of client ``name``'s direct stream, not of topic ``name``."""
         sealer = self._sealer
         assert sealer is not None
         try:
             if _entry_time(fields) < limit:
                 return None  # past the age limit, not trimmed yet
             origin, inner = sealer.open(channel, fields[b"m"], None, _VERSION_KEPT)
-            kind, meta, payload = _unpack_sealed(origin, inner, b"Pp")
+            kind, meta, payload = _unpack_sealed(origin, inner, b"Dd" if direct else b"Pp")
+            if direct:
+                if meta != name.encode("utf-8"):
+                    raise _Rejected("bad_content", "for another client than its stream's")
+                return KeptEntry(_entry_seq(entry_id), payload, kind == b"D", frozenset())
             topic, rest = _split_topic_meta(meta)
             if topic != name:
                 raise _Rejected("bad_content", f"names topic {topic[:60]!r}, not its stream's")
@@ -1850,6 +2091,8 @@ class RedisBackplane(Backplane):
                     pipe.execute_command(command, channel, sealer.seal(channel.encode(), message))
                 elif command == "kept":
                     self._queue_kept(pipe, sealer, args)
+                elif command == "direct":
+                    self._queue_direct(pipe, sealer, args)
                 else:
                     pipe.execute_command(command, *args)
             try:
@@ -1858,6 +2101,8 @@ class RedisBackplane(Backplane):
                 for (command, args, _is_message, size), result in zip(batch, results, strict=True):
                     if command == "kept":
                         self._kept_result(args, size, result)
+                    elif command == "direct":
+                        self._direct_result(args, size, result)
                     elif isinstance(result, BaseException) and failure is None:
                         failure = result
                 if failure is not None:
@@ -1925,12 +2170,14 @@ class RedisBackplane(Backplane):
         ch_all = self._ch_all.encode()
         ch_ctl = self._ch_ctl.encode()
         topic_prefix = self._topic_prefix.encode()
+        direct_prefix = self._direct_prefix.encode()
+        prefixes = (topic_prefix, direct_prefix)
         while True:
             msg = await pubsub.get_message(ignore_subscribe_messages=False, timeout=self.heartbeat)
             if msg is None:
                 continue
             if msg.get("type") != "message":
-                self._subscription_confirmed(msg, topic_prefix)
+                self._subscription_confirmed(msg, prefixes)
                 continue
             channel = msg["channel"]
             data = msg["data"]
@@ -1941,11 +2188,15 @@ class RedisBackplane(Backplane):
             # Nothing is acted on before open() has checked the MAC, the
             # clock and the counter; what is dropped is counted and logged.
             try:
-                if kept and channel.startswith(topic_prefix):
+                if kept and channel.startswith(prefixes):
                     sealed, epoch, seq = split_kept(data)
                     origin, inner = sealer.open(channel, sealed, time.time(), _VERSION_KEPT)
                     self._accepted += 1
-                    self._on_kept(origin, channel[len(topic_prefix) :], inner, (epoch, seq))
+                    if channel.startswith(topic_prefix):
+                        self._on_kept(origin, channel[len(topic_prefix) :], inner, (epoch, seq))
+                    else:
+                        name = channel[len(direct_prefix) :]
+                        self._on_direct_kept(origin, name, inner, (epoch, seq))
                     continue
                 origin, inner = sealer.open(channel, data, time.time())
                 self._accepted += 1

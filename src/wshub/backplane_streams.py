@@ -20,6 +20,11 @@ topic ``T`` is one script run, atomic in Redis:
   Every node, the publishing one included, delivers it from there, so all of
   them deliver a topic's publications in the stream's order.
 
+A ``wshub.v1`` client's direct messages are kept the same way in
+``<prefix>:direct:<ID>`` (meta ``<prefix>:direct-meta:<ID>``) and published
+on the channel of that name (:data:`DIRECT_SCRIPT`, which routes the message
+as a raw send instead when the ID has no direct stream).
+
 The seal (MAC) covers the message, not the trailer: the position is Redis's
 to give.  The sealed message says it is a kept one (version 2 in its seal),
 so a trailer cannot be cut off or added without breaking the MAC.
@@ -31,7 +36,14 @@ import base64
 import os
 import re
 
-__all__ = ["ENSURE_SCRIPT", "PUBLISH_SCRIPT", "kept_trailer", "new_epoch", "split_kept"]
+__all__ = [
+    "DIRECT_SCRIPT",
+    "ENSURE_SCRIPT",
+    "PUBLISH_SCRIPT",
+    "kept_trailer",
+    "new_epoch",
+    "split_kept",
+]
 
 #: The epoch test both scripts start with: a missing hash or another
 #: ``run_id`` starts a new epoch (ARGV[3], ARGV[4]: run_id, candidate epoch).
@@ -58,9 +70,9 @@ return {epoch, tonumber(redis.call('HGET', meta, 'seq'))}
 """
 )
 
-PUBLISH_SCRIPT = (
-    _EPOCH
-    + """
+#: Keep the sealed message ARGV[2] (its epoch made by _EPOCH) and publish
+#: it on ARGV[1] with its position; ARGV[5..7]: size, exact trim, ttl ms.
+_KEEP = """
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -92,6 +104,28 @@ local trailer = epoch .. ' ' .. seq
 redis.call('PUBLISH', ARGV[1], ARGV[2] .. trailer .. string.char(#trailer))
 return {epoch, seq}
 """
+
+PUBLISH_SCRIPT = _EPOCH + _KEEP
+
+#: A direct message to a ``wshub.v1`` client's stream (``<prefix>:direct:<ID>``).
+#: ARGV[8] says what to do when the stream has no meta hash (the ID has no
+#: direct stream: a raw client, an unknown ID, or one expired):
+#: ``create`` (the client is connected to the sending node: make it), ``route``
+#: (PUBLISH the sealed routed message ARGV[10] to the owner node's channel
+#: ARGV[9], as a raw client's send; returns 1) or ``exists`` (returns 0: no
+#: such client).  With a stream: kept and published like a publication.
+DIRECT_SCRIPT = (
+    """
+if ARGV[8] ~= 'create' and redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[8] == 'route' then
+    redis.call('PUBLISH', ARGV[9], ARGV[10])
+    return 1
+  end
+  return 0
+end
+"""
+    + _EPOCH
+    + _KEEP
 )
 
 #: What a trailer holds: an epoch (the characters of :func:`new_epoch`) and a sequence number.

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import websockets
 
 import wshub.client
 from tests.integration.browser_support import TcpProxy
@@ -197,6 +198,7 @@ async def test_python_client_resumes_through_another_node(cluster: Cluster) -> N
             f"ws://127.0.0.1:{proxy.port}/", min_delay=0.05, max_delay=0.5
         ) as client:
             await client.subscribe("feed")
+            first_id = client.client_id
             pub = Publisher(await peer(b))
             items: list[Any] = []
 
@@ -216,9 +218,10 @@ async def test_python_client_resumes_through_another_node(cluster: Cluster) -> N
                     break
             await publishing
             assert client.connections >= 2
+            # It came back while its dead node still listed its ID: a new ID,
+            # whose direct stream is another (a reset); the topic has no gap.
+            assert client.client_id != first_id
         gaps = [item[2] for item in items if isinstance(item[2], wshub.client.Gap)]
-        # Direct streams (ws.send to a client ID) are kept per process: the
-        # new node has none for this client and says so; the topic has no gap.
         assert [(gap.topic, gap.reason) for gap in gaps] == [(None, "reset")]
         feed = [item for item in items if item[0] == "feed"]
         assert [item[2] for item in feed] == [str(i) for i in range(total)] + ["live"]
@@ -374,7 +377,11 @@ async def test_python_client_retries_an_unavailable_resubscribe(
         await redis.start()
         await wait_connected(a)
         # The retried subscription is answered: the resume's gap comes first.
+        # (The direct stream, unreadable at the hello, was said reset too.)
         item = await asyncio.wait_for(client.__anext__(), 30.0)
+        if item[0] is None:
+            assert isinstance(item[2], wshub.client.Gap) and item[2].reason == "reset", item
+            item = await asyncio.wait_for(client.__anext__(), 30.0)
         assert item[0] == "feed", item
         assert isinstance(item[2], wshub.client.Gap) and item[2].reason == "reset", item
         answer = await pub.publish("feed", "after")
@@ -497,3 +504,128 @@ async def test_forged_kept_publication_is_dropped(
     assert dropped == 2, (before, after)
     for conn in (sub, pub.conn):
         await conn.close()
+
+
+# --------------------------------------------- direct messages in the cluster
+
+
+class RawSender:
+    """A raw client of a node that makes it call ``ws.send(ID, data)``."""
+
+    def __init__(self, conn: Any, client_id: str) -> None:
+        self.conn = conn
+        self.id = client_id
+
+    @classmethod
+    async def connect(cls, node: Node) -> RawSender:
+        conn = await websockets.connect(node.url + "/")
+        welcome = json.loads(await asyncio.wait_for(conn.recv(), 10.0))
+        assert welcome["op"] == "welcome", welcome
+        return cls(conn, welcome["id"])
+
+    async def send(self, to: str, data: str) -> dict[str, Any]:
+        await self.conn.send(json.dumps({"op": "send", "to": to, "data": data}))
+        while True:
+            answer: dict[str, Any] = json.loads(await asyncio.wait_for(self.conn.recv(), 10.0))
+            if answer.get("op") in ("sent", "error"):
+                return answer
+
+
+async def wait_owner_gone(node: Node, client_id: str) -> None:
+    """Until ``node`` no longer lists ``client_id`` on any node (its node's
+    registry expired), so that its cookie brings the same ID back."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30.0
+    while (await node.state(client_id=client_id))["owner"] is not None:
+        assert loop.time() < deadline, f"{client_id} still listed on a dead node"
+        await asyncio.sleep(0.1)
+
+
+async def test_direct_messages_resume_on_another_node_after_kill9(cluster: Cluster) -> None:
+    """ws.send to a wshub.v1 client from any node: one stream in Redis, one
+    position each, delivered by the client's node in that order.  Its node is
+    killed with kill -9; what is sent meanwhile is kept; with its cookie the
+    client comes back on another node as the same ID and its hello recovers
+    every missed direct message once, in order, then live ones."""
+    a = await cluster.node(*history())
+    b = await cluster.node(*history())
+    x = await peer(a)
+    welcome = await x.hello()
+    x_id = welcome["client_id"]
+    start = welcome["position"]
+    assert start is not None and start["seq"] == 0
+    on_a, on_b = await RawSender.connect(a), await RawSender.connect(b)
+
+    got: list[dict[str, Any]] = []
+    for i, sender in enumerate((on_a, on_b, on_a, on_b)):
+        assert (await sender.send(x_id, f"live{i}"))["op"] == "sent"
+        got.append(await x.recv_type("direct"))
+    assert [m["data"] for m in got] == [f"live{i}" for i in range(4)]
+    assert [(m["epoch"], m["seq"]) for m in got] == [(start["epoch"], s) for s in range(1, 5)]
+    # A raw client with such a hub: routed as ever (the script's other branch).
+    assert (await on_b.send(on_a.id, "to a raw client"))["op"] == "sent"
+    assert await asyncio.wait_for(on_a.conn.recv(), 10.0) == "to a raw client"
+
+    a.kill9()
+    await a.proc.wait()
+    away = [f"away{i}" for i in range(20)]
+    for data in away:  # listed on the dead node, then on none: kept all the same
+        answer = await on_b.send(x_id, data)
+        assert answer["op"] == "sent", answer
+    await wait_owner_gone(b, x_id)
+
+    again = await peer(b, x.cookie)
+    last = got[-1]
+    welcome = await again.hello({"epoch": last["epoch"], "seq": last["seq"]})
+    assert welcome["client_id"] == x_id and welcome["recovered"] is True, welcome
+    replayed = [await again.recv() for _ in away]
+    assert [m["type"] for m in replayed] == ["direct"] * len(away), replayed
+    assert [m["data"] for m in replayed] == away
+    assert [m["seq"] for m in replayed] == list(range(5, 5 + len(away)))
+    assert (await on_b.send(x_id, "live again"))["op"] == "sent"
+    after = await again.recv()
+    assert (after["type"], after["data"], after["seq"]) == ("direct", "live again", 25), after
+    for conn in (again.conn, on_b.conn):
+        await conn.close()
+
+
+async def test_python_client_recovers_direct_messages_on_another_node(cluster: Cluster) -> None:
+    """wshub.client behind the TCP proxy: its node is killed, direct messages
+    are sent to its ID meanwhile from the other node; once the dead node's
+    registry expired the proxy lets it reach the other node, where its
+    cookie brings the same ID back and its resume brings each of them once,
+    in order, with no gap, then live ones."""
+    a = await cluster.node(*history())
+    b = await cluster.node(*history())
+    proxy = TcpProxy(a.port)
+    await proxy.start()
+    try:
+        async with wshub.client.connect(
+            f"ws://127.0.0.1:{proxy.port}/", min_delay=0.05, max_delay=0.5
+        ) as client:
+            x_id = client.client_id
+            assert x_id is not None
+            sender = await RawSender.connect(b)
+            assert (await sender.send(x_id, "first"))["op"] == "sent"
+            first = await asyncio.wait_for(client.__anext__(), 30.0)
+            assert first[0] is None and first[2] == "first" and first[1] is not None
+            proxy.refuse = True  # away until its ID is free on b
+            a.kill9()
+            await a.proc.wait()
+            away = [f"away{i}" for i in range(50)]
+            for data in away:
+                assert (await sender.send(x_id, data))["op"] == "sent"
+            await wait_owner_gone(b, x_id)
+            proxy.upstream = b.port
+            proxy.refuse = False
+            items = [await asyncio.wait_for(client.__anext__(), 30.0) for _ in away]
+            assert client.client_id == x_id and client.connections >= 2
+            assert [item[2] for item in items] == away
+            assert [item[0] for item in items] == [None] * len(away)
+            assert [item[1].seq for item in items] == list(range(2, 2 + len(away)))
+            assert (await sender.send(x_id, "live"))["op"] == "sent"
+            live = await asyncio.wait_for(client.__anext__(), 30.0)
+            assert (live[0], live[2], live[1].seq) == (None, "live", 2 + len(away))
+            await sender.conn.close()
+    finally:
+        await proxy.close()

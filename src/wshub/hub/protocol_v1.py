@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConnectionClosedError, HistoryUnavailable, TopicLimitError
 from ..protocol.frames import CloseCode
+from .cluster_history import ClusterDirect
 from .history import HistoryStore, Position, Replay
 from .topics import Topics, check_topic
 
@@ -117,11 +118,14 @@ def publication(topic: str, position: Position | None, payload: bytes, text: boo
 
 
 def gap_notice(
-    topic: str, last: Position, position: Position, missed: tuple[int, int] | None
+    topic: str | None, last: Position, position: Position, missed: tuple[int, int] | None
 ) -> bytes:
     """The ``gap`` a subscriber gets when this node's delivery of ``topic``
-    jumped from ``last`` to ``position`` (a cluster's history)."""
-    gap: dict[str, Any] = {"type": "gap", "topic": topic}
+    (None: the client's direct stream) jumped from ``last`` to ``position``
+    (a cluster's history)."""
+    gap: dict[str, Any] = {"type": "gap"}
+    if topic is not None:
+        gap["topic"] = topic
     if missed is None:
         gap["reason"] = "reset"
     else:
@@ -165,7 +169,7 @@ def parse_data(request: dict[str, Any]) -> tuple[bytes, bool]:
 class Session:
     """What the layer keeps of one ``wshub.v1`` connection."""
 
-    __slots__ = ("client", "greeted", "open_position")
+    __slots__ = ("client", "greeted", "held", "last", "open_position", "opening")
 
     def __init__(self, client: Client, open_position: Position | None) -> None:
         self.client = client
@@ -173,17 +177,39 @@ class Session:
         self.greeted = False
         #: The direct stream's position when the connection opened.
         self.open_position = open_position
+        # With the direct streams in the cluster: the last direct position
+        # sent, the live ones held while the stream is read (else None), and
+        # the task asking for the stream's position at the opening.
+        self.last: Position | None = None
+        self.held: list[tuple[Position, bytes, bool]] | None = None
+        self.opening: asyncio.Future[None] | None = None
 
 
 class ProtocolV1:
     """The ``wshub.v1`` layer of one hub: sessions, requests, direct streams."""
 
-    __slots__ = ("_tasks", "authorize", "direct_history", "sessions", "stats_errors", "topics")
+    __slots__ = (
+        "_tasks",
+        "authorize",
+        "direct_cluster",
+        "direct_history",
+        "sessions",
+        "stats_errors",
+        "topics",
+    )
 
-    def __init__(self, topics: Topics, direct_history: HistoryStore | None) -> None:
+    def __init__(
+        self,
+        topics: Topics,
+        direct_history: HistoryStore | None,
+        direct_cluster: ClusterDirect | None = None,
+    ) -> None:
         self.topics = topics
         #: Client ID → its direct messages (None: no positions for them).
         self.direct_history = direct_history
+        #: The direct streams kept by the cluster (Redis), instead of
+        #: ``direct_history``: see "Direct streams in the cluster" below.
+        self.direct_cluster = direct_cluster
         self.authorize: Authorize = default_authorize
         #: Client ID → :class:`Session`, for the open ``wshub.v1`` clients.
         self.sessions: dict[str, Session] = {}
@@ -198,6 +224,12 @@ class ProtocolV1:
 
     def opened(self, client: Client) -> None:
         """``client`` connected speaking ``wshub.v1`` (its messages come here)."""
+        cluster = self.direct_cluster
+        if cluster is not None:
+            session = self.sessions[client.id] = Session(client, None)
+            cluster.follow(client.id)
+            session.opening = self._spawn(self._open_kept(session, cluster))
+            return
         history = self.direct_history
         # The stream exists from now on, so that what is sent while the
         # client is away is kept for it even if nothing was sent before.
@@ -208,12 +240,17 @@ class ProtocolV1:
         session = self.sessions.get(client.id)
         if session is not None and session.client is client:
             del self.sessions[client.id]
+            if self.direct_cluster is not None:
+                self.direct_cluster.unfollow(client.id)
 
     # --------------------------------------------------------- direct messages
 
     def send_direct(self, client: Client, payload: bytes, text: bool) -> bool:
         """``ws.send`` to a ``wshub.v1`` client: kept with a position (if
         enabled) and sent in a ``direct`` envelope once the client said hello."""
+        cluster = self.direct_cluster
+        if cluster is not None:  # delivered when it comes back from Redis
+            return cluster.send(client.id, payload, text, None)
         history = self.direct_history
         position = (
             None if history is None else history.append(client.id, payload, text, time.monotonic())
@@ -235,6 +272,123 @@ class ProtocolV1:
             return False
         history.append(client_id, payload, text, now)
         return True
+
+    # ------------------------------------------ direct streams in the cluster
+    #
+    # With direct_cluster, a direct message gets its position in Redis
+    # (ClusterDirect.send, from any node) and comes back on the client's
+    # direct channel, which the node the client is on hears from its
+    # opening.  Before hello nothing is sent (the hello's read takes what
+    # was kept); while a read is in flight (hello, or a catch-up after a
+    # jump) the live ones are held, and those the read covered are dropped.
+
+    def send_remote(self, client_id: str, payload: bytes, text: bool, routed: bytes | str) -> bool:
+        """``ws.send`` to an ID not connected here, with direct streams in the
+        cluster: kept in its stream if it has one, else routed as a raw send
+        (``ClientNotFound`` now, or as an ``"error"`` event, if nobody has it)."""
+        cluster = self.direct_cluster
+        assert cluster is not None
+        return cluster.send(client_id, payload, text, routed)
+
+    def deliver_kept_direct(
+        self, client_id: str, payload: bytes, text: bool, position: Position
+    ) -> None:
+        """A direct message that came back from the cluster's stream."""
+        session = self.sessions.get(client_id)
+        if session is None or not session.greeted:
+            return  # kept in the stream: the hello's read takes it
+        if session.held is not None:
+            session.held.append((position, payload, text))
+            return
+        self._deliver_direct(session, position, payload, text)
+
+    def _deliver_direct(
+        self, session: Session, position: Position, payload: bytes, text: bool
+    ) -> None:
+        cluster = self.direct_cluster
+        assert cluster is not None
+        last = session.last
+        client = session.client
+        if last is not None and last.epoch == position.epoch:
+            if position.seq <= last.seq:
+                return  # sent already (the read covered it)
+            if position.seq > last.seq + 1:
+                # Missed here (this node's link to Redis was down): read back first.
+                session.held = [(position, payload, text)]
+                self._spawn(self._catch_up(session, cluster, last))
+                return
+        elif last is not None:  # a new epoch: Redis lost the stream
+            with contextlib.suppress(ConnectionClosedError):
+                client.link.send_message(gap_notice(None, last, position, None), True)
+        session.last = position
+        with contextlib.suppress(ConnectionClosedError):
+            client.link.send_message(envelope("direct", None, position, payload, text), True)
+
+    async def _open_kept(self, session: Session, cluster: ClusterDirect) -> None:
+        """The direct stream's position at the opening (made if it has none)."""
+        try:
+            session.open_position = await cluster.ensure(session.client.id)
+        except HistoryUnavailable as exc:
+            log.info("wshub.v1 client %s: direct stream not readable: %s", session.client.id, exc)
+
+    async def _catch_up(self, session: Session, cluster: ClusterDirect, last: Position) -> None:
+        try:
+            replay: Replay | None = await cluster.replay(session.client.id, last)
+        except HistoryUnavailable:
+            replay = None
+        if self.sessions.get(session.client.id) is not session:
+            return
+        if replay is None:  # unreadable: the hole is said, then what came
+            held = session.held or []
+            first = held[0][0]
+            missed = (last.seq + 1, first.seq - 1)
+            with contextlib.suppress(ConnectionClosedError):
+                session.client.link.send_message(gap_notice(None, last, first, missed), True)
+            session.last = Position(first.epoch, first.seq - 1)
+        else:
+            self._send_replay(session.client, None, last, replay, replay.position)
+            session.last = replay.position
+        self._release(session)
+
+    async def _hello_kept(
+        self, session: Session, cluster: ClusterDirect, since: Position | None
+    ) -> None:
+        """``hello`` with the direct stream in the cluster (see ``_hello``)."""
+        client = session.client
+        if session.opening is not None:
+            await session.opening
+        start = since if since is not None else session.open_position
+        replay: Replay | None = None
+        if start is not None:
+            try:
+                replay = await cluster.replay(client.id, start)
+            except HistoryUnavailable as exc:
+                log.info("wshub.v1 client %s: direct stream not readable: %s", client.id, exc)
+        if self.sessions.get(client.id) is not session:
+            return
+        latest = None if replay is None else replay.position
+        self._welcome(client, since, replay, latest if since is not None else session.open_position)
+        if since is not None:
+            self._send_replay(client, None, since, replay, latest)
+        elif replay is not None and start is not None:
+            self._send_replay(client, None, start, replay, latest)
+        session.last = latest
+        self._release(session)
+
+    def _release(self, session: Session) -> None:
+        """Send the live direct messages held while the stream was read."""
+        held, session.held = session.held or [], None
+        for position, payload, text in held:
+            if session.held is not None:  # a jump started another read
+                session.held.append((position, payload, text))
+            else:
+                self._deliver_direct(session, position, payload, text)
+
+    def _spawn(self, coroutine: Any) -> asyncio.Future[None]:
+        task: asyncio.Future[None] = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     # ---------------------------------------------------------------- requests
 
@@ -373,9 +527,7 @@ class ProtocolV1:
         except TopicLimitError:  # (checked by the caller; kept for safety)
             raise BadRequest("limit", f"at most {topics.limit} topics per client") from None
         held = topics.hold(client.id, topic)
-        task = asyncio.ensure_future(self._resume_kept(client, topic, since, request_id, held))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._resume_kept(client, topic, since, request_id, held))
 
     async def _resume_kept(
         self,
@@ -488,6 +640,12 @@ class ProtocolV1:
         if session.greeted:
             raise BadRequest("bad_request", "hello was already answered")
         since = parse_since(request.get("since"))
+        cluster = self.direct_cluster
+        if cluster is not None:
+            session.greeted = True
+            session.held = []  # the live ones, until the stream is read
+            self._spawn(self._hello_kept(session, cluster, since))
+            return
         history = self.direct_history
         now = time.monotonic()
         # Without "since": the direct messages sent since this connection
@@ -505,10 +663,19 @@ class ProtocolV1:
             else:
                 replay = history.replay(client.id, start, now)
                 latest = replay.position
+        self._welcome(client, since, replay, latest if since is not None else session.open_position)
+        session.greeted = True
+        if since is not None:
+            self._send_replay(client, None, since, replay, latest)
+        elif replay is not None and start is not None:
+            self._send_replay(client, None, start, replay, latest)
+
+    def _welcome(
+        self, client: Client, since: Position | None, replay: Replay | None, shown: Position | None
+    ) -> None:
         recovered = (
             since is not None and replay is not None and not replay.reset and not replay.missing
         )
-        shown = latest if since is not None else session.open_position
         self._reply(
             client,
             {
@@ -519,11 +686,6 @@ class ProtocolV1:
                 "recovered": recovered,
             },
         )
-        session.greeted = True
-        if since is not None:
-            self._send_replay(client, None, since, replay, latest)
-        elif replay is not None and start is not None:
-            self._send_replay(client, None, start, replay, latest)
 
     # ---------------------------------------------------------------- answers
 

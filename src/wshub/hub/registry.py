@@ -24,6 +24,7 @@ from ..transport.link import CloseInitiator, Link
 from .events import CloseEvent, Events
 from .fanout import queue_to_all
 from .handshake import ClientExtras, Handshake
+from .history import Position
 from .options import HubOptions
 from .pings import PingTimer
 from .protocol_v1 import SUBPROTOCOL, ProtocolV1
@@ -397,8 +398,16 @@ class Registry:
             # Listed a moment ago, closing now: not sent, and no error.
             return False
         backplane = self._backplane
+        layer = self.protocol_v1
+        if layer is not None and layer.direct_cluster is not None and isinstance(client_id, str):
+            # Direct streams in Redis: the script decides whether the ID has
+            # one (a wshub.v1 client, here or away); a raw client's is routed.
+            if encoding is not None:
+                check_encoding(encoding)
+            payload, text = encode_payload(data, encoding or self._options.encoding)
+            routed = data if isinstance(data, str) and encoding is None else payload
+            return layer.send_remote(client_id, payload, text, routed)
         if backplane.is_local or not isinstance(client_id, str):
-            layer = self.protocol_v1
             if layer is not None and isinstance(client_id, str):
                 # A wshub.v1 client away within its session: kept for its resume.
                 payload, text = encode_payload(data, encoding or self._options.encoding)
@@ -515,6 +524,13 @@ class BackplanePort:
 
     def client_missing(self, client_id: str) -> None:
         self._events.emit_error(client_id, ClientNotFound(client_id))
+
+    def deliver_direct(
+        self, client_id: str, payload: bytes, text: bool, position: tuple[str, int]
+    ) -> None:
+        layer = self._registry.protocol_v1
+        if layer is not None:
+            layer.deliver_kept_direct(client_id, payload, text, Position(*position))
 
     def close_duplicate(self, client_id: str) -> bool:
         client = self._registry.clients.get(client_id)
