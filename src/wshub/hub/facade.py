@@ -27,7 +27,7 @@ from ..protocol.deflate import DeflateOptions
 from ..protocol.frames import is_valid_close_code
 from ..transport.link import Admission, UpgradeRequest
 from .admission import AdmissionControl, PendingClient
-from .cluster_history import ClusterHistory
+from .cluster_history import ClusterDirect, ClusterHistory
 from .events import Callback, Events
 from .handshake import ClientExtras, Handshake
 from .history import MemoryHistory, Position
@@ -136,10 +136,16 @@ class WebSocket:
         if pubsub:
             direct = (
                 MemoryHistory(history_size, history_ttl, history_max_bytes)
-                if history_size
+                if history_size and topics.cluster is None
                 else None
             )
-            layer = registry.protocol_v1 = ProtocolV1(topics, direct)
+            direct_cluster = None
+            if topics.cluster is not None:
+                # The direct streams in Redis too, kept as long as a message
+                # is (history_ttl), never past a session (a resume's bound).
+                ttls = [t for t in (history_ttl, options.session_expires) if t > 0]
+                direct_cluster = ClusterDirect(self._backplane, min(ttls) if ttls else 0.0)
+            layer = registry.protocol_v1 = ProtocolV1(topics, direct, direct_cluster)
             if authorize is not None:
                 layer.authorize = authorize
         self._backplane.bind_topics(TopicsPort(topics, events, registry.stats))
