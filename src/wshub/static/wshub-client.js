@@ -393,6 +393,17 @@ export class WshubClient {
     this._socket.send(JSON.stringify(message));
   }
 
+  _retrySubscribe(topic, entry) {
+    entry.retries = (entry.retries || 0) + 1;
+    const socket = this._socket;
+    setTimeout(() => {
+      // Not if it was dropped, or if a new connection resubscribed it.
+      if (this._topics.get(topic) === entry && this._socket === socket && this._isOpen()) {
+        this._sendSubscribe(topic, entry);
+      }
+    }, backoffDelay(this.backoff, entry.retries));
+  }
+
   _sendSubscribe(topic, entry) {
     entry.since = entry.position;
     entry.acked = false;
@@ -470,6 +481,7 @@ export class WshubClient {
     const entry = this._topics.get(topic);
     if (entry === undefined) return;
     entry.acked = true;
+    entry.retries = 0;
     const position = readPosition(message.position);
     // A fresh subscription: what comes next is after the position it got.
     // A resume keeps its own: the replay (or a gap) follows.
@@ -557,6 +569,10 @@ export class WshubClient {
       if (entry !== undefined && message.code === "already_subscribed") {
         // The server still had it (the same client ID): followed as before.
         this._subscribed({ topic: request.topic, position: null, recovered: false });
+      } else if (entry !== undefined && message.code === "unavailable") {
+        // The server cannot follow it now (its cluster's Redis is out of
+        // reach): kept, and asked again with backoff on this connection.
+        this._retrySubscribe(request.topic, entry);
       } else if (entry !== undefined) {
         // Refused (forbidden, limit, bad_topic): the topic is not followed.
         this._topics.delete(request.topic);
