@@ -170,6 +170,8 @@ class Client:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._subscribing: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._resuming: set[str] = set()
+        # Topics whose first subscribe asks for the last N messages.
+        self._history_asked: dict[str, int] = {}
         self._subscribe_ids: dict[int, str] = {}
         # Topics refused "unavailable" on a resubscribe: attempts so far, and
         # the timer of the next one (cancelled when the connection ends).
@@ -238,11 +240,17 @@ class Client:
 
     # ---------------------------------------------------------------- requests
 
-    async def subscribe(self, topic: str, since: Position | None = None) -> Subscription:
+    async def subscribe(
+        self, topic: str, since: Position | None = None, history: int = 0
+    ) -> Subscription:
         """Follow ``topic`` (from now, or resuming after ``since``); followed
-        again after every reconnect, from the last position seen."""
+        again after every reconnect, from the last position seen.
+        ``history``: without ``since``, first the last ``history`` messages
+        the server keeps (at most 1,000)."""
         if since is not None:
             self.positions[topic] = since
+        elif history:
+            self._history_asked[topic] = history
         self._wanted[topic] = None
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._subscribing.setdefault(topic, []).append(future)
@@ -423,6 +431,8 @@ class Client:
             message["since"] = {"epoch": since.epoch, "seq": since.seq}
             self._resuming.add(topic)
         else:
+            if topic in self._history_asked:  # the last N first (see _subscribed)
+                message["history"] = self._history_asked[topic]
             self._resuming.discard(topic)
         self._send(message)
 
@@ -548,8 +558,12 @@ class Client:
         if type(request_id) is int:
             self._subscribe_ids.pop(request_id, None)
         self._retries.pop(topic, None)
+        asked = self._history_asked.pop(topic, 0)
         position = _position(message.get("position"))
-        if topic not in self._resuming and position is not None:
+        if asked and position is not None and topic not in self._resuming:
+            # The replay of the last ``asked`` messages follows: from before them.
+            self.positions[topic] = Position(position.epoch, max(0, position.seq - asked))
+        elif topic not in self._resuming and position is not None:
             # A fresh subscription: what comes next is after this position.
             self.positions[topic] = position
         self._resuming.discard(topic)

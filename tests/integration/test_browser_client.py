@@ -532,3 +532,23 @@ async def test_serve_mode_pubsub_serves_the_module(browser: Any) -> None:
         status, err = await program.stop()
     assert status == 0, err
     assert "Traceback" not in err
+
+
+async def test_subscribe_with_the_last_messages(start_server: StartServer, browser: Any) -> None:
+    """``subscribe(topic, {history: N})``: the last N kept, in order, then live."""
+    running = await start_hub(start_server)
+    for i in range(1, 11):
+        running.ws.publish("news", f"n{i}")
+    context = await browser.new_context()
+    page = await open_harness(context, running.http_url)
+    await start_client(page, [], backoff=FAST)
+    answer = await page.evaluate("harness.client.subscribe('news', {history: 3})")
+    assert answer["position"]["seq"] == 10 and answer["recovered"] is True
+    await wait_messages(page, "news", 3)
+    running.ws.publish("news", "n11")
+    await wait_messages(page, "news", 4)
+    news = await page.evaluate("harness.messages('news')")
+    assert [(m[3], m[4]) for m in news] == [(8, "n8"), (9, "n9"), (10, "n10"), (11, "n11")]
+    with pytest.raises(Exception, match="history is an integer"):
+        await page.evaluate("harness.client.subscribe('other', {history: 5000})")
+    await context.close()

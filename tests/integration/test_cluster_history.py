@@ -629,3 +629,33 @@ async def test_python_client_recovers_direct_messages_on_another_node(cluster: C
             await sender.conn.close()
     finally:
         await proxy.close()
+
+
+async def test_subscribe_with_the_last_messages_in_the_cluster(cluster: Cluster) -> None:
+    """``"history": N`` read from Redis on another node than the publisher's,
+    by hand and through wshub.client: the last N, in order, then live."""
+    a = await cluster.node(*history())
+    b = await cluster.node(*history())
+    pub = Publisher(await peer(a))
+    for i in range(1, 21):
+        await pub.publish("feed", f"m{i}")
+    late = await peer(b)
+    await late.send(type="subscribe", topic="feed", history=5, id=1)
+    answer = await late.recv_type("subscribed")
+    assert answer["position"]["seq"] == 20 and answer["recovered"] is True, answer
+    got = [await late.recv_type("message") for _ in range(5)]
+    assert [(m["seq"], m["data"]) for m in got] == [(i, f"m{i}") for i in range(16, 21)]
+    async with wshub.client.connect(f"{b.url}/") as client:
+        subscription = await client.subscribe("feed", history=3)
+        assert subscription.position is not None and subscription.position.seq == 20
+        await pub.publish("feed", "m21")
+        items = [await asyncio.wait_for(client.__anext__(), 30.0) for _ in range(4)]
+        assert [(item[1].seq, item[2]) for item in items] == [
+            (18, "m18"),
+            (19, "m19"),
+            (20, "m20"),
+            (21, "m21"),
+        ]
+    assert (await late.recv_type("message"))["data"] == "m21"
+    await late.close()
+    await pub.conn.close()

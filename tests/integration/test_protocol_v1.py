@@ -66,6 +66,40 @@ async def test_subscribe_publish_receive_positions(start_server: StartServer) ->
     await b.close()
 
 
+async def test_subscribe_with_the_last_messages(start_server: StartServer) -> None:
+    """``"history": N`` without ``since``: the last N kept, then live, each once;
+    fewer kept than asked is said with a gap (never silent)."""
+    running = await start_server(pubsub=True, authorize=allow_all, history_size=5)
+    for i in range(1, 9):
+        running.ws.publish("news", f"m{i}")
+    peer = await V1Peer.connect(running)
+    await peer.hello()
+    await peer.send(type="subscribe", topic="news", history=3, id=1)
+    answer = await peer.recv_type("subscribed")
+    assert answer["position"]["seq"] == 8 and answer["recovered"] is True, answer
+    got = [await peer.recv_type("message") for _ in range(3)]
+    assert [(m["seq"], m["data"]) for m in got] == [(6, "m6"), (7, "m7"), (8, "m8")]
+    running.ws.publish("news", "m9")
+    assert (await peer.recv_type("message"))["seq"] == 9
+    # More than the history keeps (5): the hole, then what is kept.
+    other = await V1Peer.connect(running)
+    await other.hello()
+    await other.send(type="subscribe", topic="news", history=8, id=2)
+    answer = await other.recv_type("subscribed")
+    assert answer["recovered"] is False
+    gap = await other.recv_type("gap")
+    assert (gap["reason"], gap["from"], gap["to"]) == ("truncated", 2, 4), gap
+    kept = [await other.recv_type("message") for _ in range(5)]
+    assert [m["seq"] for m in kept] == [5, 6, 7, 8, 9]
+    # A topic with nothing yet: subscribed, nothing replayed.
+    await other.send(type="subscribe", topic="empty", history=10, id=3)
+    assert (await other.recv_type("subscribed"))["position"]["seq"] == 0
+    running.ws.publish("empty", "first")
+    assert (await other.recv_type("message"))["data"] == "first"
+    await peer.close()
+    await other.close()
+
+
 async def test_positions_need_history(start_server: StartServer) -> None:
     """Without ``history_size`` messages carry no position."""
     running = await start_server(pubsub=True, authorize=allow_all)
@@ -156,6 +190,14 @@ async def test_authorize_hook_decides(start_server: StartServer) -> None:
         ({"type": "unsubscribe", "topic": "never"}, "not_subscribed"),
         ({"type": "subscribe", "topic": "t", "id": [1]}, "bad_request"),
         ({"type": "subscribe", "topic": "t", "id": "i" * 65}, "bad_request"),
+        ({"type": "subscribe", "topic": "t", "history": -1}, "bad_request"),
+        ({"type": "subscribe", "topic": "t", "history": 1001}, "bad_request"),
+        ({"type": "subscribe", "topic": "t", "history": "3"}, "bad_request"),
+        ({"type": "subscribe", "topic": "t", "history": 2.5}, "bad_request"),
+        (
+            {"type": "subscribe", "topic": "t", "history": 3, "since": {"epoch": "e", "seq": 1}},
+            "bad_request",
+        ),
     ],
 )
 async def test_invalid_requests_get_an_error_and_the_connection_stays(

@@ -70,6 +70,8 @@ Authorize = Callable[[str, str, str], bool]
 MAX_EPOCH_CHARS = 64
 MAX_SEQ = 2**63 - 1
 MAX_REQUEST_ID_CHARS = 64
+#: The most messages a ``subscribe`` may ask for with ``"history": N``.
+MAX_HISTORY_REQUEST = 1000
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -149,6 +151,25 @@ def parse_since(value: object) -> Position | None:
     if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
         raise BadRequest("bad_request", '"since.seq" must be an integer >= 0')
     return Position(epoch, seq)
+
+
+def parse_history(request: dict[str, Any], since: Position | None) -> int:
+    """``"history": N`` of a ``subscribe``: the last N messages (0: none)."""
+    value = request.get("history")
+    if value is None:
+        return 0
+    if type(value) is not int or not 0 <= value <= MAX_HISTORY_REQUEST:
+        raise BadRequest(
+            "bad_request", f'"history" must be an integer from 0 to {MAX_HISTORY_REQUEST}'
+        )
+    if value and since is not None:
+        raise BadRequest("bad_request", '"history" and "since" cannot go together')
+    return value
+
+
+def last_messages(position: Position, count: int) -> Position:
+    """Where a replay of the last ``count`` messages up to ``position`` starts."""
+    return Position(position.epoch, max(0, position.seq - count))
 
 
 def parse_data(request: dict[str, Any]) -> tuple[bytes, bool]:
@@ -490,6 +511,7 @@ class ProtocolV1:
     def _subscribe(self, client: Client, request: dict[str, Any], request_id: object) -> None:
         topic = self._topic(request)
         since = parse_since(request.get("since"))
+        last = parse_history(request, since)
         self._allowed(client, "subscribe", topic)
         topics = self.topics
         followed = topics.by_client.get(client.id)
@@ -498,7 +520,7 @@ class ProtocolV1:
         if followed is not None and len(followed) >= topics.limit:
             raise BadRequest("limit", f"at most {topics.limit} topics per client")
         if topics.cluster is not None:
-            self._subscribe_kept(client, topic, since, request_id)
+            self._subscribe_kept(client, topic, since, request_id, last)
             return
         history = topics.history
         now = time.monotonic()
@@ -507,6 +529,9 @@ class ProtocolV1:
             position = None
         elif since is None:
             position = history.ensure(topic, now)
+            if last:  # the last messages, as if resumed from before them
+                since = last_messages(position, last)
+                replay = history.replay(topic, since, now)
         else:
             replay = history.replay(topic, since, now)
             position = replay.position
@@ -517,7 +542,7 @@ class ProtocolV1:
             raise BadRequest("limit", f"at most {topics.limit} topics per client") from None
 
     def _subscribe_kept(
-        self, client: Client, topic: str, since: Position | None, request_id: object
+        self, client: Client, topic: str, since: Position | None, request_id: object, last: int
     ) -> None:
         """Subscribe with the cluster's history: subscribed at once, live
         messages held until the history is read (see the module docstring)."""
@@ -527,7 +552,7 @@ class ProtocolV1:
         except TopicLimitError:  # (checked by the caller; kept for safety)
             raise BadRequest("limit", f"at most {topics.limit} topics per client") from None
         held = topics.hold(client.id, topic)
-        self._spawn(self._resume_kept(client, topic, since, request_id, held))
+        self._spawn(self._resume_kept(client, topic, since, request_id, held, last))
 
     async def _resume_kept(
         self,
@@ -536,6 +561,7 @@ class ProtocolV1:
         since: Position | None,
         request_id: object,
         held: list[tuple[Position, bytes]],
+        last: int,
     ) -> None:
         topics = self.topics
         cluster = topics.cluster
@@ -544,6 +570,10 @@ class ProtocolV1:
         try:
             if since is None:
                 position: Position | None = await cluster.ensure(topic)
+                if last and position is not None:  # the last messages
+                    since = last_messages(position, last)
+                    replay = await cluster.replay(topic, since, client.id)
+                    position = replay.position
             else:
                 replay = await cluster.replay(topic, since, client.id)
                 position = replay.position

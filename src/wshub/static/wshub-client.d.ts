@@ -93,7 +93,8 @@ export class WshubClient implements AsyncIterable<Event> {
   readonly closeInfo: StateInfo | null;
   readonly directPosition: Position | null;
   readonly topics: string[];
-  subscribe(topic: string, options?: { since?: Position | null }): Promise<Subscribed>;
+  /** `history`: without `since`, first the last `history` (0 to 1000) messages kept. */
+  subscribe(topic: string, options?: { since?: Position | null; history?: number }): Promise<Subscribed>;
   unsubscribe(topic: string): Promise<void>;
   publish(topic: string, data: string | ArrayBuffer | ArrayBufferView): Promise<Position | null>;
   position(topic: string): Position | null;

@@ -84,6 +84,13 @@ function checkPosition(value) {
   return { epoch: value.epoch, seq: value.seq };
 }
 
+function checkHistory(value) {
+  if (!Number.isSafeInteger(value) || value < 0 || value > 1000) {
+    throw new TypeError("wshub: history is an integer from 0 to 1000");
+  }
+  return value;
+}
+
 function positionOf(message) {
   const { epoch, seq } = message;
   return typeof epoch === "string" && Number.isSafeInteger(seq) ? { epoch, seq } : null;
@@ -172,13 +179,18 @@ export class WshubClient {
 
   // ------------------------------------------------------------- public API
 
-  /** Follow `topic`; resolves with {topic, position, recovered} once the server said so. */
-  subscribe(topic, { since = null } = {}) {
+  /**
+   * Follow `topic`; resolves with {topic, position, recovered} once the server said so.
+   * `history`: without `since`, first the last `history` messages the server keeps.
+   */
+  subscribe(topic, { since = null, history = 0 } = {}) {
     checkTopic(topic);
+    checkHistory(history);
     if (this.state === "closed") return Promise.reject(this._closedError());
     let entry = this._topics.get(topic);
     if (entry === undefined) {
       entry = this._entry(topic, checkPosition(since));
+      entry.history = since === null ? history : 0;
       if (this._socket !== null && this._socket.readyState === 1 && this._greeted) this._sendSubscribe(topic, entry);
     }
     if (entry.answer !== null) return Promise.resolve(entry.answer);
@@ -384,7 +396,7 @@ export class WshubClient {
   // -------------------------------------------------------------- requests
 
   _entry(topic, since) {
-    const entry = { position: since, since: null, acked: false, answer: null, waiters: [] };
+    const entry = { position: since, since: null, history: 0, acked: false, answer: null, waiters: [] };
     this._topics.set(topic, entry);
     return entry;
   }
@@ -414,7 +426,9 @@ export class WshubClient {
       resolve: () => {},
       reject: () => {},
     });
-    this._send({ type: "subscribe", topic, since: entry.position, id });
+    const message = { type: "subscribe", topic, since: entry.position, id };
+    if (entry.position === null && entry.history > 0) message.history = entry.history;
+    this._send(message);
   }
 
   _request(message) {
@@ -485,7 +499,11 @@ export class WshubClient {
     const position = readPosition(message.position);
     // A fresh subscription: what comes next is after the position it got.
     // A resume keeps its own: the replay (or a gap) follows.
-    if (entry.since === null && position !== null) entry.position = position;
+    // With `history`, the replay of the last messages follows: from before them.
+    if (entry.since === null && position !== null) {
+      entry.position = entry.history > 0 ? { epoch: position.epoch, seq: Math.max(0, position.seq - entry.history) } : position;
+    }
+    entry.history = 0;
     const answer = { topic, position, recovered: message.recovered === true };
     entry.answer = answer;
     const waiters = entry.waiters;
