@@ -78,6 +78,8 @@ async def test_demo_in_chromium(browser: Any) -> None:
         # A second browser (its own cookies): what either publishes reaches both.
         page2, id2 = await open_page(ctx2, url)
         assert id2 != id1
+        # A new tab starts with the recent chat (subscribe with "history").
+        await wait_received(page2, "m.type === 'chat' && m.text === 'hello from page 1'")
         await wait_received(page1, f"m.type === 'join' && m.id === '{id2}'")
         await page2.fill("#text", "hello from page 2")
         await page2.click("#send")
