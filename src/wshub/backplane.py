@@ -1767,8 +1767,11 @@ class RedisBackplane(Backplane):
             raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
         return await self._ensure_stream(*self._history_keys(name), history[1])
 
-    async def _ensure_stream(self, meta_key: str, stream_key: str, ttl_ms: int) -> tuple[str, int]:
-        """A history stream's position, its epoch made (seq 0) if it has none."""
+    async def _ensure_stream(
+        self, meta_key: str, stream_key: str, ttl_ms: int, refresh: bool = False
+    ) -> tuple[str, int]:
+        """A history stream's position, its epoch made (seq 0) if it has none;
+        ``refresh``: its keys expire ``ttl_ms`` from now."""
         client = self._client
         if client is None or not self._up:
             raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
@@ -1783,6 +1786,7 @@ class RedisBackplane(Backplane):
                 self._run_id,
                 new_epoch(),
                 ttl_ms,
+                "1" if refresh else "0",
             )
         except Exception as exc:
             raise HistoryUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
@@ -1865,7 +1869,8 @@ class RedisBackplane(Backplane):
         )
         if not self._enqueue("direct", args, True, len(message)):
             return False
-        return self._queued_bytes < self.queue_bytes // 2
+        # An ID no node lists: at best kept for its resume, not sent now.
+        return mode != "exists" and self._queued_bytes < self.queue_bytes // 2
 
     def _queue_direct(self, pipe: Any, sealer: _Seal, args: tuple[Any, ...]) -> None:
         channel, meta_key, stream_key, message, ttl_ms, mode, route_channel, routed, _id = args
@@ -1907,7 +1912,8 @@ class RedisBackplane(Backplane):
         return await self._read_stream(meta_key, stream_key, after, int(ttl * 1000), entry)
 
     async def direct_position(self, client_id: str, ttl: float) -> tuple[str, int]:
-        return await self._ensure_stream(*self._direct_keys(client_id), int(ttl * 1000))
+        meta_key, stream_key = self._direct_keys(client_id)
+        return await self._ensure_stream(meta_key, stream_key, int(ttl * 1000), refresh=True)
 
     def _open_kept_entry(
         self,

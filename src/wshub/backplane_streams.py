@@ -60,12 +60,16 @@ end
 
 #: A topic's position, its epoch made if it has none (a subscriber without
 #: ``since`` gets a position to resume from before any publication).
-#: ARGV[1], ARGV[2] unused (the publish script's channel and message); ARGV[5]: ttl ms.
+#: ARGV[1], ARGV[2] unused (the publish script's channel and message); ARGV[5]: ttl ms;
+#: ARGV[6] '1': the ttl starts again now (a direct stream, at its client's connection).
 ENSURE_SCRIPT = (
     _EPOCH
     + """
 local ttl = tonumber(ARGV[5])
-if ttl > 0 and redis.call('PTTL', meta) < 0 then redis.call('PEXPIRE', meta, ttl) end
+if ttl > 0 and (ARGV[6] == '1' or redis.call('PTTL', meta) < 0) then
+  redis.call('PEXPIRE', meta, ttl)
+  if ARGV[6] == '1' then redis.call('PEXPIRE', stream, ttl) end
+end
 return {epoch, tonumber(redis.call('HGET', meta, 'seq'))}
 """
 )

@@ -23,9 +23,12 @@ import redis.asyncio as aioredis
 import websockets
 
 import wshub.client
+from tests.conftest import Running, wait_for
 from tests.integration.browser_support import TcpProxy
 from tests.integration.cluster_support import Cluster, Node, RedisServer
 from tests.integration.v1_support import V1Peer
+from wshub import HttpServer, WebSocket
+from wshub.backplane import RedisBackplane
 from wshub.backplane_streams import kept_trailer
 
 pytestmark = pytest.mark.timeout(180)
@@ -659,3 +662,89 @@ async def test_subscribe_with_the_last_messages_in_the_cluster(cluster: Cluster)
     assert (await late.recv_type("message"))["data"] == "m21"
     await late.close()
     await pub.conn.close()
+
+
+async def test_forged_direct_messages_are_dropped(
+    cluster: Cluster, inspect: aioredis.Redis
+) -> None:
+    """A Redis client without the secret can neither PUBLISH a direct message
+    to a wshub.v1 client, nor move a real one to another client's channel,
+    nor slip one into a direct stream for a resume: each is dropped and
+    counted, never delivered."""
+    node = await cluster.node(*history())
+    x, y = await peer(node), await peer(node)
+    x_id = (await x.hello())["client_id"]
+    y_id = (await y.hello())["client_id"]
+    sender = await RawSender.connect(node)
+    assert (await sender.send(x_id, "real1"))["op"] == "sent"
+    real = await x.recv_type("direct")
+    assert (real["data"], real["seq"]) == ("real1", 1)
+    before = (await node.state())["rejected"]
+    fake = bytes(36) + b"\x02" + bytes(17) + b"\x01x" + b"D"
+    await inspect.publish(f"wshub:direct:{x_id}", fake + kept_trailer(real["epoch"], 2))
+    # The real one, sealed for x's channel, replayed on y's: its MAC fails.
+    [(_entry_id, fields)] = await inspect.xrange(f"wshub:direct:{x_id}")
+    await inspect.publish(f"wshub:direct:{y_id}", fields[b"m"] + kept_trailer(real["epoch"], 1))
+    await inspect.xadd(f"wshub:direct:{x_id}", {"m": b"forged", "t": b"9999999999999"}, id="0-2")
+    await inspect.hincrby(f"wshub:direct-meta:{x_id}", "seq", 1)
+    assert (await sender.send(x_id, "real3"))["op"] == "sent"
+    message = await x.recv_type("direct")
+    assert (message["data"], message["seq"]) == ("real3", 3), message
+    after = (await node.state())["rejected"]
+    # The two PUBLISHes, and the forged entry: "real3" came as seq 3 after 1,
+    # so the node read seq 2 back from the stream and dropped it.
+    assert after["unknown_key"] + after["bad_mac"] + after["malformed"] == 3, after
+    assert sum(after.values()) - sum(before.values()) == 3, (before, after)
+    # A resume from the start: the forged entry is dropped again.
+    cookie = x.cookie
+    await x.close()
+    again = await peer(node, cookie)
+    welcome = await again.hello({"epoch": real["epoch"], "seq": 0})
+    assert welcome["client_id"] == x_id
+    got = [await again.recv() for _ in range(2)]
+    assert [(m["type"], m.get("data")) for m in got] == [("direct", "real1"), ("direct", "real3")]
+    await y.send(type="subscribe", topic="t")  # y got nothing before this answer
+    assert (await y.recv())["type"] == "subscribed"
+    for conn in (again.conn, y.conn, sender.conn):
+        await conn.close()
+
+
+async def test_direct_send_to_an_unknown_id_and_while_redis_is_down(tmp_path: Path) -> None:
+    """In-process hubs with direct streams in Redis: a send to an ID that no
+    node lists and that has no direct stream returns False and the "error"
+    event reports ClientNotFound once Redis answered; a send to a local
+    wshub.v1 client while Redis is unreachable raises HistoryUnavailable
+    (no position can be given), and a raw client is served as ever."""
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    server = HttpServer()
+    backplane = RedisBackplane(redis.url, heartbeat=0.2, ttl=1.0, backoff_max=0.3)
+    ws = WebSocket(
+        server,
+        backplane=backplane,
+        secret="direct-test-secret",
+        pubsub=True,
+        authorize=lambda *_: True,
+        history_size=100,
+    )
+    errors: list[tuple[str, Exception]] = []
+    ws.on("error", lambda cid, exc: errors.append((cid, exc)))
+    await server.serve("127.0.0.1", 0)
+    try:
+        running = Running(server, ws, "127.0.0.1")
+        x = await V1Peer.connect(running)
+        x_id = (await x.hello())["client_id"]
+        assert ws.send("nobody-has-this-id", "lost") is False
+        await wait_for(lambda: bool(errors), 10.0, "the not-found report")
+        assert errors[0][0] == "nobody-has-this-id"
+        assert isinstance(errors[0][1], wshub.ClientNotFound)
+        ws.send(x_id, "kept")
+        assert (await x.recv_type("direct"))["data"] == "kept"
+        redis.stop()
+        await wait_for(lambda: not backplane.connected, 10.0, "the backplane to see Redis gone")
+        with pytest.raises(wshub.HistoryUnavailable):
+            ws.send(x_id, "no position now")
+        await x.close()
+    finally:
+        await server.close(timeout=2.0)
+        redis.stop()
