@@ -29,7 +29,9 @@ node hears the topic's channel the history is read from Redis; then the
 above the position the read answered go out, in that order.  A publication
 is answered (``published``, with its position) when Redis has kept it; if
 Redis cannot be reached, a ``publish`` or ``subscribe`` is answered with
-the error ``unavailable`` (the client is not subscribed).
+the error ``unavailable`` (the client is not subscribed).  The direct
+streams are then in Redis too (``direct_cluster``): see "direct streams in
+the cluster" below.
 """
 
 from __future__ import annotations
