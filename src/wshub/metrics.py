@@ -125,6 +125,15 @@ class HubCollector(Collector):
             buckets=cumulative,
             sum_value=snap.rtt_sum,
         )
+        resumes = CounterMetricFamily(
+            "wshub_resumes",
+            "wshub.v1 resumes (a client's since answered) by outcome: recovered "
+            "(every missed message), truncated (history too short), reset",
+            labels=["outcome"],
+        )
+        for outcome in ("recovered", "truncated", "reset"):
+            resumes.add_metric([outcome], snap.resumes.get(outcome, 0))
+        yield resumes
         backplane = snap.backplane
         if backplane is not None:
             yield GaugeMetricFamily(

@@ -383,6 +383,7 @@ def test_grafana_dashboard_is_json_and_uses_our_metric_names() -> None:
         "wshub_backplane_queue_messages",
         "wshub_backplane_dropped_messages_total",
         "wshub_backplane_reconnects_total",
+        "wshub_resumes_total",
     }
     used = {word for expr in exprs for word in _words(expr) if word.startswith("wshub_")}
     assert used <= names, used - names
@@ -399,3 +400,36 @@ def _words(expr: str) -> list[str]:
                 out.append(word)
             word = ""
     return out
+
+
+async def test_resumes_are_counted_by_outcome(start_server: StartServer) -> None:
+    # "history recoveries" of #18: every wshub.v1 `since` answered counts
+    # once, by outcome, whatever asked (subscribe or hello).
+    from tests.integration.v1_support import V1Peer, allow_all
+
+    srv = await start_server(
+        pubsub=True, authorize=allow_all, history_size=3, metrics_path="/metrics"
+    )
+    ws = srv.ws
+    peer = await V1Peer.connect(srv)
+    await peer.hello()
+    await peer.subscribe("t")
+    ws.publish("t", "a")
+    seen = await peer.recv_type("message")
+    since = {"epoch": seen["epoch"], "seq": seen["seq"]}
+    await peer.close()
+    back = await V1Peer.connect(srv, peer.cookie)
+    assert (await back.hello(since={"epoch": "made-up", "seq": 1}))["recovered"] is False
+    assert (await back.recv_type("gap"))["reason"] == "reset"  # the direct stream's
+    assert (await back.subscribe("t", since=since))["recovered"] is True  # nothing missed
+    await back.send(type="unsubscribe", topic="t")
+    await back.recv_type("unsubscribed")
+    for i in range(5):  # more than the history keeps
+        ws.publish("t", f"x{i}")
+    assert (await back.subscribe("t", since=since))["recovered"] is False
+    assert (await back.recv_type("gap"))["reason"] == "truncated"
+    await back.close()
+    samples = await scrape(srv.http_url)
+    assert value(samples, "wshub_resumes_total", outcome="recovered") == 1
+    assert value(samples, "wshub_resumes_total", outcome="truncated") == 1
+    assert value(samples, "wshub_resumes_total", outcome="reset") == 1

@@ -145,7 +145,9 @@ class WebSocket:
                 # is (history_ttl), never past a session (a resume's bound).
                 ttls = [t for t in (history_ttl, options.session_expires) if t > 0]
                 direct_cluster = ClusterDirect(self._backplane, min(ttls) if ttls else 0.0)
-            layer = registry.protocol_v1 = ProtocolV1(topics, direct, direct_cluster)
+            layer = registry.protocol_v1 = ProtocolV1(
+                topics, direct, direct_cluster, registry.stats
+            )
             if authorize is not None:
                 layer.authorize = authorize
         self._backplane.bind_topics(TopicsPort(topics, events, registry.stats))

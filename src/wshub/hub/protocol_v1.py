@@ -50,6 +50,7 @@ from ..errors import ConnectionClosedError, HistoryUnavailable, TopicLimitError
 from ..protocol.frames import CloseCode
 from .cluster_history import ClusterDirect
 from .history import HistoryStore, Position, Replay
+from .stats import HubStats
 from .topics import Topics, check_topic
 
 if TYPE_CHECKING:
@@ -217,6 +218,7 @@ class ProtocolV1:
         "direct_cluster",
         "direct_history",
         "sessions",
+        "stats",
         "stats_errors",
         "topics",
     )
@@ -226,8 +228,11 @@ class ProtocolV1:
         topics: Topics,
         direct_history: HistoryStore | None,
         direct_cluster: ClusterDirect | None = None,
+        stats: HubStats | None = None,
     ) -> None:
         self.topics = topics
+        #: Where resumes are counted (for metrics); None: not counted.
+        self.stats = stats
         #: Client ID → its direct messages (None: no positions for them).
         self.direct_history = direct_history
         #: The direct streams kept by the cluster (Redis), instead of
@@ -392,6 +397,7 @@ class ProtocolV1:
         latest = None if replay is None else replay.position
         self._welcome(client, since, replay, latest if since is not None else session.open_position)
         if since is not None:
+            self._count_resume(replay)
             self._send_replay(client, None, since, replay, latest)
         elif replay is not None and start is not None:
             self._send_replay(client, None, start, replay, latest)
@@ -537,6 +543,7 @@ class ProtocolV1:
         else:
             replay = history.replay(topic, since, now)
             position = replay.position
+            self._count_resume(replay)
         self._answer_subscribe(client, topic, since, replay, position, request_id)
         try:
             topics.subscribe(client.id, topic, framed=True)
@@ -579,6 +586,7 @@ class ProtocolV1:
             else:
                 replay = await cluster.replay(topic, since, client.id)
                 position = replay.position
+                self._count_resume(replay)
         except HistoryUnavailable as exc:
             if topics.release(client.id, topic, held):
                 with contextlib.suppress(Exception):
@@ -619,6 +627,18 @@ class ProtocolV1:
         self._reply(client, answer)
         if since is not None:
             self._send_replay(client, topic, since, replay, position)
+
+    def _count_resume(self, replay: Replay | None) -> None:
+        """A client's ``since`` is answered with ``replay``: count how it went."""
+        stats = self.stats
+        if stats is None:
+            return
+        if replay is None or replay.reset:
+            stats.resumed("reset")
+        elif replay.missing is not None:
+            stats.resumed("truncated")
+        else:
+            stats.resumed("recovered")
 
     def _send_replay(
         self,
@@ -698,6 +718,7 @@ class ProtocolV1:
         self._welcome(client, since, replay, latest if since is not None else session.open_position)
         session.greeted = True
         if since is not None:
+            self._count_resume(replay)
             self._send_replay(client, None, since, replay, latest)
         elif replay is not None and start is not None:
             self._send_replay(client, None, start, replay, latest)

@@ -52,6 +52,7 @@ class StatsSnapshot(NamedTuple):
     rtt_buckets: list[int]  # per RTT_BUCKETS bound, then +Inf; not cumulative
     rtt_sum: float
     rtt_count: int
+    resumes: dict[str, int]  # outcome ("recovered", "truncated", "reset") -> count
     backplane: BackplaneStats | None  # None without a cluster backplane
 
 
@@ -81,6 +82,7 @@ class HubStats:
         "handshakes",
         "messages_received",
         "messages_sent",
+        "resumes",
         "rtt_buckets",
         "rtt_count",
         "rtt_sum",
@@ -112,6 +114,10 @@ class HubStats:
         self.rtt_buckets = [0] * (len(RTT_BUCKETS) + 1)
         self.rtt_sum = 0.0
         self.rtt_count = 0
+        #: Resumes of wshub.v1 clients (a ``since`` answered) by outcome:
+        #: "recovered" (every missed message), "truncated" (the history no
+        #: longer covered the gap), "reset" (another epoch, or unreadable).
+        self.resumes: dict[str, int] = {}
 
     def enable(self) -> None:
         """Metrics are on: from now on, count every message and track the
@@ -140,6 +146,11 @@ class HubStats:
         """A ``"close"`` event reported ``code``."""
         closes = self.closes
         closes[code] = closes.get(code, 0) + 1
+
+    def resumed(self, outcome: str) -> None:
+        """A wshub.v1 client's ``since`` was answered with ``outcome``."""
+        resumes = self.resumes
+        resumes[outcome] = resumes.get(outcome, 0) + 1
 
     def pong_received(self, rtt: float) -> None:
         """A pong answered our ping after ``rtt`` seconds."""
@@ -176,5 +187,6 @@ class HubStats:
             rtt_buckets=list(self.rtt_buckets),
             rtt_sum=self.rtt_sum,
             rtt_count=self.rtt_count,
+            resumes=dict(self.resumes),
             backplane=None if backplane.is_local else backplane.stats(),
         )
