@@ -21,6 +21,7 @@ import websockets
 
 from tests.conftest import StartServer, wait_for
 from tests.integration.cli_support import free_port, start_program, wshub_command
+from tests.integration.v1_support import V1Peer, allow_all
 from wshub.logging import JsonFormatter, RefusalRateLimit, refusal_log
 
 NO_KEY = (
@@ -96,6 +97,41 @@ async def test_a_flood_of_bad_handshakes_leaves_a_bounded_log(
     # Nothing else of wshub's logged one line per refusal.
     others = [r for r in caplog.records if r.name != "wshub.refusals" and r.levelno >= logging.INFO]
     assert len(others) < 10, [r.getMessage() for r in others[:10]]
+
+
+async def test_a_flood_of_bad_wshub_v1_requests_leaves_a_bounded_log(
+    start_server: StartServer, fresh_limit: RefusalRateLimit, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A bad wshub.v1 request gets an error and the connection stays open, so
+    # one connected client can send them as fast as it likes: their lines
+    # share the refusals' token bucket.
+    caplog.set_level(logging.INFO, logger="wshub")
+    srv = await start_server(pubsub=True, authorize=allow_all)
+    peer = await V1Peer.connect(srv)
+    await wait_for(lambda: len(srv.ws.clients) == 1, what="the client")
+    (client_id,) = srv.ws.clients
+    total = 1000
+    began = time.monotonic()
+    for n in range(total):
+        await peer.send(type="no-such-type", id=n)
+    for _ in range(total):
+        assert (await peer.recv_type("error"))["code"] == "bad_request"
+    elapsed = time.monotonic() - began
+    assert (await peer.subscribe("still-here"))["topic"] == "still-here"
+    await peer.close()
+
+    def refused() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "wshub.v1 request" in r.getMessage()]
+
+    def summaries() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if hasattr(r, "suppressed")]
+
+    await wait_for(
+        lambda: sum(r.suppressed for r in summaries()) + len(refused()) == total,
+        what="the suppression summary",
+    )
+    assert fresh_limit.burst <= len(refused()) <= fresh_limit.burst + fresh_limit.rate * elapsed + 1
+    assert refused()[0].client_id == client_id  # type: ignore[attr-defined]
 
 
 async def test_json_lines_carry_the_structured_fields(

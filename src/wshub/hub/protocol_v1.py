@@ -47,6 +47,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConnectionClosedError, HistoryUnavailable, TopicLimitError
+from ..logging import refusal_log
 from ..protocol.frames import CloseCode
 from .cluster_history import ClusterDirect
 from .history import HistoryStore, Position, Replay
@@ -748,7 +749,9 @@ class ProtocolV1:
 
     def _error(self, client: Client, code: str, message: str, request_id: object) -> None:
         self.stats_errors += 1
-        log.info(
+        # A client may send bad requests as fast as it likes without being
+        # closed: its lines share the refusals' token bucket.
+        refusal_log.info(
             "wshub.v1 request of %s refused: %s (%s)",
             client.id,
             code,
