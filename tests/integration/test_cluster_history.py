@@ -29,7 +29,7 @@ from tests.integration.cluster_support import Cluster, Node, RedisServer
 from tests.integration.v1_support import V1Peer
 from wshub import HttpServer, WebSocket
 from wshub.backplane import RedisBackplane
-from wshub.backplane_streams import kept_trailer
+from wshub.backplane.streams import kept_trailer
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -1,7 +1,7 @@
 """Topic histories kept by the cluster (Redis Streams), as the hub reads them.
 
 With a Redis backplane and ``history_size`` set, positions are given in
-Redis when a publication is written there (``wshub.backplane_streams``), and
+Redis when a publication is written there (``wshub.backplane.streams``), and
 every node delivers a topic's publications from Redis in that order, with
 those positions.  What :class:`~wshub.hub.history.MemoryHistory` answers
 synchronously is asked of Redis here, so :class:`ClusterHistory` is

@@ -1,762 +1,71 @@
-"""Backplanes: how several wshub processes act as one hub.
+"""The Redis backplane: a cluster of wshub nodes over Redis pub/sub.
 
-A :class:`Backplane` routes what one process cannot do alone: ``send`` to a
-client connected to another node, ``broadcast`` to every node's clients, the
-cluster-wide registry of client IDs (for unique IDs, ``cluster_clients()`` and
-cluster-wide ``limit_by_ip``).
-
-- :class:`LocalBackplane` is the default: one process is the whole cluster,
-  nothing is routed, nothing is installed.
-- :class:`RedisBackplane` uses Redis pub/sub (redis-py's asyncio client,
-  ``pip install wshub[redis]``, imported only when one is created).
-
-How the Redis backplane works (``docs/scaling.md`` has the long version):
-
-- Channels: ``<prefix>:all`` carries broadcasts, ``<prefix>:to:<node>`` the
-  direct sends to one node, ``<prefix>:ctl`` the registry changes (join,
-  leave) and heartbeats.  Every node publishes through one ordered writer, so
-  the messages of one node reach another node in the order they were sent.
-- Registry: each node owns the hash ``<prefix>:clients:<node>`` (client ID →
-  IP key and path), which expires ``ttl`` seconds after the node's last
-  heartbeat — a node killed with ``kill -9`` disappears by itself.  Every node
-  keeps a cached copy of the whole registry, updated by the join/leave events
-  and reloaded from Redis every few heartbeats, so that ``send`` (which never
-  blocks) can say at once whether an ID exists anywhere, the session cookie's
-  ID is reused only when it is connected nowhere, and per-IP counts can be
-  summed over live nodes.
-- Delivery is at most once: Redis pub/sub stores nothing, so a message
-  published while a node is disconnected is lost (and counted in the log).
-- Redis is a trust boundary: every message and every registry entry carries
-  an HMAC-SHA256 under a key derived from the cluster secret (the hub's
-  ``secret`` / ``WSHUB_SECRET``, or ``RedisBackplane(secret=...)``); a
-  message also carries its sender's node ID, a timestamp and a per-sender
-  counter.  A forged, altered, stale or replayed one is dropped, counted
-  (``stats().rejected``) and logged (one line per reason at most every ten
-  seconds), never acted on.  A Redis backplane without a secret refuses to
-  start.
+:class:`RedisBackplane` runs the session (connect, reconnect, the ordered
+writer, the reader, heartbeats), keeps every node's cached copy of the
+cluster registry, and carries topics, presence, the Redis Streams histories
+(:mod:`wshub.backplane.streams`) and wshub.v1 direct streams.  Every message
+is sealed and opened by :mod:`wshub.backplane.envelope`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import random
 import struct
 import time
-import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from types import MappingProxyType
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
-from .backplane_streams import (
+from ..errors import ClientNotFound, HistoryUnavailable, WsHubError
+from .base import (
+    REJECT_REASONS,
+    Backplane,
+    BackplaneStats,
+    HistoryRead,
+    KeptDone,
+    KeptEntry,
+)
+from .envelope import (
+    CLUSTER_KEY_LABEL,
+    PRESENCE_TAG,
+    VERSION_AT,
+    VERSION_KEPT,
+    ClusterSecretMissing,
+    Rejected,
+    Seal,
+    as_text,
+    cluster_key,
+    control_message,
+    excluded_ids,
+    pack,
+    split_topic_meta,
+    topic_meta,
+    unpack_sealed,
+)
+from .streams import (
     DIRECT_SCRIPT,
     ENSURE_SCRIPT,
     PUBLISH_SCRIPT,
+    entry_seq,
+    entry_time,
     new_epoch,
     split_kept,
 )
-from .errors import ClientNotFound, HistoryUnavailable, WsHubError
 
-__all__ = [
-    "CLUSTER_KEY_LABEL",
-    "REJECT_REASONS",
-    "Backplane",
-    "BackplaneHub",
-    "BackplaneStats",
-    "ClusterSecretMissing",
-    "HistoryRead",
-    "KeptDone",
-    "KeptEntry",
-    "LocalBackplane",
-    "RedisBackplane",
-    "TopicHub",
-    "make_backplane",
-]
+__all__ = ["RedisBackplane"]
 
 log = logging.getLogger("wshub.backplane")
 
-
-class BackplaneHub(Protocol):
-    """What a backplane calls on the hub it serves.
-
-    Implemented by a small object the hub hands to :meth:`Backplane.bind`
-    (``wshub.hub.registry.BackplanePort``), not by ``WebSocket`` itself.
-    """
-
-    def deliver_send(self, client_id: str, data: str | bytes, text: bool) -> bool:
-        """Deliver a routed ``send`` to a local client; False if it is not here."""
-        ...
-
-    def deliver_broadcast(
-        self, payload: bytes, text: bool, event: str | None, exclude: frozenset[str]
-    ) -> int:
-        """Deliver a routed broadcast to the local clients; return how many."""
-        ...
-
-    def local_clients(self) -> list[tuple[str, str, str]]:
-        """``(client_id, ip_key, event)`` of every local client."""
-        ...
-
-    def client_missing(self, client_id: str) -> None:
-        """A routed ``send`` found no client with this ID on its node."""
-        ...
-
-    def deliver_direct(
-        self, client_id: str, payload: bytes, text: bool, position: tuple[str, int]
-    ) -> None:
-        """A direct message of a ``wshub.v1`` client's stream in the cluster
-        (:meth:`Backplane.send_direct`), with its position, for a local client."""
-        ...
-
-    def close_duplicate(self, client_id: str) -> bool:
-        """Another node admitted this ID at the same moment: close ours; False if none."""
-        ...
-
-    def cluster_key(self, label: bytes) -> bytes | None:
-        """HMAC-SHA256(the hub's secret, ``label``); None when that secret is
-        random to this process (no ``secret`` and no ``WSHUB_SECRET``)."""
-        ...
-
-
-class TopicHub(Protocol):
-    """What a backplane calls on the topics of the hub it serves.
-
-    Implemented by ``wshub.hub.topics.TopicsPort``, handed to
-    :meth:`Backplane.bind_topics`.
-    """
-
-    def follows(self, name: str) -> bool:
-        """Whether a local client follows topic ``name``."""
-        ...
-
-    def followed_topics(self) -> list[str]:
-        """Every topic that a local client follows."""
-        ...
-
-    def subscriptions(self, name: str) -> dict[str, str]:
-        """The local subscribers of ``name``: client ID → URL path."""
-        ...
-
-    def deliver_publication(
-        self,
-        name: str,
-        payload: bytes,
-        text: bool,
-        exclude: frozenset[str],
-        position: tuple[str, int] | None = None,
-    ) -> int:
-        """Deliver a publication of another node to the local subscribers; return how many.
-
-        ``position``: ``(epoch, seq)`` of a publication kept in the cluster's
-        history (then it comes from every node, this one included, in order).
-        """
-        ...
-
-    def remote_joined(self, client_id: str, name: str) -> None:
-        """A client of another node subscribed to ``name`` (the ``"join"`` event)."""
-        ...
-
-    def remote_left(self, client_id: str, name: str) -> None:
-        """A client of another node left ``name`` (the ``"leave"`` event)."""
-        ...
-
-
-#: Why an incoming message or registry entry was dropped: the keys of
-#: ``stats().rejected``, fixed so that metrics can label by them.
-REJECT_REASONS = (
-    "malformed",  # too short, lengths that do not add up, an origin that is not ASCII
-    "unknown_key",  # signed with a key this node does not have (another cluster secret?)
-    "bad_mac",  # forged or altered
-    "bad_version",  # a format this node does not speak
-    "unknown_kind",  # a kind not expected on its channel
-    "bad_content",  # signed, but not what its kind needs: bad JSON, unknown or missing fields
-    "stale",  # timestamp outside the replay window (a replay, or clocks out of sync)
-    "replay",  # a counter this node already accepted from that sender
-    "bad_entry",  # a registry hash entry without a valid MAC
-)
-_NO_REJECTIONS: Mapping[str, int] = MappingProxyType(dict.fromkeys(REJECT_REASONS, 0))
-
-
-class KeptEntry(NamedTuple):
-    """One publication read back from a topic's history in the cluster."""
-
-    seq: int
-    payload: bytes
-    text: bool
-    #: The client IDs the publisher excluded.
-    exclude: frozenset[str]
-
-
-class HistoryRead(NamedTuple):
-    """What a topic's history in the cluster holds (:meth:`Backplane.read_history`)."""
-
-    #: The stream's epoch (None: no history kept for the topic).
-    epoch: str | None
-    #: Its latest sequence number (0 with no epoch).
-    seq: int
-    #: The kept publications after the asked sequence number, oldest first.
-    entries: list[KeptEntry]
-    #: The oldest sequence number still kept (``seq + 1`` when none is).
-    oldest: int
-
-
-#: Called with the position ``(epoch, seq)`` a kept publication got, or the
-#: exception that says why it got none.
-KeptDone = Callable[["tuple[str, int] | BaseException"], None]
-
-
-class BackplaneStats(NamedTuple):
-    """A backplane's figures for metrics (:meth:`Backplane.stats`)."""
-
-    connected: bool
-    queued_messages: int  # waiting to be published
-    queued_bytes: int
-    dropped_messages: int  # cross-node messages lost since start (queue full, link down)
-    reconnects: int  # sessions opened after a lost or failed one
-    accepted: int = 0  # messages from Redis that passed every check
-    rejected: Mapping[str, int] = _NO_REJECTIONS  # dropped messages and entries, by reason
-
-
-class Backplane:
-    """The interface between a hub and the rest of its cluster.
-
-    The hub calls :meth:`bind` once, :meth:`start` when its server starts
-    serving and :meth:`stop` when it shuts down; in between it reports every
-    client that opens or closes, and hands over what it cannot deliver
-    locally.  All methods but ``start``/``stop``/``cluster_clients`` are
-    synchronous and never block: a backplane buffers and sends in the
-    background.
-    """
-
-    #: True when there is no other node (the hub then skips the routing work).
-    is_local: bool = False
-
-    def __init__(self) -> None:
-        self.node_id = uuid.uuid4().hex[:16]
-        self._hub: BackplaneHub | None = None
-        self._topic_hub: TopicHub | None = None
-
-    def bind(self, hub: BackplaneHub) -> None:
-        """Called once by the hub: ``hub`` is where routed work is delivered."""
-        if self._hub is not None and self._hub is not hub:
-            raise RuntimeError("this backplane already serves another hub")
-        self._hub = hub
-
-    def bind_topics(self, topics: TopicHub) -> None:
-        """Called once by the hub: where publications of other nodes are delivered."""
-        self._topic_hub = topics
-
-    @property
-    def connected(self) -> bool:
-        """Whether this node is joined to its cluster right now (a local one always is)."""
-        return True
-
-    async def start(self) -> None:
-        """Connect; return once the registry is loaded (or the first attempt failed)."""
-
-    async def stop(self) -> None:
-        """Leave the cluster: withdraw this node's registrations, disconnect."""
-
-    def client_added(self, client_id: str, ip_key: str, event: str) -> None:
-        """A client opened on this node."""
-
-    def client_removed(self, client_id: str, ip_key: str, event: str) -> None:
-        """A client of this node closed."""
-
-    def owner(self, client_id: str) -> str | None:
-        """The other node that has ``client_id`` connected (per the registry), or None."""
-        return None
-
-    def ip_count(self, key: str) -> int:
-        """Connections from IP key ``key`` on the other live nodes."""
-        return 0
-
-    def send(self, client_id: str, data: str | bytes, text: bool) -> bool:
-        """Route a message to a client of another node.
-
-        ``data`` is a ``str`` to be encoded with the client's encoding on its
-        node, or payload bytes with ``text`` saying which frame type.  Raises
-        :class:`ClientNotFound` when no live node has that ID; returns False
-        when the outgoing buffer is above its high-water mark (slow down) or
-        the message had to be dropped.
-        """
-        raise ClientNotFound(client_id)
-
-    def broadcast(
-        self, payload: bytes, text: bool, event: str | None, exclude: frozenset[str]
-    ) -> None:
-        """Hand a broadcast to every other node (this node has already delivered it).
-
-        ``exclude`` holds only the excluded IDs that are not connected here.
-        """
-
-    async def cluster_clients(self) -> list[str]:
-        """Every live node's client IDs."""
-        hub = self._hub
-        return [c[0] for c in hub.local_clients()] if hub is not None else []
-
-    def stats(self) -> BackplaneStats:
-        """The figures metrics report (read when scraped)."""
-        return BackplaneStats(True, 0, 0, 0, 0)
-
-    # Topics: this node's part of every topic, told as it changes.
-
-    def topic_followed(self, name: str) -> None:
-        """A local client now follows ``name``, and none did before."""
-
-    def topic_unfollowed(self, name: str) -> None:
-        """The last local subscriber of ``name`` left."""
-
-    def topic_joined(self, client_id: str, name: str, path: str) -> None:
-        """Local client ``client_id`` (connected to ``path``) subscribed to ``name``."""
-
-    def topic_left(self, client_id: str, name: str) -> None:
-        """Local client ``client_id`` left ``name`` (unsubscribed or closed)."""
-
-    def publish_topic(self, name: str, payload: bytes, text: bool, exclude: frozenset[str]) -> None:
-        """Hand a publication to the other nodes that follow ``name`` (this node
-        has already delivered it); ``exclude`` holds only IDs not connected here."""
-
-    async def topic_presence(self, name: str) -> dict[str, tuple[str, str]]:
-        """The subscribers of ``name`` on the other live nodes: client ID → (node, path)."""
-        return {}
-
-    # Topic histories kept by the cluster (Redis Streams): positions are given
-    # where the history is, and every node delivers in its order.
-
-    def keep_history(self, size: int, ttl: float) -> bool:
-        """Keep each topic's last ``size`` publications (for ``ttl`` seconds, 0:
-        no age limit) in the cluster; False if this backplane cannot."""
-        return False
-
-    def publish_kept(
-        self,
-        name: str,
-        payload: bytes,
-        text: bool,
-        exclude: frozenset[str],
-        done: KeptDone | None = None,
-    ) -> None:
-        """Keep a publication in ``name``'s history and hand it to every node that
-        follows ``name``, this one included; :class:`HistoryUnavailable` if it
-        cannot be sent now.  ``done`` hears its position (or why it got none)."""
-        raise HistoryUnavailable("this backplane keeps no history")
-
-    async def topic_ready(self, name: str) -> None:
-        """Return once this node receives every publication of ``name`` kept from now on."""
-
-    async def read_history(self, name: str, after: int) -> HistoryRead:
-        """``name``'s history: its position and what it keeps after sequence ``after``."""
-        raise HistoryUnavailable("this backplane keeps no history")
-
-    async def history_position(self, name: str) -> tuple[str, int]:
-        """``name``'s latest position ``(epoch, seq)``, its epoch made (seq 0) if it has none."""
-        raise HistoryUnavailable("this backplane keeps no history")
-
-    # The direct streams of wshub.v1 clients (one per client ID), kept where
-    # the topic histories are (keep_history) and heard by the client's node.
-
-    def follow_direct(self, client_id: str) -> None:
-        """A ``wshub.v1`` client opened here: hear its direct stream."""
-
-    def unfollow_direct(self, client_id: str) -> None:
-        """The ``wshub.v1`` client left this node."""
-
-    async def direct_ready(self, client_id: str) -> None:
-        """Until this node hears ``client_id``'s direct stream."""
-        raise HistoryUnavailable("this backplane keeps no history")
-
-    def send_direct(
-        self, client_id: str, payload: bytes, text: bool, ttl: float, routed: bytes | str | None
-    ) -> bool:
-        """Keep a direct message in ``client_id``'s stream; its node delivers it.
-
-        ``routed`` None: the client is connected here (its stream is made if
-        it has none).  Otherwise the message as a raw ``send`` would route it,
-        for an ID without a direct stream (a raw client).  False: slow down."""
-        raise HistoryUnavailable("this backplane keeps no history")
-
-    async def read_direct(self, client_id: str, after: int, ttl: float) -> HistoryRead:
-        """``client_id``'s direct stream: its position and what it keeps after ``after``."""
-        raise HistoryUnavailable("this backplane keeps no history")
-
-    async def direct_position(self, client_id: str, ttl: float) -> tuple[str, int]:
-        """``client_id``'s direct stream's position, its epoch made (seq 0) if it has none."""
-        raise HistoryUnavailable("this backplane keeps no history")
-
-
-class LocalBackplane(Backplane):
-    """The default: this process is the whole cluster."""
-
-    is_local = True
-
-
-def make_backplane(value: object) -> Backplane:
-    """``None`` → :class:`LocalBackplane`; ``"redis://…"`` → :class:`RedisBackplane`."""
-    if value is None:
-        return LocalBackplane()
-    if isinstance(value, Backplane):
-        return value
-    if isinstance(value, str):
-        scheme = urlsplit(value).scheme.lower()
-        if scheme in ("redis", "rediss", "unix"):
-            return RedisBackplane(value)
-        raise ValueError(f"unsupported backplane URL {value!r}: use redis://host:port/db")
-    raise TypeError(f"backplane must be None, a redis:// URL or a Backplane, not {type(value)}")
-
-
-# ---------------------------------------------------------------- wire format
-#
-# Data messages (channels :all and :to:<node>) are bytes:
-#   kind (1) | len(origin) (1) | origin | len(meta) (2, big-endian) | meta | payload
-# kind: B/b broadcast text/binary (meta: JSON {"e": event, "x": [excluded ids]}
-#       or empty), T send a str (encoded on the receiving node with the
-#       client's encoding), t/y send text/binary payload bytes (meta: the ID),
-#       M "no such client" answered to the sender of a direct send (meta: ID).
-# Control messages (channel :ctl) are JSON objects with "t" (hb, join, leave,
-# bye) and "n" (the node).
-
-_HEAD = struct.Struct("!cB")
-_META = struct.Struct("!H")
-
-
-def _pack(kind: bytes, origin: bytes, meta: bytes, payload: bytes = b"") -> bytes:
-    return b"".join((_HEAD.pack(kind, len(origin)), origin, _META.pack(len(meta)), meta, payload))
-
-
-def _unpack(data: bytes) -> tuple[bytes, str, bytes, bytes]:
-    kind, olen = _HEAD.unpack_from(data)
-    pos = _HEAD.size
-    origin = data[pos : pos + olen].decode("ascii")
-    pos += olen
-    (mlen,) = _META.unpack_from(data, pos)
-    pos += _META.size
-    meta = data[pos : pos + mlen]
-    if len(meta) != mlen:
-        raise ValueError("truncated backplane message")
-    return kind, origin, meta, data[pos + mlen :]
-
-
-#: Where a presence entry has the IP key of a registry entry: this, then the topic.
-_PRESENCE_TAG = "topic "
-
-
-def _topic_meta(name: str, rest: bytes) -> bytes:
-    """The meta of a topic message: the topic (length-prefixed), then ``rest``."""
-    raw = name.encode("utf-8")
-    return _META.pack(len(raw)) + raw + rest
-
-
-def _split_topic_meta(meta: bytes) -> tuple[str, bytes]:
-    (size,) = _META.unpack_from(meta)
-    end = _META.size + size
-    if len(meta) < end:
-        raise ValueError("truncated topic name")
-    return meta[_META.size : end].decode("utf-8"), meta[end:]
-
-
-# ------------------------------------------------------------- authentication
-#
-# Redis is a trust boundary: whoever can PUBLISH or HSET there must not be
-# able to speak for a node.  Every key comes from the cluster key
-#   K = HMAC-SHA256(cluster secret, "wshub backplane v1")
-# (``SessionSigner.derive`` makes the same K from the hub's secret):
-#   key id = HMAC(K, "key id")[:4]   names K (a node may accept two during a rotation)
-#   message key = HMAC(K, "messages"), entry key = HMAC(K, "registry entries")
-# A sealed message (every PUBLISH, on every channel):
-#   key id (4) | MAC (32) | version (1) | counter (8) | time ms (8) | len(origin) (1)
-#   | origin | the message above (data bytes or control JSON)
-#   MAC = HMAC-SHA256(message key, len(channel) (4) | channel | all after the MAC)
-# so the MAC covers the channel (the target node), the sender, its clock and
-# counter, the kind, the metadata and the payload.  A registry entry (the
-# value of field <client ID> in <prefix>:clients:<node>):
-#   key id (4) | MAC (32) | ip key "\t" path
-#   MAC = HMAC-SHA256(entry key, len(node) (4) | node | len(id) (4) | id | ip key "\t" path)
-
-#: The label that turns a shared secret into the cluster key.
-CLUSTER_KEY_LABEL = b"wshub backplane v1"
-
-_VERSION = 1
-#: The version byte of a kept publication (a topic history's entry): its
-#: position follows the sealed message on the wire (``backplane_streams``).
-_VERSION_KEPT = 2
-_KEY_ID = 4
-_MAC = 32
-_SEAL = struct.Struct("!BQQB")  # version, counter, time ms, len(origin)
-_LEN = struct.Struct("!I")
-_SEALED_MIN = _KEY_ID + _MAC + _SEAL.size
-_VERSION_AT = _KEY_ID + _MAC
-_ORIGIN_LEN_AT = _SEALED_MIN - 1
-#: Counters per sender remembered behind its highest: messages of one node
-#: may arrive out of order by up to this many (heartbeats and the ordered
-#: writer use different Redis connections, and the writer sends up to 1,000
-#: messages a round trip); older ones count as replays.  16,384 bits cost
-#: about 0.3 us more per message than 4,096.
-_REPLAY_SLOTS = 16384
-_REPLAY_MASK = (1 << _REPLAY_SLOTS) - 1
 #: The shortest interval between two log lines about one reason of rejection.
 _REJECT_LOG_EVERY = 10.0
 #: The longest stop() waits for the queue to be written, then for the session to end.
 _FLUSH_TIMEOUT = 5.0
-
-
-class ClusterSecretMissing(WsHubError, ValueError):
-    """A Redis backplane was started with no secret shared by the cluster's nodes."""
-
-
-class _Rejected(WsHubError):
-    """An incoming message or registry entry failed a check (``reason``: REJECT_REASONS)."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-def cluster_key(secret: bytes | str) -> bytes:
-    """The cluster key of a shared secret: HMAC-SHA256(secret, ``CLUSTER_KEY_LABEL``)."""
-    if isinstance(secret, str):
-        secret = secret.encode()
-    if not isinstance(secret, bytes) or not secret:
-        raise ValueError("a cluster secret must be a non-empty str or bytes")
-    return hmac.digest(secret, CLUSTER_KEY_LABEL, "sha256")
-
-
-class _ClusterKey:
-    """One cluster key's subkeys, as HMAC objects keyed once (each MAC copies one)."""
-
-    __slots__ = ("entries", "key_id", "messages")
-
-    def __init__(self, key: bytes) -> None:
-        self.key_id = hmac.digest(key, b"key id", "sha256")[:_KEY_ID]
-        self.messages = hmac.new(hmac.digest(key, b"messages", "sha256"), digestmod="sha256")
-        self.entries = hmac.new(hmac.digest(key, b"registry entries", "sha256"), digestmod="sha256")
-
-
-class _Seal:
-    """Seals what one node publishes and opens what it receives.
-
-    ``keys``: cluster keys, the first signs, every one is accepted.
-    ``window``: seconds a message's timestamp may be away from this node's
-    clock.  Within the window, the per-sender counter catches a replay.
-    """
-
-    __slots__ = ("_accepted", "_counter", "_origin", "_senders", "_signing", "window_ms")
-
-    def __init__(self, node: str, keys: list[bytes], window: float) -> None:
-        self._origin = node.encode("ascii")
-        if len(self._origin) > 255:
-            raise ValueError("node ID too long")
-        made = [_ClusterKey(k) for k in keys]
-        self._signing = made[0]
-        self._accepted = {k.key_id: k for k in reversed(made)}
-        self._counter = 0
-        self.window_ms = int(window * 1000)
-        # sender → [highest counter, bitmap of the counters seen behind it, last time (ms)]
-        self._senders: dict[bytes, list[int]] = {}
-
-    @property
-    def key_id(self) -> str:
-        """The signing key's ID (hex): what two nodes with the same secret share."""
-        return self._signing.key_id.hex()
-
-    def seal(self, channel: bytes, inner: bytes, version: int = _VERSION) -> bytes:
-        self._counter = counter = self._counter + 1
-        origin = self._origin
-        head = _SEAL.pack(version, counter, int(time.time() * 1000), len(origin)) + origin
-        key = self._signing
-        mac = key.messages.copy()
-        mac.update(_LEN.pack(len(channel)) + channel + head)
-        mac.update(inner)
-        return b"".join((key.key_id, mac.digest(), head, inner))
-
-    def is_own(self, data: bytes) -> bool:
-        """Whether ``data`` says it is from this node (checked by :meth:`open` only
-        when it matters: a node drops its own broadcasts unopened)."""
-        origin = self._origin
-        start = _SEALED_MIN
-        return (
-            len(data) > _ORIGIN_LEN_AT
-            and data[_ORIGIN_LEN_AT] == len(origin)
-            and data[start : start + len(origin)] == origin
-        )
-
-    def open(
-        self, channel: bytes, data: bytes, now: float | None, version: int = _VERSION
-    ) -> tuple[str, bytes]:
-        """``(origin node, message)`` of a sealed message of ``version``; raises
-        :class:`_Rejected`.  ``now`` None: a kept message read back from its
-        stream, whose age and counter are not checked (its MAC still is)."""
-        size = len(data)
-        if size < _SEALED_MIN:
-            raise _Rejected("malformed", f"{size} bytes, shorter than any sealed message")
-        # Nothing but the key ID is read before the MAC is checked.
-        key = self._accepted.get(data[:_KEY_ID])
-        if key is None:
-            raise _Rejected(
-                "unknown_key",
-                f"signed with key {data[:_KEY_ID].hex()}, this node's is {self.key_id}: "
-                "a node with another cluster secret, or a forgery",
-            )
-        mac = key.messages.copy()
-        mac.update(_LEN.pack(len(channel)) + channel)
-        mac.update(memoryview(data)[_KEY_ID + _MAC :])
-        if not hmac.compare_digest(mac.digest(), data[_KEY_ID : _KEY_ID + _MAC]):
-            raise _Rejected("bad_mac", "its MAC does not match: forged or altered")
-        expected = version
-        version, counter, sent_ms, olen = _SEAL.unpack_from(data, _KEY_ID + _MAC)
-        if version != expected:
-            raise _Rejected(
-                "bad_version", f"format version {version} where {expected} belongs (1 and 2 known)"
-            )
-        start = _SEALED_MIN + olen
-        if size < start:
-            raise _Rejected("malformed", f"{size} bytes, shorter than its own header")
-        origin_b = data[_SEALED_MIN:start]
-        if not origin_b.isascii():
-            raise _Rejected("malformed", "origin node ID not ASCII")
-        origin = origin_b.decode("ascii")
-        if now is None:
-            return origin, data[start:]
-        now_ms = int(now * 1000)
-        if abs(now_ms - sent_ms) > self.window_ms:
-            raise _Rejected(
-                "stale",
-                f"sent by node {origin} {(now_ms - sent_ms) / 1000:.1f}s ago by its clock "
-                f"(window ±{self.window_ms / 1000:g}s): a replay, or clocks out of sync",
-            )
-        self._check_counter(origin_b, origin, counter, now_ms)
-        return origin, data[start:]
-
-    def _check_counter(self, origin_b: bytes, origin: str, counter: int, now_ms: int) -> None:
-        state = self._senders.get(origin_b)
-        if state is None:
-            self._senders[origin_b] = [counter, 1, now_ms]
-            return
-        top = state[0]
-        if counter > top:
-            shift = counter - top
-            state[1] = ((state[1] << shift) | 1) & _REPLAY_MASK if shift < _REPLAY_SLOTS else 1
-            state[0] = counter
-        else:
-            behind = top - counter
-            bit = 1 << behind
-            if behind >= _REPLAY_SLOTS or state[1] & bit:
-                raise _Rejected("replay", f"counter {counter} of node {origin} already seen")
-            state[1] |= bit
-        state[2] = now_ms
-
-    def forget_silent(self, now: float) -> None:
-        """Forget the counters of senders silent for twice the window: a replay
-        of anything they sent is stale by then."""
-        limit = int(now * 1000) - 2 * self.window_ms
-        for sender, state in list(self._senders.items()):
-            if state[2] < limit:
-                del self._senders[sender]
-
-    def sign_entry(self, node: str, client_id: str, ip_key: str, event: str) -> bytes:
-        value = f"{ip_key}\t{event}".encode()
-        key = self._signing
-        return key.key_id + self._entry_mac(key, node.encode(), client_id.encode(), value) + value
-
-    def open_entry(self, node: str, raw_id: bytes, raw: bytes) -> tuple[str, str, str]:
-        """``(client ID, ip key, path)`` of a registry entry; raises :class:`_Rejected`."""
-        key = self._accepted.get(raw[:_KEY_ID])
-        if key is None or len(raw) < _KEY_ID + _MAC:
-            raise _Rejected(
-                "bad_entry",
-                f"entry {raw_id[:64]!r} is not signed with this node's key {self.key_id} "
-                "(a node with another cluster secret, or a forgery)",
-            )
-        value = raw[_KEY_ID + _MAC :]
-        mac = self._entry_mac(key, node.encode("utf-8", "surrogateescape"), raw_id, value)
-        if not hmac.compare_digest(mac, raw[_KEY_ID : _KEY_ID + _MAC]):
-            raise _Rejected("bad_entry", f"entry {raw_id[:64]!r}: its MAC does not match")
-        try:
-            client_id = raw_id.decode("utf-8")
-            ip_key, tab, event = value.decode("utf-8").partition("\t")
-        except UnicodeDecodeError:
-            raise _Rejected("bad_entry", f"entry {raw_id[:64]!r} is not UTF-8") from None
-        if not tab:
-            raise _Rejected("bad_entry", f"entry {raw_id[:64]!r} has no path")
-        return client_id, ip_key, event
-
-    @staticmethod
-    def _entry_mac(key: _ClusterKey, node: bytes, client_id: bytes, value: bytes) -> bytes:
-        mac = key.entries.copy()
-        mac.update(b"".join((_LEN.pack(len(node)), node, _LEN.pack(len(client_id)), client_id)))
-        mac.update(value)
-        return mac.digest()
-
-
-#: The fields of each control message (all strings); anything else is dropped.
-_CONTROL_FIELDS: dict[str, frozenset[str]] = {
-    "hb": frozenset({"t", "n"}),
-    "hello": frozenset({"t", "n"}),
-    "bye": frozenset({"t", "n"}),
-    "join": frozenset({"t", "n", "c", "ip", "e"}),
-    "leave": frozenset({"t", "n", "c", "ip"}),
-}
-
-
-def _control_message(origin: str, msg: object) -> dict[str, str]:
-    """``msg`` if it is a well-formed control message of node ``origin``; else _Rejected."""
-    if not isinstance(msg, dict):
-        raise _Rejected("bad_content", "a control message that is not a JSON object")
-    kind = msg.get("t")
-    fields = _CONTROL_FIELDS.get(kind) if isinstance(kind, str) else None
-    if fields is None:
-        raise _Rejected("unknown_kind", f"control message of kind {str(kind)[:40]!r}")
-    if msg.keys() != fields or not all(isinstance(v, str) for v in msg.values()):
-        raise _Rejected(
-            "bad_content", f"{kind} with fields {sorted(msg)[:8]}, not {sorted(fields)} (strings)"
-        )
-    if msg["n"] != origin:
-        raise _Rejected("bad_content", f"{kind} names node {msg['n'][:40]!r}, sealed by {origin}")
-    return msg
-
-
-def _unpack_sealed(origin: str, data: bytes, kinds: bytes) -> tuple[bytes, bytes, bytes]:
-    """``(kind, meta, payload)`` of a data message that ``origin`` sealed; its
-    kind must be one of ``kinds`` (the ones its channel carries)."""
-    try:
-        kind, inner_origin, meta, payload = _unpack(data)
-    except (ValueError, struct.error) as exc:
-        raise _Rejected("bad_content", f"not a data message: {exc}") from None
-    if len(kind) != 1 or kind not in kinds:
-        raise _Rejected("unknown_kind", f"data message of kind {kind!r}")
-    if inner_origin != origin:
-        raise _Rejected("bad_content", f"says it is from {inner_origin!r}, sealed by {origin}")
-    return kind, meta, payload
-
-
-def _excluded(rest: bytes) -> frozenset[str]:
-    """The excluded IDs that follow a publication's topic in its metadata."""
-    if not rest:
-        return frozenset()
-    ids = json.loads(rest)
-    if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
-        raise _Rejected("bad_content", "publication exclude list is not [IDs]")
-    return frozenset(ids)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("ascii") if isinstance(value, bytes) else str(value)
-
-
-def _entry_seq(entry_id: bytes) -> int:
-    """The sequence number of a history entry's ID ``0-<seq>``."""
-    return int(entry_id.partition(b"-")[2])
-
-
-def _entry_time(fields: dict[bytes, bytes]) -> int:
-    """When Redis kept a history entry (ms, its clock)."""
-    return int(fields.get(b"t", b"0"))
 
 
 def _kept_answer(args: tuple[Any, ...], result: tuple[str, int] | BaseException) -> bool:
@@ -866,7 +175,7 @@ class RedisBackplane(Backplane):
         self._own_key = cluster_key(secret) if secret is not None else None
         self._other_keys = [cluster_key(s) for s in also_accept]
         self.replay_window = float(replay_window)
-        self._sealer: _Seal | None = None
+        self._sealer: Seal | None = None
         self._accepted = 0
         self._rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
         self._reject_logged: dict[str, float] = {}
@@ -990,7 +299,7 @@ class RedisBackplane(Backplane):
                 self.connect_timeout,
             )
 
-    def _make_sealer(self) -> _Seal:
+    def _make_sealer(self) -> Seal:
         """The keys of this node, or :class:`ClusterSecretMissing` (loud, at start)."""
         own = self._own_key
         source = "RedisBackplane(secret=...)"
@@ -1006,7 +315,7 @@ class RedisBackplane(Backplane):
                 "RedisBackplane(secret=...). A random secret per process would make "
                 "every node reject every other's messages."
             )
-        sealer = _Seal(self.node_id, [own, *self._other_keys], self.replay_window)
+        sealer = Seal(self.node_id, [own, *self._other_keys], self.replay_window)
         log.info(
             "redis backplane: node %s signs with cluster key %s (from %s)%s",
             self.node_id,
@@ -1166,12 +475,12 @@ class RedisBackplane(Backplane):
         )
         self._client = client
         if self._history is not None:
-            # A new run_id (Redis restarted) starts new epochs: see backplane_streams.
+            # A new run_id (Redis restarted) starts new epochs: see streams.py.
             info = await client.info("server")
             self._run_id = str(info.get("run_id", ""))
-            self._script_sha = _text(await client.script_load(PUBLISH_SCRIPT))
-            self._ensure_sha = _text(await client.script_load(ENSURE_SCRIPT))
-            self._direct_sha = _text(await client.script_load(DIRECT_SCRIPT))
+            self._script_sha = as_text(await client.script_load(PUBLISH_SCRIPT))
+            self._ensure_sha = as_text(await client.script_load(ENSURE_SCRIPT))
+            self._direct_sha = as_text(await client.script_load(DIRECT_SCRIPT))
         pubsub = client.pubsub()
         self._pubsub = pubsub
         await pubsub.subscribe(self._ch_all, self._ch_ctl, self._node_channel(self.node_id))
@@ -1248,7 +557,7 @@ class RedisBackplane(Backplane):
         return hub.local_clients() if hub is not None else []
 
     def _entry(self, client_id: str, ip_key: str, event: str) -> bytes:
-        """This node's signed registry entry for a client (see _Seal.sign_entry)."""
+        """This node's signed registry entry for a client (see Seal.sign_entry)."""
         sealer = self._sealer
         assert sealer is not None, "the backplane is not started"
         return sealer.sign_entry(self.node_id, client_id, ip_key, event)
@@ -1362,7 +671,7 @@ class RedisBackplane(Backplane):
         for raw_id, raw_entry in entries.items():
             try:
                 valid.append(sealer.open_entry(node, raw_id, raw_entry))
-            except _Rejected as exc:
+            except Rejected as exc:
                 self._reject(exc.reason, where or self._clients_key(node), exc.detail)
         return valid
 
@@ -1554,7 +863,7 @@ class RedisBackplane(Backplane):
         key is: no IP key has a space, so neither kind passes for the other)."""
         sealer = self._sealer
         assert sealer is not None, "the backplane is not started"
-        return sealer.sign_entry(self.node_id, client_id, _PRESENCE_TAG + name, path)
+        return sealer.sign_entry(self.node_id, client_id, PRESENCE_TAG + name, path)
 
     def topic_joined(self, client_id: str, name: str, path: str) -> None:
         if not self._up:
@@ -1564,7 +873,7 @@ class RedisBackplane(Backplane):
         entry = self._presence_entry(client_id, name, path)
         self._enqueue("hset", (key, client_id, entry), False, 0)
         self._enqueue("pexpire", (key, int(self.ttl * 1000)), False, 0)
-        msg = _pack(b"J", self._node_b, _topic_meta(name, client_id.encode("utf-8")))
+        msg = pack(b"J", self._node_b, topic_meta(name, client_id.encode("utf-8")))
         self._enqueue("publish", (self._topic_channel(name), msg), False, 0)
 
     def topic_left(self, client_id: str, name: str) -> None:
@@ -1572,12 +881,12 @@ class RedisBackplane(Backplane):
             self._registry_dirty = True
             return
         self._enqueue("hdel", (self._presence_key(self.node_id, name), client_id), False, 0)
-        msg = _pack(b"L", self._node_b, _topic_meta(name, client_id.encode("utf-8")))
+        msg = pack(b"L", self._node_b, topic_meta(name, client_id.encode("utf-8")))
         self._enqueue("publish", (self._topic_channel(name), msg), False, 0)
 
     def _publication(self, name: str, payload: bytes, text: bool, exclude: frozenset[str]) -> bytes:
         rest = json.dumps(sorted(exclude)).encode() if exclude else b""
-        return _pack(b"P" if text else b"p", self._node_b, _topic_meta(name, rest), payload)
+        return pack(b"P" if text else b"p", self._node_b, topic_meta(name, rest), payload)
 
     def publish_topic(self, name: str, payload: bytes, text: bool, exclude: frozenset[str]) -> None:
         self._publish(self._topic_channel(name), self._publication(name, payload, text, exclude))
@@ -1585,7 +894,7 @@ class RedisBackplane(Backplane):
     # ============================================================ histories
     #
     # With keep_history(), every publication is one script run in Redis
-    # (backplane_streams.PUBLISH_SCRIPT): XADD to <prefix>:history:<name>,
+    # (streams.PUBLISH_SCRIPT): XADD to <prefix>:history:<name>,
     # then PUBLISH on the topic's channel with the position after the sealed
     # message.  Every node, the publisher included, delivers from the channel.
 
@@ -1618,7 +927,7 @@ class RedisBackplane(Backplane):
         if not self._enqueue("kept", args, True, len(msg)):
             raise HistoryUnavailable("the outgoing queue to Redis is full")
 
-    def _queue_kept(self, pipe: Any, sealer: _Seal, args: tuple[Any, ...]) -> None:
+    def _queue_kept(self, pipe: Any, sealer: Seal, args: tuple[Any, ...]) -> None:
         channel, meta_key, stream_key, message, _box = args
         assert self._history is not None
         sha = self._script_sha
@@ -1629,7 +938,7 @@ class RedisBackplane(Backplane):
     def _keep_call(
         self,
         sha: str,
-        sealer: _Seal,
+        sealer: Seal,
         channel: str,
         meta_key: str,
         stream_key: str,
@@ -1637,7 +946,7 @@ class RedisBackplane(Backplane):
         ttl_ms: int,
     ) -> list[Any]:
         """The EVALSHA of a script that keeps ``message`` in a stream
-        (``backplane_streams``: its KEYS and ARGV[1..7])."""
+        (``streams``: its KEYS and ARGV[1..7])."""
         assert self._history is not None
         size, _ttl_ms, exact = self._history
         return [
@@ -1647,7 +956,7 @@ class RedisBackplane(Backplane):
             meta_key,
             stream_key,
             channel,
-            sealer.seal(channel.encode(), message, _VERSION_KEPT),
+            sealer.seal(channel.encode(), message, VERSION_KEPT),
             self._run_id,
             new_epoch(),
             size,
@@ -1672,14 +981,14 @@ class RedisBackplane(Backplane):
     def _on_kept(
         self, origin: str, channel_name: bytes, data: bytes, position: tuple[str, int]
     ) -> None:
-        kind, meta, payload = _unpack_sealed(origin, data, b"Pp")
+        kind, meta, payload = unpack_sealed(origin, data, b"Pp")
         hub = self._topic_hub
         if hub is None:
             return
-        name, rest = _split_topic_meta(meta)
+        name, rest = split_topic_meta(meta)
         if name.encode("utf-8") != channel_name:
-            raise _Rejected("bad_content", f"names topic {name[:60]!r}, not its channel's")
-        hub.deliver_publication(name, payload, kind == b"P", _excluded(rest), position)
+            raise Rejected("bad_content", f"names topic {name[:60]!r}, not its channel's")
+        hub.deliver_publication(name, payload, kind == b"P", excluded_ids(rest), position)
 
     def _subscription_confirmed(self, msg: dict[str, Any], prefixes: tuple[bytes, ...]) -> None:
         """Redis confirmed a (un)subscription: a topic's (or a client's direct)
@@ -1755,8 +1064,8 @@ class RedisBackplane(Backplane):
             opened = entry(entry_id, fields, limit)
             if opened is not None:
                 entries.append(opened)
-        if first and _entry_time(first[0][1]) >= limit:
-            oldest = _entry_seq(first[0][0])
+        if first and entry_time(first[0][1]) >= limit:
+            oldest = entry_seq(first[0][0])
         else:
             oldest = entries[0].seq if entries else seq + 1
         return HistoryRead(raw_epoch.decode("ascii", "replace"), seq, entries, oldest)
@@ -1790,7 +1099,7 @@ class RedisBackplane(Backplane):
             )
         except Exception as exc:
             raise HistoryUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
-        return _text(epoch), int(seq)
+        return as_text(epoch), int(seq)
 
     # ------------------------------------------------------ direct streams
     #
@@ -1799,7 +1108,7 @@ class RedisBackplane(Backplane):
     # and published on the channel <prefix>:direct:<ID>, which the node the
     # client is connected to subscribes to (follow_direct).  The sending node
     # need not know where the client is, nor whether it is a wshub.v1 client:
-    # backplane_streams.DIRECT_SCRIPT keeps the message if the ID has a
+    # streams.DIRECT_SCRIPT keeps the message if the ID has a
     # direct stream and routes it as a raw send otherwise.
 
     def _direct_keys(self, client_id: str) -> tuple[str, str]:
@@ -1844,7 +1153,7 @@ class RedisBackplane(Backplane):
             self._count_lost((self._direct_channel(client_id),), len(payload), "Redis is down")
             return False
         meta = client_id.encode("utf-8")
-        message = _pack(b"D" if text else b"d", self._node_b, meta, payload)
+        message = pack(b"D" if text else b"d", self._node_b, meta, payload)
         mode, route_channel, route_message = "create", "", b""
         if routed is not None:
             mode = "exists"
@@ -1852,9 +1161,9 @@ class RedisBackplane(Backplane):
                 mode, route_channel = "route", self._node_channel(owner)
                 if isinstance(routed, str):
                     raw = routed.encode("utf-8", "surrogatepass")
-                    route_message = _pack(b"T", self._node_b, meta, raw)
+                    route_message = pack(b"T", self._node_b, meta, raw)
                 else:
-                    route_message = _pack(b"t" if text else b"y", self._node_b, meta, routed)
+                    route_message = pack(b"t" if text else b"y", self._node_b, meta, routed)
         meta_key, stream_key = self._direct_keys(client_id)
         args = (
             self._direct_channel(client_id),
@@ -1872,7 +1181,7 @@ class RedisBackplane(Backplane):
         # An ID no node lists: at best kept for its resume, not sent now.
         return mode != "exists" and self._queued_bytes < self.queue_bytes // 2
 
-    def _queue_direct(self, pipe: Any, sealer: _Seal, args: tuple[Any, ...]) -> None:
+    def _queue_direct(self, pipe: Any, sealer: Seal, args: tuple[Any, ...]) -> None:
         channel, meta_key, stream_key, message, ttl_ms, mode, route_channel, routed, _id = args
         sha = self._direct_sha
         pipe.execute_command(
@@ -1893,9 +1202,9 @@ class RedisBackplane(Backplane):
     def _on_direct_kept(
         self, origin: str, client_id: bytes, data: bytes, position: tuple[str, int]
     ) -> None:
-        kind, meta, payload = _unpack_sealed(origin, data, b"Dd")
+        kind, meta, payload = unpack_sealed(origin, data, b"Dd")
         if meta != client_id:
-            raise _Rejected("bad_content", "a direct message for another client than its channel's")
+            raise Rejected("bad_content", "a direct message for another client than its channel's")
         hub = self._hub
         if hub is not None:
             hub.deliver_direct(meta.decode("utf-8"), payload, kind == b"D", position)
@@ -1930,19 +1239,19 @@ class RedisBackplane(Backplane):
         sealer = self._sealer
         assert sealer is not None
         try:
-            if _entry_time(fields) < limit:
+            if entry_time(fields) < limit:
                 return None  # past the age limit, not trimmed yet
-            origin, inner = sealer.open(channel, fields[b"m"], None, _VERSION_KEPT)
-            kind, meta, payload = _unpack_sealed(origin, inner, b"Dd" if direct else b"Pp")
+            origin, inner = sealer.open(channel, fields[b"m"], None, VERSION_KEPT)
+            kind, meta, payload = unpack_sealed(origin, inner, b"Dd" if direct else b"Pp")
             if direct:
                 if meta != name.encode("utf-8"):
-                    raise _Rejected("bad_content", "for another client than its stream's")
-                return KeptEntry(_entry_seq(entry_id), payload, kind == b"D", frozenset())
-            topic, rest = _split_topic_meta(meta)
+                    raise Rejected("bad_content", "for another client than its stream's")
+                return KeptEntry(entry_seq(entry_id), payload, kind == b"D", frozenset())
+            topic, rest = split_topic_meta(meta)
             if topic != name:
-                raise _Rejected("bad_content", f"names topic {topic[:60]!r}, not its stream's")
-            return KeptEntry(_entry_seq(entry_id), payload, kind == b"P", _excluded(rest))
-        except _Rejected as exc:
+                raise Rejected("bad_content", f"names topic {topic[:60]!r}, not its stream's")
+            return KeptEntry(entry_seq(entry_id), payload, kind == b"P", excluded_ids(rest))
+        except Rejected as exc:
             self._reject(exc.reason, stream_key, f"entry {entry_id[:40]!r}: {exc.detail}")
         except (ValueError, TypeError, KeyError, struct.error) as exc:
             self._reject("bad_content", stream_key, f"entry {entry_id[:40]!r}: {exc}")
@@ -1970,25 +1279,25 @@ class RedisBackplane(Backplane):
             # Signed like registry entries: a forged or moved one is dropped.
             where = self._presence_key(node, name)
             for client_id, tagged, path in self._open_entries(node, entries, where):
-                if tagged == _PRESENCE_TAG + name:
+                if tagged == PRESENCE_TAG + name:
                     found[client_id] = (node, path)
                 else:  # signed, but for another topic (or a registry entry): moved here
                     self._reject("bad_entry", where, f"entry {client_id[:64]!r} is not for it")
         return found
 
     def _on_topic(self, origin: str, channel_name: bytes, data: bytes) -> None:
-        kind, meta, payload = _unpack_sealed(origin, data, b"PpJL")
+        kind, meta, payload = unpack_sealed(origin, data, b"PpJL")
         hub = self._topic_hub
         if origin == self.node_id or hub is None:
             return  # delivered locally when it was sent
         try:
-            name, rest = _split_topic_meta(meta)
+            name, rest = split_topic_meta(meta)
         except (ValueError, struct.error) as exc:
-            raise _Rejected("bad_content", f"topic metadata: {exc}") from None
+            raise Rejected("bad_content", f"topic metadata: {exc}") from None
         if name.encode("utf-8") != channel_name:
-            raise _Rejected("bad_content", f"names topic {name[:60]!r}, not its channel's")
+            raise Rejected("bad_content", f"names topic {name[:60]!r}, not its channel's")
         if kind == b"P" or kind == b"p":
-            hub.deliver_publication(name, payload, kind == b"P", _excluded(rest))
+            hub.deliver_publication(name, payload, kind == b"P", excluded_ids(rest))
         elif kind == b"J":
             hub.remote_joined(rest.decode("utf-8"), name)
         else:
@@ -2051,9 +1360,9 @@ class RedisBackplane(Backplane):
             raise ClientNotFound(client_id)
         meta = client_id.encode("utf-8")
         if isinstance(data, str):
-            msg = _pack(b"T", self._node_b, meta, data.encode("utf-8", "surrogatepass"))
+            msg = pack(b"T", self._node_b, meta, data.encode("utf-8", "surrogatepass"))
         else:
-            msg = _pack(b"t" if text else b"y", self._node_b, meta, data)
+            msg = pack(b"t" if text else b"y", self._node_b, meta, data)
         return self._publish(self._node_channel(node), msg)
 
     def broadcast(
@@ -2062,7 +1371,7 @@ class RedisBackplane(Backplane):
         meta = b""
         if event is not None or exclude:
             meta = json.dumps({"e": event, "x": sorted(exclude)}).encode()
-        self._publish(self._ch_all, _pack(b"B" if text else b"b", self._node_b, meta, payload))
+        self._publish(self._ch_all, pack(b"B" if text else b"b", self._node_b, meta, payload))
 
     async def _writer(self) -> None:
         assert self._wakeup is not None
@@ -2188,7 +1497,7 @@ class RedisBackplane(Backplane):
             channel = msg["channel"]
             data = msg["data"]
             # A kept publication (version 2) comes to every node, its sender too.
-            kept = len(data) > _VERSION_AT and data[_VERSION_AT] == _VERSION_KEPT
+            kept = len(data) > VERSION_AT and data[VERSION_AT] == VERSION_KEPT
             if channel != ch_ctl and not kept and sealer.is_own(data):
                 continue  # this node's own publication, delivered locally when it was sent
             # Nothing is acted on before open() has checked the MAC, the
@@ -2196,7 +1505,7 @@ class RedisBackplane(Backplane):
             try:
                 if kept and channel.startswith(prefixes):
                     sealed, epoch, seq = split_kept(data)
-                    origin, inner = sealer.open(channel, sealed, time.time(), _VERSION_KEPT)
+                    origin, inner = sealer.open(channel, sealed, time.time(), VERSION_KEPT)
                     self._accepted += 1
                     if channel.startswith(topic_prefix):
                         self._on_kept(origin, channel[len(topic_prefix) :], inner, (epoch, seq))
@@ -2214,7 +1523,7 @@ class RedisBackplane(Backplane):
                     self._on_topic(origin, channel[len(topic_prefix) :], inner)
                 else:
                     self._on_direct(origin, inner)
-            except _Rejected as exc:
+            except Rejected as exc:
                 self._reject(exc.reason, channel, exc.detail)
             except (ValueError, TypeError, KeyError, struct.error) as exc:
                 # Sealed with our key, yet not what its kind needs (a bug, or a
@@ -2244,7 +1553,7 @@ class RedisBackplane(Backplane):
         )
 
     def _on_ctl(self, origin: str, data: bytes) -> None:
-        msg = _control_message(origin, json.loads(data))
+        msg = control_message(origin, json.loads(data))
         if origin == self.node_id:
             if msg.get("t") == "hb":
                 self._own_hb_seen = time.monotonic()
@@ -2284,7 +1593,7 @@ class RedisBackplane(Backplane):
             )
 
     def _on_broadcast(self, origin: str, data: bytes) -> None:
-        kind, meta, payload = _unpack_sealed(origin, data, b"Bb")
+        kind, meta, payload = unpack_sealed(origin, data, b"Bb")
         if origin == self.node_id or self._hub is None:
             return  # delivered locally when it was sent
         event: str | None = None
@@ -2298,13 +1607,13 @@ class RedisBackplane(Backplane):
                 or not isinstance(info["x"], list)
                 or not all(isinstance(x, str) for x in info["x"])
             ):
-                raise _Rejected("bad_content", "broadcast metadata is not {e: path, x: [IDs]}")
+                raise Rejected("bad_content", "broadcast metadata is not {e: path, x: [IDs]}")
             event = info["e"]
             exclude = frozenset(info["x"])
         self._hub.deliver_broadcast(payload, kind == b"B", event, exclude)
 
     def _on_direct(self, origin: str, data: bytes) -> None:
-        kind, meta, payload = _unpack_sealed(origin, data, b"TtyM")
+        kind, meta, payload = unpack_sealed(origin, data, b"TtyM")
         hub = self._hub
         if hub is None:
             return
@@ -2320,7 +1629,7 @@ class RedisBackplane(Backplane):
             if origin != self.node_id and self._up:
                 self._enqueue(
                     "publish",
-                    (self._node_channel(origin), _pack(b"M", self._node_b, meta)),
+                    (self._node_channel(origin), pack(b"M", self._node_b, meta)),
                     False,
                     0,
                 )

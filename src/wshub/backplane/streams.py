@@ -40,6 +40,8 @@ __all__ = [
     "DIRECT_SCRIPT",
     "ENSURE_SCRIPT",
     "PUBLISH_SCRIPT",
+    "entry_seq",
+    "entry_time",
     "kept_trailer",
     "new_epoch",
     "split_kept",
@@ -161,3 +163,13 @@ def split_kept(data: bytes) -> tuple[bytes, str, int]:
     if match is None:
         raise ValueError("no position trailer")
     return data[:start], match.group(1).decode("ascii"), int(match.group(2))
+
+
+def entry_seq(entry_id: bytes) -> int:
+    """The sequence number of a history entry's ID ``0-<seq>``."""
+    return int(entry_id.partition(b"-")[2])
+
+
+def entry_time(fields: dict[bytes, bytes]) -> int:
+    """When Redis kept a history entry (ms, its clock)."""
+    return int(fields.get(b"t", b"0"))
