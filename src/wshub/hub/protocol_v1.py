@@ -46,7 +46,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConnectionClosedError, HistoryUnavailable, TopicLimitError
+from ..encodings import encode_str
+from ..errors import (
+    ClientNotFound,
+    ConnectionClosedError,
+    HistoryUnavailable,
+    TopicLimitError,
+)
 from ..logging import refusal_log
 from ..protocol.frames import CloseCode
 from .cluster_history import ClusterDirect
@@ -188,7 +194,9 @@ def parse_data(request: dict[str, Any]) -> tuple[bytes, bool]:
             raise BadRequest("bad_request", '"data" is not valid base64') from None
     if binary is not False:
         raise BadRequest("bad_request", '"binary" must be true or false')
-    return data.encode("utf-8", "surrogatepass"), True
+    # A lone surrogate (valid JSON: "\\ud800") becomes U+FFFD, as the hub's
+    # publish of such a str: every subscriber gets valid UTF-8.
+    return encode_str(data, "utf8")
 
 
 class Session:
@@ -550,6 +558,8 @@ class ProtocolV1:
             topics.subscribe(client.id, topic, framed=True)
         except TopicLimitError:  # (checked above; kept for safety)
             raise BadRequest("limit", f"at most {topics.limit} topics per client") from None
+        except ClientNotFound:
+            pass  # its replay passed write_limit: closed with 1008, nothing to follow
 
     def _subscribe_kept(
         self, client: Client, topic: str, since: Position | None, request_id: object, last: int
