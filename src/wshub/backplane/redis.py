@@ -1,8 +1,9 @@
 """The Redis backplane: a cluster of wshub nodes over Redis pub/sub.
 
 :class:`RedisBackplane` runs the session (connect, reconnect, the ordered
-writer, the reader, heartbeats), keeps every node's cached copy of the
-cluster registry, and carries topics, presence, the Redis Streams histories
+writer, the reader, heartbeats), keeps its copy of the cluster registry
+(:class:`~wshub.backplane.registry.ClusterRegistry`) up to date, and
+carries topics, presence, the Redis Streams histories
 (:mod:`wshub.backplane.streams`) and wshub.v1 direct streams.  Every message
 is sealed and opened by :mod:`wshub.backplane.envelope`.
 """
@@ -48,6 +49,7 @@ from .envelope import (
     topic_meta,
     unpack_sealed,
 )
+from .registry import ClusterRegistry
 from .streams import (
     DIRECT_SCRIPT,
     ENSURE_SCRIPT,
@@ -217,9 +219,7 @@ class RedisBackplane(Backplane):
         self._ensure_sha = ""
         self._run_id = ""
         # Cached registry of the other nodes.
-        self._remote: dict[str, dict[str, tuple[str, str]]] = {}
-        self._owner: dict[str, str] = {}
-        self._ip_counts: dict[str, int] = {}
+        self._registry = ClusterRegistry()
         self._seen: dict[str, float] = {}
         self._replay: list[dict[str, Any]] | None = None
         # Outgoing: (command, args, is_message, size); one writer keeps them in order.
@@ -437,8 +437,8 @@ class RedisBackplane(Backplane):
                     "redis backplane: node %s joined %s (%d clients on %d other nodes)",
                     self.node_id,
                     self._safe_url(),
-                    len(self._owner),
-                    len(self._remote),
+                    self._registry.client_count(),
+                    self._registry.node_count(),
                 )
             try:
                 await self._run_session()
@@ -544,8 +544,8 @@ class RedisBackplane(Backplane):
             self._lost_broadcasts,
             self._lost_bytes,
             len(self._local()),
-            len(self._owner),
-            len(self._remote),
+            self._registry.client_count(),
+            self._registry.node_count(),
         )
         self._lost_sends = self._lost_broadcasts = self._lost_bytes = 0
         self._warned_drop = False
@@ -612,52 +612,14 @@ class RedisBackplane(Backplane):
         self._enqueue("publish", (self._ch_ctl, msg), False, 0)
 
     def owner(self, client_id: str) -> str | None:
-        return self._owner.get(client_id)
+        return self._registry.owner(client_id)
 
     def ip_count(self, key: str) -> int:
-        return self._ip_counts.get(key, 0)
+        return self._registry.ip_count(key)
 
-    def _cache_add(self, node: str, client_id: str, ip_key: str, event: str) -> None:
-        clients = self._remote.setdefault(node, {})
-        old = clients.get(client_id)
-        if old is not None:
-            self._ip_dec(old[0])
-        else:
-            prev = self._owner.get(client_id)
-            if prev is not None and prev != node:
-                # The ID moved between nodes and the leave is still in flight.
-                self._cache_remove(prev, client_id)
-        clients[client_id] = (ip_key, event)
-        self._owner[client_id] = node
-        self._ip_counts[ip_key] = self._ip_counts.get(ip_key, 0) + 1
-
-    def _cache_remove(self, node: str, client_id: str) -> None:
-        clients = self._remote.get(node)
-        if not clients:
-            return
-        entry = clients.pop(client_id, None)
-        if entry is None:
-            return
-        self._ip_dec(entry[0])
-        if self._owner.get(client_id) == node:
-            del self._owner[client_id]
-
-    def _ip_dec(self, key: str) -> None:
-        n = self._ip_counts.get(key, 0) - 1
-        if n <= 0:
-            self._ip_counts.pop(key, None)
-        else:
-            self._ip_counts[key] = n
-
-    def _cache_drop_node(self, node: str) -> None:
+    def _drop_node(self, node: str) -> None:
         self._seen.pop(node, None)
-        clients = self._remote.pop(node, None)
-        if not clients:
-            return
-        for client_id, (ip_key, _event) in clients.items():
-            self._ip_dec(ip_key)
-            if self._owner.get(client_id) == node:
-                del self._owner[client_id]
+        self._registry.drop_node(node)
 
     def _open_entries(
         self, node: str, entries: dict[bytes, bytes], where: str | None = None
@@ -675,14 +637,13 @@ class RedisBackplane(Backplane):
                 self._reject(exc.reason, where or self._clients_key(node), exc.detail)
         return valid
 
-    def _cache_replace_node(self, node: str, entries: dict[bytes, bytes]) -> None:
+    def _replace_node(self, node: str, entries: dict[bytes, bytes]) -> None:
         valid = self._open_entries(node, entries)
-        if not valid and node not in self._remote:
+        if not valid and not self._registry.knows(node):
             return  # nothing signed: no node (a hash anyone could have written)
-        self._cache_drop_node(node)
+        self._seen.pop(node, None)  # then last, as the node heard from most recently
         self._seen[node] = time.monotonic()
-        for client_id, ip_key, event in valid:
-            self._cache_add(node, client_id, ip_key, event)
+        self._registry.replace_node(node, valid)
 
     def _request_resync(self) -> None:
         """Reload the registry soon (a node announced itself with its whole registry)."""
@@ -719,11 +680,11 @@ class RedisBackplane(Backplane):
                 pipe.hgetall(self._clients_key(node))
             results = await pipe.execute() if nodes else []
             found = dict(zip(nodes, results, strict=True))
-            for node in list(self._remote):
+            for node in self._registry.nodes():
                 if node not in found:
-                    self._cache_drop_node(node)
+                    self._drop_node(node)
             for node, entries in found.items():
-                self._cache_replace_node(node, entries)
+                self._replace_node(node, entries)
             replay = self._replay
             self._replay = None
             for msg in replay:
@@ -738,7 +699,7 @@ class RedisBackplane(Backplane):
             log.warning(
                 "redis backplane: Redis unreachable, cluster_clients() answers from the cache"
             )
-            return local + list(self._owner)
+            return local + self._registry.client_ids()
         try:
             keys = [k async for k in client.scan_iter(match=self._clients_key("*"), count=500)]
             mine = self._my_key.encode()
@@ -749,7 +710,7 @@ class RedisBackplane(Backplane):
             results = await pipe.execute() if keys else []
         except Exception as exc:
             log.warning("redis backplane: cluster_clients() answers from the cache (%s)", exc)
-            return local + list(self._owner)
+            return local + self._registry.client_ids()
         seen = set(local)
         out = list(local)
         prefix_len = len(self._clients_key(""))
@@ -1144,7 +1105,7 @@ class RedisBackplane(Backplane):
         history = self._history
         if history is None:
             raise HistoryUnavailable("keep_history() was not called: no history to keep it in")
-        owner = None if routed is None else self._owner.get(client_id)
+        owner = None if routed is None else self._registry.owner(client_id)
         if not self._up:
             if routed is None:
                 raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
@@ -1260,7 +1221,7 @@ class RedisBackplane(Backplane):
     async def topic_presence(self, name: str) -> dict[str, tuple[str, str]]:
         client = self._client
         # The live nodes, as the cached registry knows them.
-        nodes = [n for n in self._remote if n != self.node_id]
+        nodes = [n for n in self._registry.nodes() if n != self.node_id]
         if client is None or not self._up:
             log.warning("redis backplane: Redis unreachable, presence() lists this node only")
             return {}
@@ -1355,7 +1316,7 @@ class RedisBackplane(Backplane):
         return self._queued_bytes < self.queue_bytes // 2
 
     def send(self, client_id: str, data: str | bytes, text: bool) -> bool:
-        node = self._owner.get(client_id)
+        node = self._registry.owner(client_id)
         if node is None:
             raise ClientNotFound(client_id)
         meta = client_id.encode("utf-8")
@@ -1469,9 +1430,9 @@ class RedisBackplane(Backplane):
                     "redis backplane: node %s silent for %.1fs: dropping its %d clients",
                     node,
                     now - seen,
-                    len(self._remote.get(node, ())),
+                    self._registry.client_count(node),
                 )
-                self._cache_drop_node(node)
+                self._drop_node(node)
         sealer = self._sealer
         if sealer is not None:
             sealer.forget_silent(time.time())
@@ -1566,19 +1527,19 @@ class RedisBackplane(Backplane):
         node: str = msg["n"]
         kind = msg.get("t")
         if kind == "bye":
-            self._cache_drop_node(node)
+            self._drop_node(node)
             return
         self._seen[node] = time.monotonic()
-        self._remote.setdefault(node, {})
+        self._registry.add_node(node)
         if kind == "hello" and live:
             self._request_resync()
         elif kind == "join":
             client_id, ip_key, event = str(msg["c"]), str(msg["ip"]), str(msg.get("e", ""))
-            self._cache_add(node, client_id, ip_key, event)
+            self._registry.add(node, client_id, ip_key, event)
             if live:
                 self._check_duplicate(node, client_id)
         elif kind == "leave":
-            self._cache_remove(node, str(msg["c"]))
+            self._registry.remove(node, str(msg["c"]))
 
     def _check_duplicate(self, node: str, client_id: str) -> None:
         # Two nodes admitted the same session ID at the same moment (each
