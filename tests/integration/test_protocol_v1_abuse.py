@@ -169,3 +169,37 @@ async def test_a_client_of_1000_topics_leaves_them_all(start_server: StartServer
     assert all(ws.subscribers(f"t{i}") == [] for i in range(1000))
     for topic in ("t0", "t999"):
         assert await ws.presence(topic) == {}
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type":"hello","x":[' + "[]," * 600_000 + "[]]}",  # 1.7 MiB, ~45 MiB parsed
+        '{"type":"hello","x":[' + "1," * 900_000 + "1]}",
+        "{" + ",".join(f'"k{i}":0' for i in range(100_000)) + "}",
+    ],
+)
+async def test_a_request_of_many_values_is_refused_before_parsing(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture, frame: str
+) -> None:
+    """A frame far from a request's few members is closed with 1008 without
+    being parsed; a publication whose text is JSON with many values is not
+    such a frame."""
+    running = await start_server(pubsub=True, authorize=allow_all)
+    other = await V1Peer.connect(running)
+    await other.subscribe("t")
+    attacker = await V1Peer.connect(running)
+    caplog.set_level(logging.WARNING, logger="wshub")
+    await attacker.conn.send(frame)
+    with pytest.raises(websockets.ConnectionClosed) as caught:
+        await attacker.recv()
+    assert caught.value.rcvd is not None and caught.value.rcvd.code == 1008
+    lines = [r.getMessage() for r in caplog.records if "wshub.v1 client" in r.getMessage()]
+    assert len(lines) == 1 and "too many JSON values" in lines[0], lines
+    text = json.dumps([{"k": [i, '"[{,'], "v": {}} for i in range(10_000)])
+    publisher = await V1Peer.connect(running)
+    await publisher.send(type="publish", topic="t", data=text, id=1)
+    assert (await publisher.recv_type("published"))["id"] == 1
+    assert (await other.recv_type("message"))["data"] == text
+    await publisher.close()
+    await other.close()

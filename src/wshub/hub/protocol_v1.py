@@ -42,6 +42,7 @@ import binascii
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -83,7 +84,15 @@ MAX_REQUEST_ID_CHARS = 64
 #: The most messages a ``subscribe`` may ask for with ``"history": N``.
 MAX_HISTORY_REQUEST = 1000
 
+#: The most ``{``, ``[`` and ``,`` a request may hold outside its strings (a
+#: request is one object of a few members).  A frame of many small values
+#: (``[[],[],...]``) takes about 25 times its size in memory to parse, and
+#: seconds of the event loop for a few MiB: it is refused before parsing.
+MAX_REQUEST_ITEMS = 256
+
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# A JSON string literal (RFC 8259 section 7), in one pass.
+_json_string = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 class BadRequest(ValueError):
@@ -145,6 +154,16 @@ def gap_notice(
     gap["since"] = position_json(last)
     gap["position"] = position_json(Position(position.epoch, position.seq - 1))
     return _dumps(gap).encode("utf-8")
+
+
+def items(text: str) -> int:
+    return text.count("{") + text.count("[") + text.count(",")
+
+
+def too_many_items(text: str) -> bool:
+    """Whether the JSON ``text`` holds more than MAX_REQUEST_ITEMS objects,
+    arrays and commas outside its strings (a published text may be JSON)."""
+    return items(text) > MAX_REQUEST_ITEMS and items(_json_string.sub("", text)) > MAX_REQUEST_ITEMS
 
 
 def parse_since(value: object) -> Position | None:
@@ -433,6 +452,9 @@ class ProtocolV1:
     def on_message(self, client: Client, data: str | bytes) -> None:
         if not isinstance(data, str):
             self._close(client, CloseCode.UNSUPPORTED_DATA, "wshub.v1 takes text frames")
+            return
+        if too_many_items(data):
+            self._close(client, CloseCode.POLICY_VIOLATION, "wshub.v1: too many JSON values")
             return
         try:
             request = json.loads(data)
