@@ -9,7 +9,9 @@ formatter shows the message; :class:`JsonFormatter` (``wshub serve
 --log-format json``) writes one JSON object per line with every field.
 
 Refused requests (bad handshakes, over the per-IP limit, malformed
-heads ...) are logged at INFO on the ``"wshub.refusals"`` logger, at
+heads ...), and what a connected client can cause at will (a refused
+``wshub.v1`` request, a close for a protocol error or a policy violation)
+are logged on the ``"wshub.refusals"`` logger (INFO, 1008 at WARNING), at
 most :data:`REFUSAL_BURST` lines at once and :data:`REFUSAL_RATE` per
 second after that (a token bucket for the whole process, so that a flood
 of bad requests cannot flood the log); what it holds back is counted and

@@ -21,6 +21,7 @@ import websockets
 
 from tests.conftest import StartServer, wait_for
 from tests.integration.cli_support import free_port, start_program, wshub_command
+from tests.integration.security_support import http_raw, mask_frame, read_close, upgrade
 from tests.integration.v1_support import V1Peer, allow_all
 from wshub.logging import JsonFormatter, RefusalRateLimit, refusal_log
 
@@ -132,6 +133,53 @@ async def test_a_flood_of_bad_wshub_v1_requests_leaves_a_bounded_log(
     )
     assert fresh_limit.burst <= len(refused()) <= fresh_limit.burst + fresh_limit.rate * elapsed + 1
     assert refused()[0].client_id == client_id  # type: ignore[attr-defined]
+
+
+async def test_a_flood_of_connections_with_bad_frames_leaves_a_bounded_log(
+    start_server: StartServer, fresh_limit: RefusalRateLimit, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each connection is accepted, then sends a frame of a reserved opcode
+    # (1002) or a wshub.v1 request that is not JSON (1008): one line each
+    # would let a client that reconnects in a loop flood the log.
+    caplog.set_level(logging.INFO, logger="wshub")
+    srv = await start_server(pubsub=True, authorize=allow_all, limit_by_ip=0)
+
+    async def bad_frame() -> int:
+        reply, reader, writer = await http_raw(srv, upgrade(f"{srv.host}:{srv.port}"))
+        assert reply.status == 101
+        try:
+            writer.write(mask_frame(0x3, b"reserved"))
+            return await read_close(reader)
+        finally:
+            writer.close()
+
+    async def not_json() -> int:
+        peer = await V1Peer.connect(srv)
+        await peer.conn.send("{not json")
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(peer.conn.recv(), 10)
+        assert peer.conn.close_code is not None
+        return int(peer.conn.close_code)
+
+    each = 150
+    began = time.monotonic()
+    codes: list[int] = []
+    for _ in range(0, each, 30):
+        codes += await asyncio.gather(*(bad_frame() for _ in range(30)))
+        codes += await asyncio.gather(*(not_json() for _ in range(30)))
+    elapsed = time.monotonic() - began
+    assert sorted(set(codes)) == [1002, 1008], set(codes)
+
+    def lines() -> list[logging.LogRecord]:
+        return [
+            r for r in caplog.records if r.levelno >= logging.INFO and not hasattr(r, "suppressed")
+        ]
+
+    def held_back() -> int:
+        return sum(r.suppressed for r in caplog.records if hasattr(r, "suppressed"))
+
+    await wait_for(lambda: held_back() + len(lines()) >= 2 * each, what="the summary")
+    assert len(lines()) <= fresh_limit.burst + fresh_limit.rate * elapsed + 1
 
 
 async def test_json_lines_carry_the_structured_fields(

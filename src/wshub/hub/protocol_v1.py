@@ -797,7 +797,7 @@ class ProtocolV1:
 
     def _close(self, client: Client, code: int, reason: str) -> None:
         self.stats_errors += 1
-        log.warning(
+        refusal_log.warning(  # one per connection, but connections are cheap
             "wshub.v1 client %s closed with %d: %s",
             client.id,
             code,

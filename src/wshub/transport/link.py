@@ -23,6 +23,7 @@ from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from ..errors import WebSocketProtocolError
+from ..logging import refusal_log
 from ..protocol.connection import (
     Connection,
     ConnectionClosedError,
@@ -874,11 +875,12 @@ class FramedLink(ClosingReporter):
                     listener.on_pong(ev.rtt)
             elif type(ev) is ProtocolError:
                 # The core already failed the connection (our Close is on
-                # its way); tell the application why.
+                # its way); tell the application why.  A peer can cause this
+                # on every connection it opens: rate-limited like refusals.
                 if ev.code == CloseCode.POLICY_VIOLATION:
-                    log.warning("closing a client with %d: %s", ev.code, ev.reason)
+                    refusal_log.warning("closing a client with %d: %s", ev.code, ev.reason)
                 else:
-                    log.info("protocol error from client: %d %s", ev.code, ev.reason)
+                    refusal_log.info("protocol error from client: %d %s", ev.code, ev.reason)
                 self._report_error(WebSocketProtocolError(ev.code, ev.reason))
             # Pong and CloseReceived: nothing to do here (the reply to a
             # Close is the core's, taken by _pump after these events).
