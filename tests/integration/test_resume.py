@@ -301,3 +301,27 @@ def test_history_byte_budget_drops_whole_streams_oldest_first() -> None:
         history.append("b", b"y" * 100, False, now=0.0)
     assert "a" not in history and history.kept("b") == 4
     assert history.total_bytes <= history.max_bytes
+
+
+def test_history_byte_budget_drops_streams_never_written_first() -> None:
+    """Subscribes to many new topics (each made by ``ensure``) past
+    ``max_bytes`` drop one another, never a stream with messages: a client
+    that may subscribe to any name cannot push the kept messages out."""
+    history = MemoryHistory(size=100, max_bytes=1 << 20)
+    for _ in range(10):
+        history.append("real", b"x" * 100, True, now=0.0)
+    for i in range(2000):  # 2,000 x STREAM_OVERHEAD: three times the budget
+        history.ensure(f"junk{i}", now=1.0)
+    assert history.kept("real") == 10
+    assert history.total_bytes <= history.max_bytes
+    assert "junk0" not in history and "junk1999" in history
+    # Written once, a stream is ordered by its writes again.
+    history.append("junk1999", b"y", True, now=2.0)
+    history.ensure("other", now=3.0)
+    assert history.kept("junk1999") == 1 and "other" in history
+    # With nothing left to drop but streams with messages: oldest written first.
+    small = MemoryHistory(size=100, max_bytes=2 * STREAM_OVERHEAD + 12 * (100 + ENTRY_OVERHEAD))
+    for name in ("a", "b", "c"):
+        for _ in range(5):
+            small.append(name, b"z" * 100, True, now=0.0)
+    assert "a" not in small and small.kept("b") == 5 and small.kept("c") == 5

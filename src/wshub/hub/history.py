@@ -115,7 +115,7 @@ class _Stream:
 class MemoryHistory:
     """The histories of one process, in memory, within fixed bounds."""
 
-    __slots__ = ("_streams", "max_bytes", "size", "total_bytes", "ttl")
+    __slots__ = ("_streams", "_unwritten", "max_bytes", "size", "total_bytes", "ttl")
 
     def __init__(self, size: int, ttl: float = 0.0, max_bytes: int = 64 * 1024 * 1024) -> None:
         if size < 1:
@@ -132,6 +132,10 @@ class MemoryHistory:
         self.total_bytes = 0
         # Least recently written first.
         self._streams: dict[str, _Stream] = {}
+        # The streams made by ensure() and never written, oldest first: past
+        # max_bytes they go before any stream with messages, so subscribes
+        # to many new names cannot push the kept messages out.
+        self._unwritten: dict[str, None] = {}
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -144,6 +148,8 @@ class MemoryHistory:
         state = streams.pop(stream, None)
         if state is None:
             state = self._new_stream(now)
+        elif not state.seq:
+            self._unwritten.pop(stream, None)
         streams[stream] = state  # now the most recently written
         entries = state.entries
         if len(entries) == self.size:
@@ -181,6 +187,7 @@ class MemoryHistory:
         state = self._live(stream, now)
         if state is None:
             state = self._streams[stream] = self._new_stream(now)
+            self._unwritten[stream] = None
             self._trim(now)
         return Position(state.epoch, state.seq)
 
@@ -194,6 +201,8 @@ class MemoryHistory:
         state = self._streams.pop(stream, None)
         if state is not None:
             self.total_bytes -= state.bytes
+            if not state.seq:
+                self._unwritten.pop(stream, None)
 
     def kept(self, stream: str) -> int:
         """How many messages ``stream`` keeps now (for tests and metrics)."""
@@ -240,6 +249,9 @@ class MemoryHistory:
                 if now - state.written <= self.ttl:
                     break
                 self.drop(name)
+        unwritten = self._unwritten
+        while self.total_bytes > self.max_bytes and unwritten and len(streams) > 1:
+            self.drop(next(iter(unwritten)))
         while self.total_bytes > self.max_bytes and len(streams) > 1:
             self.drop(next(iter(streams)))
         if self.total_bytes > self.max_bytes:
