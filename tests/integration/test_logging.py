@@ -182,6 +182,54 @@ async def test_a_flood_of_connections_with_bad_frames_leaves_a_bounded_log(
     assert len(lines()) <= fresh_limit.burst + fresh_limit.rate * elapsed + 1
 
 
+async def test_a_flood_of_bad_http2_connections_leaves_a_bounded_log(
+    start_server: StartServer, fresh_limit: RefusalRateLimit, caplog: pytest.LogCaptureFixture
+) -> None:
+    # HTTP/2 with prior knowledge, then a SETTINGS frame whose length is not
+    # a multiple of 6: a connection error (GOAWAY) that any peer can cause.
+    caplog.set_level(logging.INFO, logger="wshub")
+    srv = await start_server(limit_by_ip=0)
+    bad_settings = b"\x00\x00\x05\x04\x00\x00\x00\x00\x00" + b"\x00" * 5
+
+    async def bad_connection() -> bytes:
+        reader, writer = await asyncio.open_connection(srv.host, srv.port)
+        try:
+            writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bad_settings)
+            return await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+
+    total = 300
+    began = time.monotonic()
+    answers: list[bytes] = []
+    for _ in range(0, total, 50):
+        answers += await asyncio.gather(*(bad_connection() for _ in range(50)))
+    elapsed = time.monotonic() - began
+    assert all(goaway_sent(a) for a in answers), answers[:3]
+
+    def lines() -> list[logging.LogRecord]:
+        return [
+            r for r in caplog.records if r.levelno >= logging.INFO and not hasattr(r, "suppressed")
+        ]
+
+    def held_back() -> int:
+        return sum(r.suppressed for r in caplog.records if hasattr(r, "suppressed"))
+
+    await wait_for(lambda: held_back() + len(lines()) >= total, what="the summary")
+    assert len(lines()) <= fresh_limit.burst + fresh_limit.rate * elapsed + 1
+
+
+def goaway_sent(data: bytes) -> bool:
+    """Whether these HTTP/2 frames from the server include a GOAWAY."""
+    at = 0
+    while at + 9 <= len(data):
+        length = int.from_bytes(data[at : at + 3], "big")
+        if data[at + 3] == 0x07:
+            return True
+        at += 9 + length
+    return False
+
+
 async def test_json_lines_carry_the_structured_fields(
     start_server: StartServer, fresh_limit: RefusalRateLimit
 ) -> None:

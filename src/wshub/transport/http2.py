@@ -347,7 +347,7 @@ class Http2Protocol(asyncio.Protocol):
         if self._dead or self._lost:
             return
         self._dead = True
-        log.warning("%s: HTTP/2 connection error (%s): %s", self.peer[0], error.name, why)
+        refusal_log.warning("%s: HTTP/2 connection error (%s): %s", self.peer[0], error.name, why)
         with contextlib.suppress(h2.exceptions.ProtocolError):  # h2 queued its own GOAWAY
             self.conn.close_connection(error_code=error, additional_data=why.encode()[:64])
         self._close_after_error()
@@ -422,7 +422,7 @@ class Http2Protocol(asyncio.Protocol):
         if self.streams or self._lost:
             return
         if not self._seen_request:
-            log.info(
+            refusal_log.info(
                 "%s: no HTTP/2 request within %.1fs", self.peer[0], self.server.handshake_timeout
             )
         self.goaway("idle")
@@ -438,7 +438,7 @@ class Http2Protocol(asyncio.Protocol):
                 events = self.conn.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
                 # h2 queued a GOAWAY with the right error code.
-                log.warning("%s: HTTP/2 protocol error: %s", self.peer[0], exc)
+                refusal_log.warning("%s: HTTP/2 protocol error: %s", self.peer[0], exc)
                 self._close_after_error()
                 return
             for event in events:
@@ -677,7 +677,7 @@ class Http2Protocol(asyncio.Protocol):
             return
         if stream.responded or stream.kind != _REQUEST:
             return
-        log.info(
+        refusal_log.info(
             "%s: HTTP/2 request (stream %d) not complete within %.1fs: reset",
             self.peer[0],
             stream.id,
@@ -770,7 +770,9 @@ class Http2Protocol(asyncio.Protocol):
         ]
         try:
             self.conn.send_headers(stream.id, encoded, end_stream=end)
-        except h2.exceptions.StreamClosedError:
+        except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError):
+            # Closed, or reset by the peer and already forgotten by h2 (a
+            # rapid reset): nobody to answer, nothing to log.
             self._forget(stream)
             return False
         except h2.exceptions.ProtocolError as exc:
@@ -805,7 +807,7 @@ class Http2Protocol(asyncio.Protocol):
                 self._refuse(stream, 413, "request body too large")
                 return
             if self._body_held + len(data) > BODY_BUFFER_FACTOR * server.max_body_size:
-                log.info(
+                refusal_log.info(
                     "%s: HTTP/2 request bodies over %d bytes on one connection: stream %d refused",
                     self.peer[0],
                     BODY_BUFFER_FACTOR * server.max_body_size,
