@@ -229,6 +229,9 @@ class _Supervisor:
         self.state.stopping = True
 
     def _on_reload(self, signum: int, frame: object) -> None:
+        if self.state.stopping:
+            log.info("supervisor: SIGHUP while draining: ignored")
+            return
         self.state.reload_asked = True
 
     # ------------------------------------------------------------ waiting

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import websockets
 
+from tests.conftest import wait_for
 from tests.integration.cli_support import ROOT, free_port
 from tests.integration.cluster_support import RedisServer
 from tests.integration.workers_support import (
@@ -239,6 +240,35 @@ async def test_sigterm_drains_every_worker(
         await close_all(by_pid)
     log = program.log_text()
     assert "every worker has exited" in log
+    assert "Traceback" not in log, log
+
+
+async def test_sighup_during_the_drain_starts_no_worker(
+    redis: RedisServer, tmp_path: Path, started: list[Supervised]
+) -> None:
+    program, pids = await two_workers(
+        redis, tmp_path, started, "--mode", "echo", "--drain-window", "2", "--drain-timeout", "10"
+    )
+    by_pid = await clients_on_every_worker(program.port, pids)
+    try:
+        program.signal(signal.SIGTERM)
+        # Once the supervisor took SIGTERM (both pending, Linux would hand
+        # it SIGHUP first: the lower number).
+        await wait_for(
+            lambda: "SIGTERM: draining every worker" in program.log_text(), what="the drain"
+        )
+        program.signal(signal.SIGHUP)
+        for conns in by_pid.values():
+            for conn in conns:
+                with pytest.raises(websockets.ConnectionClosed):
+                    await asyncio.wait_for(conn.recv(), 15)
+                assert conn.close_code == 1012
+        assert await program.wait(25) == 0
+    finally:
+        await close_all(by_pid)
+    log = program.log_text()
+    assert "SIGHUP while draining: ignored" in log, log
+    assert log.count(" started (pid ") == 2, log  # the first two only
     assert "Traceback" not in log, log
 
 
