@@ -75,6 +75,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .errors import ConnectionClosedError, WebSocketProtocolError
+from .logging import refusal_log
 from .protocol.connection import Connection, ConnectionState, EndMode
 from .protocol.frames import CloseCode
 from .protocol.handshake import Headers, add_header
@@ -506,7 +507,10 @@ class AsgiLink(ClosingReporter):
             return
         limit = self.config.max_payload
         if 0 < limit < size:
-            log.info("message of %d bytes over max_payload %d: closing with 1009", size, limit)
+            # A peer can cause this on every connection: rate-limited like refusals.
+            refusal_log.info(
+                "message of %d bytes over max_payload %d: closing with 1009", size, limit
+            )
             listener.on_error(WebSocketProtocolError(CloseCode.MESSAGE_TOO_BIG, "message too big"))
             if not self._close_sent:
                 self._send_close(

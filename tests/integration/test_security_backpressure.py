@@ -126,6 +126,9 @@ async def test_write_limit_closes_with_1008(
         pytest.fail("the write buffer was never capped")
     lines = wshub_lines(caplog)
     assert len(lines) == 1 and "write_limit" in lines[0], lines
+    # A peer can cause this on every connection it opens: the line goes
+    # through the refusals' rate limit (logger wshub.refusals).
+    assert [r.name for r in caplog.records if "write_limit" in r.getMessage()] == ["wshub.refusals"]
     # A close the server decided is reported at once, with its code; the
     # ID is free while the connection still drains towards its Close.
     assert closed == [(cid, 1008, False)]

@@ -905,7 +905,7 @@ class Http1Protocol(asyncio.Protocol):
                 return
         elif not size and transport.is_closing():
             return  # sent: connection_lost is on its way
-        log.info(
+        refusal_log.info(  # a peer can cause this at will: rate-limited
             "%s: peer did not read what we sent within %.1fs (%d bytes left): aborted",
             self.peer[0],
             self.server.write_timeout,

@@ -613,7 +613,7 @@ class FramedLink(ClosingReporter):
         # frame is tiny; if even that is not read, the close deadline aborts).
         if self.conn.state != _OPEN:
             return  # already closing: one log line, one Close frame
-        log.warning(
+        refusal_log.warning(  # a peer that never reads: rate-limited like refusals
             "closing a client whose write buffer reached %d bytes (write_limit %d)",
             buffered,
             self.config.write_limit,
