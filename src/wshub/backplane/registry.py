@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..policy import PerIpCounter
+
 __all__ = ["ClusterRegistry"]
 
 
@@ -22,7 +24,7 @@ class ClusterRegistry:
     def __init__(self) -> None:
         self._clients: dict[str, dict[str, tuple[str, str]]] = {}
         self._owner: dict[str, str] = {}
-        self._ip_counts: dict[str, int] = {}
+        self._ip_counts = PerIpCounter()
 
     def owner(self, client_id: str) -> str | None:
         """The node ``client_id`` is connected to, or None."""
@@ -30,7 +32,7 @@ class ClusterRegistry:
 
     def ip_count(self, key: str) -> int:
         """How many clients of IP key ``key`` the other nodes have."""
-        return self._ip_counts.get(key, 0)
+        return self._ip_counts.count(key)
 
     def nodes(self) -> list[str]:
         """The nodes known (heard from, or found in Redis)."""
@@ -61,7 +63,7 @@ class ClusterRegistry:
         clients = self._clients.setdefault(node, {})
         old = clients.get(client_id)
         if old is not None:
-            self._ip_dec(old[0])
+            self._ip_counts.release(old[0])
         else:
             prev = self._owner.get(client_id)
             if prev is not None and prev != node:
@@ -69,7 +71,7 @@ class ClusterRegistry:
                 self.remove(prev, client_id)
         clients[client_id] = (ip_key, event)
         self._owner[client_id] = node
-        self._ip_counts[ip_key] = self._ip_counts.get(ip_key, 0) + 1
+        self._ip_counts.try_acquire(ip_key, 0)  # 0: no limit, always counted
 
     def remove(self, node: str, client_id: str) -> None:
         """``client_id`` left ``node``."""
@@ -79,7 +81,7 @@ class ClusterRegistry:
         entry = clients.pop(client_id, None)
         if entry is None:
             return
-        self._ip_dec(entry[0])
+        self._ip_counts.release(entry[0])
         if self._owner.get(client_id) == node:
             del self._owner[client_id]
 
@@ -89,7 +91,7 @@ class ClusterRegistry:
         if not clients:
             return
         for client_id, (ip_key, _event) in clients.items():
-            self._ip_dec(ip_key)
+            self._ip_counts.release(ip_key)
             if self._owner.get(client_id) == node:
                 del self._owner[client_id]
 
@@ -98,10 +100,3 @@ class ClusterRegistry:
         self.drop_node(node)
         for client_id, ip_key, event in entries:
             self.add(node, client_id, ip_key, event)
-
-    def _ip_dec(self, key: str) -> None:
-        n = self._ip_counts.get(key, 0) - 1
-        if n <= 0:
-            self._ip_counts.pop(key, None)
-        else:
-            self._ip_counts[key] = n
