@@ -12,7 +12,6 @@ import base64
 import os
 import struct
 import zlib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,19 +22,10 @@ from websockets.extensions.permessage_deflate import (
 )
 
 from tests.conftest import Running, StartServer, run_node, wait_for
+from tests.integration.chromium_support import chromium
 from wshub import DeflateOptions, WebSocket
 from wshub.protocol import deflate as deflate_module
 from wshub.transport.link import FramedLink
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 
 BIG_TEXT = "".join(f'{{"seq":{i},"text":"line {i} of the big message"}}' for i in range(30000))[
     : 1 << 20
@@ -219,22 +209,12 @@ async (url) => {
 
 
 async def test_chromium(start_server: StartServer) -> None:
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        pytest.fail("the playwright package is missing: run 'make venv'")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
     srv = await start_server(allow_origin="*")
     counters: dict[str, tuple[int, int]] = {}
     ids = echo(srv, counters)
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page()
-            result = await page.evaluate(CHROMIUM_SCRIPT, srv.url + "/")
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        page = await browser.new_page()
+        result = await page.evaluate(CHROMIUM_SCRIPT, srv.url + "/")
     assert result["errors"] == [], result
     assert result["extensions"].startswith("permessage-deflate"), result
     assert result["closeCode"] == 1000

@@ -24,22 +24,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
+from tests.integration.chromium_support import CHROMIUM, CHROMIUM_ARGS
 from wshub import HttpServer, WebSocket
 from wshub.http import Request, Response
 from wshub.tls import write_self_signed
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    # No DNS look-ups: everything but our loopback address fails to resolve.
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    "--ignore-certificate-errors",  # the self-signed certificate
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
+# The shared launch options, and the self-signed certificate accepted.
+BROWSER_ARGS = [*CHROMIUM_ARGS, "--ignore-certificate-errors"]
 
 PAGE = b"<!doctype html><meta charset=utf-8><title>wshub h2 test</title><p>ready</p>"
 
@@ -110,7 +101,7 @@ class Browser:
 
         self._pw = await async_playwright().start()
         self._browser = await self._pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + (extra_args or [])
+            executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS + (extra_args or [])
         )
         context = await self._browser.new_context(ignore_https_errors=True)
         self.page = await context.new_page()
