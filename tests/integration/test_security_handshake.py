@@ -391,6 +391,25 @@ async def test_host_with_unbalanced_brackets_is_400_never_500(
     assert_no_traceback(caplog)
 
 
+async def test_malformed_host_between_good_ones_is_400(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture, reader: str
+) -> None:
+    # The admission skips parsing a Host equal to the last valid one: a bad
+    # Host that starts like it, between two good upgrades, is still a 400.
+    srv = await start_server(allow_origin="*")
+    echo(srv)
+    good = upgrade(host_of(srv))
+    for bad_host in (host_of(srv) + "/admin?", host_of(srv) + "@evil.net", "x y"):
+        reply, _reader, writer = await http_raw(srv, good)
+        assert reply.status == 101
+        writer.close()
+        await assert_refused_once(srv, caplog, upgrade(bad_host), 400)
+    reply, _reader, writer = await http_raw(srv, good)
+    assert reply.status == 101
+    writer.close()
+    assert_no_traceback(caplog)
+
+
 @pytest.mark.parametrize("authority", ["[::1", "a]", "[::1]]", "[x]:80", "a[b]"])
 async def test_http2_authority_with_unbalanced_brackets_is_400_never_500(
     start_server: StartServer, caplog: pytest.LogCaptureFixture, authority: str

@@ -126,7 +126,7 @@ class PendingClient:
 class AdmissionControl:
     """Origin, per-IP limits, client IDs and cookies, extension negotiation."""
 
-    __slots__ = ("_backplane", "_ids", "_options", "per_ip", "registry", "reserved")
+    __slots__ = ("_backplane", "_ids", "_options", "_valid_host", "per_ip", "registry", "reserved")
 
     def __init__(
         self,
@@ -145,6 +145,9 @@ class AdmissionControl:
         self.per_ip = per_ip
         #: IDs admitted but not yet open (or cancelled).
         self.reserved: set[str] = set()
+        # The last Host found valid: the same one comes on nearly every
+        # upgrade, and is then not parsed again.
+        self._valid_host = ""
 
     def admit(self, request: UpgradeRequest) -> PendingClient | asyncio.Future[Admission]:
         """Judge a well-formed upgrade; raise HandshakeError to refuse it.
@@ -158,8 +161,9 @@ class AdmissionControl:
         # (":authority"), which must be a host and nothing more: a Host of
         # "x/admin?" must not turn "/public" into "/admin".
         host = headers.get("host", "")
-        if not valid_host(host):
+        if host != self._valid_host and not valid_host(host):
             raise HandshakeError(400, "malformed Host header")
+        self._valid_host = host
         try:
             path, query = split_target(request.target)
         except ValueError:
@@ -170,7 +174,9 @@ class AdmissionControl:
             raise HandshakeError(403, "origin not allowed")
         client = client_ip(request.peer[0], headers, options.trusted)
         key = ip_key(client)
-        if self._cluster_ip_full(key) or not self.per_ip.try_acquire(key, options.limit_by_ip):
+        if (
+            options.cluster_limit_by_ip and self._cluster_ip_full(key)
+        ) or not self.per_ip.try_acquire(key, options.limit_by_ip):
             raise HandshakeError(429, "too many connections from this address")
         try:
             url_text = f"{request.scheme}://{host}{path}"

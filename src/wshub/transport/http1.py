@@ -705,12 +705,15 @@ class Http1Protocol(asyncio.Protocol):
             return
         self._cancel_timer()
         config = admission.config
+        congestion = server.loopback_congestion
         link = Http1Link(
             transport,
             new_connection(admission),
             config,
             server.connections.loop,
-            bulk_congestion=bulk_congestion_for(server.loopback_congestion, self.peer[0]),
+            bulk_congestion=None
+            if congestion is None
+            else bulk_congestion_for(congestion, self.peer[0]),
         )
         transport.set_write_buffer_limits(high=config.write_high, low=config.write_low)
         self.link = link
