@@ -26,6 +26,15 @@
  *       fuzz test holds it to that).  The pure-Python path always uses
  *       httptools.
  *
+ *   accept_key(key) -> bytes
+ *   hmac_sha256_states(key_block) -> bytes
+ *   hmac_sha256_b64url(states, message) -> str
+ *       The two digests of every handshake (Sec-WebSocket-Accept, the
+ *       session cookie's MAC), SHA-1 and SHA-256 written out here: hashlib
+ *       costs more per call than these one- or two-block messages cost to
+ *       hash.  Twins: wshub.protocol.handshake._accept_key_py and
+ *       wshub.policy._hmac_states_py / _hmac_b64url_py.
+ *
  *   PayloadBuffer(total, initial, mask)
  *       The payload of one large frame, read straight into the bytes object
  *       that becomes the message: no chunk list, no join, unmasked in place.
@@ -790,9 +799,348 @@ static PyTypeObject PayloadBufferType = {
     .tp_new = PayloadBuffer_new,
 };
 
+/* ------------------------------------------------ the handshake's digests */
+
+/* SHA-1 and SHA-256 (FIPS 180-4) for the two short digests of every
+ * handshake: Sec-WebSocket-Accept, SHA-1 of the key and the GUID (RFC 6455
+ * section 4.2.2), and the session cookie's HMAC-SHA256 (RFC 2104).  These
+ * messages are one or two blocks: making and copying hashlib's OpenSSL
+ * objects costs more than hashing them.  The pure-Python twins (hashlib)
+ * are wshub.protocol.handshake._accept_key_py and wshub.policy's
+ * _hmac_states_py / _hmac_b64url_py. */
+
+#define ROL32(x, n) (((x) << (n)) | ((x) >> (32 - (n))))
+#define ROR32(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static uint32_t
+load_be32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static void
+store_be32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static void
+sha1_block(uint32_t *h, const unsigned char *p)
+{
+    uint32_t w[80], a, b, c, d, e, f, k, t;
+    int i;
+    for (i = 0; i < 16; i++) {
+        w[i] = load_be32(p + 4 * i);
+    }
+    for (; i < 80; i++) {
+        t = w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16];
+        w[i] = ROL32(t, 1);
+    }
+    a = h[0];
+    b = h[1];
+    c = h[2];
+    d = h[3];
+    e = h[4];
+    for (i = 0; i < 80; i++) {
+        if (i < 20) {
+            f = (b & c) | (~b & d);
+            k = 0x5a827999;
+        }
+        else if (i < 40) {
+            f = b ^ c ^ d;
+            k = 0x6ed9eba1;
+        }
+        else if (i < 60) {
+            f = (b & c) | (b & d) | (c & d);
+            k = 0x8f1bbcdc;
+        }
+        else {
+            f = b ^ c ^ d;
+            k = 0xca62c1d6;
+        }
+        t = ROL32(a, 5) + f + e + k + w[i];
+        e = d;
+        d = c;
+        c = ROL32(b, 30);
+        b = a;
+        a = t;
+    }
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+    h[4] += e;
+}
+
+/* The first 32 bits of the fractional parts of the cube roots of the
+ * first 64 primes (FIPS 180-4 section 4.2.2). */
+static const uint32_t sha256_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2,
+};
+
+static void
+sha256_block(uint32_t *h, const unsigned char *p)
+{
+    uint32_t w[64], s[8], t1, t2, x;
+    int i;
+    for (i = 0; i < 16; i++) {
+        w[i] = load_be32(p + 4 * i);
+    }
+    for (; i < 64; i++) {
+        x = w[i - 15];
+        t1 = ROR32(x, 7) ^ ROR32(x, 18) ^ (x >> 3);
+        x = w[i - 2];
+        t2 = ROR32(x, 17) ^ ROR32(x, 19) ^ (x >> 10);
+        w[i] = w[i - 16] + t1 + w[i - 7] + t2;
+    }
+    memcpy(s, h, sizeof s);
+    for (i = 0; i < 64; i++) {
+        x = s[4];
+        t1 = s[7] + (ROR32(x, 6) ^ ROR32(x, 11) ^ ROR32(x, 25)) + ((x & s[5]) ^ (~x & s[6])) +
+             sha256_k[i] + w[i];
+        x = s[0];
+        t2 = (ROR32(x, 2) ^ ROR32(x, 13) ^ ROR32(x, 22)) + ((x & s[1]) ^ (x & s[2]) ^ (s[1] & s[2]));
+        s[7] = s[6];
+        s[6] = s[5];
+        s[5] = s[4];
+        s[4] = s[3] + t1;
+        s[3] = s[2];
+        s[2] = s[1];
+        s[1] = s[0];
+        s[0] = t1 + t2;
+    }
+    for (i = 0; i < 8; i++) {
+        h[i] += s[i];
+    }
+}
+
+/* A running SHA-1 or SHA-256: its state, the partial block, the length. */
+typedef struct {
+    uint32_t h[8];
+    unsigned char buf[64];
+    size_t used;
+    uint64_t total;
+    void (*block)(uint32_t *, const unsigned char *);
+} digest_ctx;
+
+static void
+digest_update(digest_ctx *c, const unsigned char *p, size_t n)
+{
+    c->total += n;
+    if (c->used) {
+        size_t take = 64 - c->used;
+        if (take > n) {
+            take = n;
+        }
+        memcpy(c->buf + c->used, p, take);
+        c->used += take;
+        p += take;
+        n -= take;
+        if (c->used < 64) {
+            return;
+        }
+        c->block(c->h, c->buf);
+        c->used = 0;
+    }
+    for (; n >= 64; p += 64, n -= 64) {
+        c->block(c->h, p);
+    }
+    memcpy(c->buf, p, n);
+    c->used = n;
+}
+
+/* The padding (a 1 bit, zeros, the length in bits); the digest is then
+ * the state words, big-endian. */
+static void
+digest_final(digest_ctx *c)
+{
+    uint64_t bits = c->total * 8;
+    int i;
+    c->buf[c->used++] = 0x80;
+    if (c->used > 56) {
+        memset(c->buf + c->used, 0, 64 - c->used);
+        c->block(c->h, c->buf);
+        c->used = 0;
+    }
+    memset(c->buf + c->used, 0, 56 - c->used);
+    for (i = 0; i < 8; i++) {
+        c->buf[63 - i] = (unsigned char)(bits >> (8 * i));
+    }
+    c->block(c->h, c->buf);
+}
+
+static const char b64_standard[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+static const char b64_urlsafe[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/* Base64 of n bytes into out (4 * ((n + 2) / 3) bytes at most); with pad
+ * == 0 no trailing '='.  Returns the length written. */
+static Py_ssize_t
+base64_encode(const unsigned char *in, size_t n, char *out, const char *alphabet, int pad)
+{
+    char *o = out;
+    size_t i = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8) | in[i + 2];
+        *o++ = alphabet[(v >> 18) & 63];
+        *o++ = alphabet[(v >> 12) & 63];
+        *o++ = alphabet[(v >> 6) & 63];
+        *o++ = alphabet[v & 63];
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        *o++ = alphabet[(v >> 18) & 63];
+        *o++ = alphabet[(v >> 12) & 63];
+        if (pad) {
+            *o++ = '=';
+            *o++ = '=';
+        }
+    }
+    else if (n - i == 2) {
+        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8);
+        *o++ = alphabet[(v >> 18) & 63];
+        *o++ = alphabet[(v >> 12) & 63];
+        *o++ = alphabet[(v >> 6) & 63];
+        if (pad) {
+            *o++ = '=';
+        }
+    }
+    return o - out;
+}
+
+static const char ws_guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+static PyObject *
+accept_key(PyObject *self, PyObject *key)
+{
+    static const uint32_t sha1_init[5] = {0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476,
+                                          0xc3d2e1f0};
+    digest_ctx c;
+    unsigned char digest[20];
+    char out[28];
+    int i;
+    if (!PyUnicode_Check(key)) {
+        PyErr_Format(PyExc_TypeError, "accept_key() argument must be str, not %.80s",
+                     Py_TYPE(key)->tp_name);
+        return NULL;
+    }
+    if (!PyUnicode_IS_ASCII(key)) {
+        /* The same UnicodeEncodeError as key.encode("ascii"). */
+        PyObject *encoded = PyUnicode_AsASCIIString(key);
+        Py_XDECREF(encoded);
+        if (encoded != NULL) {
+            PyErr_SetString(PyExc_ValueError, "not an ASCII key");
+        }
+        return NULL;
+    }
+    memcpy(c.h, sha1_init, sizeof sha1_init);
+    c.used = 0;
+    c.total = 0;
+    c.block = sha1_block;
+    digest_update(&c, PyUnicode_1BYTE_DATA(key), (size_t)PyUnicode_GET_LENGTH(key));
+    digest_update(&c, (const unsigned char *)ws_guid, sizeof ws_guid - 1);
+    digest_final(&c);
+    for (i = 0; i < 5; i++) {
+        store_be32(digest + 4 * i, c.h[i]);
+    }
+    return PyBytes_FromStringAndSize(out, base64_encode(digest, 20, out, b64_standard, 1));
+}
+
+static PyObject *
+hmac_sha256_states(PyObject *self, PyObject *arg)
+{
+    static const uint32_t sha256_init[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                            0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    Py_buffer view;
+    unsigned char block[64], states[64];
+    uint32_t h[8];
+    int pass, i;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (view.len != 64) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "the key block must be 64 bytes");
+        return NULL;
+    }
+    for (pass = 0; pass < 2; pass++) {
+        unsigned char x = pass == 0 ? 0x36 : 0x5c; /* ipad, opad */
+        for (i = 0; i < 64; i++) {
+            block[i] = ((const unsigned char *)view.buf)[i] ^ x;
+        }
+        memcpy(h, sha256_init, sizeof h);
+        sha256_block(h, block);
+        for (i = 0; i < 8; i++) {
+            store_be32(states + 32 * pass + 4 * i, h[i]);
+        }
+    }
+    PyBuffer_Release(&view);
+    return PyBytes_FromStringAndSize((const char *)states, 64);
+}
+
+static PyObject *
+hmac_sha256_b64url(PyObject *self, PyObject *args)
+{
+    Py_buffer states, message;
+    digest_ctx c;
+    unsigned char inner[32], outer[32];
+    char out[44];
+    int i;
+    if (!PyArg_ParseTuple(args, "y*y*:hmac_sha256_b64url", &states, &message)) {
+        return NULL;
+    }
+    if (states.len != 64) {
+        PyBuffer_Release(&states);
+        PyBuffer_Release(&message);
+        PyErr_SetString(PyExc_ValueError, "the states must be 64 bytes");
+        return NULL;
+    }
+    c.block = sha256_block;
+    for (i = 0; i < 8; i++) {
+        c.h[i] = load_be32((const unsigned char *)states.buf + 4 * i);
+    }
+    c.used = 0;
+    c.total = 64; /* the key block, already in the state */
+    digest_update(&c, message.buf, (size_t)message.len);
+    digest_final(&c);
+    for (i = 0; i < 8; i++) {
+        store_be32(inner + 4 * i, c.h[i]);
+        c.h[i] = load_be32((const unsigned char *)states.buf + 32 + 4 * i);
+    }
+    PyBuffer_Release(&states);
+    PyBuffer_Release(&message);
+    c.used = 0;
+    c.total = 64;
+    digest_update(&c, inner, 32);
+    digest_final(&c);
+    for (i = 0; i < 8; i++) {
+        store_be32(outer + 4 * i, c.h[i]);
+    }
+    return PyUnicode_DecodeASCII(out, base64_encode(outer, 32, out, b64_urlsafe, 0), NULL);
+}
+
 static PyMethodDef methods[] = {
+    {"accept_key", accept_key, METH_O,
+     "accept_key(key) -> bytes: Sec-WebSocket-Accept for an ASCII Sec-WebSocket-Key."},
     {"apply_mask", apply_mask, METH_VARARGS,
      "apply_mask(data, mask) -> bytes: XOR with a 4-byte mask (RFC 6455 5.3)."},
+    {"hmac_sha256_b64url", hmac_sha256_b64url, METH_VARARGS,
+     "hmac_sha256_b64url(states, message) -> str: HMAC-SHA256, base64url without '='."},
+    {"hmac_sha256_states", hmac_sha256_states, METH_O,
+     "hmac_sha256_states(key_block) -> bytes: the keyed states of HMAC-SHA256."},
     {"parse_upgrade_head", parse_upgrade_head, METH_VARARGS,
      "parse_upgrade_head(data, max_size, max_fields) -> (target, headers, end) or None."},
     {"scan_frames", scan_frames, METH_VARARGS,

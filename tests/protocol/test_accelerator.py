@@ -8,6 +8,8 @@ Autobahn gate with ``WSHUB_NO_EXTENSIONS=1``.
 
 from __future__ import annotations
 
+import base64
+import hmac
 import os
 
 import pytest
@@ -313,3 +315,59 @@ def test_upgrade_head_reader_never_fails_on_garbage(data: bytes) -> None:
     for blob in (data, b"GET / HTTP/1.1\r\n" + data, _upgrade()[:-2] + data + b"\r\n\r\n"):
         result = _speedups.parse_upgrade_head(blob, 16384, 100)
         assert result is None or (isinstance(result, tuple) and 0 < result[2] <= len(blob))
+
+
+# ------------------------------------------------ the handshake's digests
+
+
+def test_accept_key_twins_agree() -> None:
+    _require_accelerator()
+    from wshub import _speedups  # type: ignore[attr-defined]
+    from wshub.protocol import handshake
+
+    assert handshake.accept_key_bytes is _speedups.accept_key  # what the server uses
+    # RFC 6455 section 1.3's example, then keys of every length around the
+    # SHA-1 block boundaries (key + GUID: 55/56 and 119/120 bytes).
+    sample = "dGhlIHNhbXBsZSBub25jZQ=="
+    assert _speedups.accept_key(sample) == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    assert handshake._accept_key_py(sample) == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    for n in range(0, 200):
+        key = base64.b64encode(os.urandom(n)).decode()[:n]
+        assert _speedups.accept_key(key) == handshake._accept_key_py(key), n
+    for bad in ("ключ", "\udc80"):
+        with pytest.raises(UnicodeEncodeError):
+            _speedups.accept_key(bad)
+        with pytest.raises(UnicodeEncodeError):
+            handshake._accept_key_py(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.binary(max_size=64), message=st.binary(max_size=300))
+def test_hmac_twins_agree_with_hmac_sha256(key: bytes, message: bytes) -> None:
+    _require_accelerator()
+    from wshub import (
+        _speedups,  # type: ignore[attr-defined]
+        policy,
+    )
+
+    block = key.ljust(64, b"\0")
+    want = base64.urlsafe_b64encode(hmac.digest(key, message, "sha256")).rstrip(b"=").decode()
+    states = _speedups.hmac_sha256_states(block)
+    assert _speedups.hmac_sha256_b64url(states, message) == want
+    assert policy._hmac_b64url_py(policy._hmac_states_py(block), message) == want
+
+
+def test_session_cookies_alike_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A cookie signed on one path is valid on the other: the same value.
+    _require_accelerator()
+    from wshub import policy
+
+    fast = policy.SessionSigner(b"secret")
+    assert policy._hmac_b64url is not policy._hmac_b64url_py
+    with monkeypatch.context() as m:
+        m.setattr(policy, "_hmac_states", policy._hmac_states_py)
+        m.setattr(policy, "_hmac_b64url", policy._hmac_b64url_py)
+        pure = policy.SessionSigner(b"secret")
+        value = pure.sign("0f8fad5b-d9cb-469f-a165-70867728950e", 4102444800.0)
+    assert fast.sign("0f8fad5b-d9cb-469f-a165-70867728950e", 4102444800.0) == value
+    assert fast.verify(value, 4102444000.0) == "0f8fad5b-d9cb-469f-a165-70867728950e"
