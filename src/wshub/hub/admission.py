@@ -126,7 +126,16 @@ class PendingClient:
 class AdmissionControl:
     """Origin, per-IP limits, client IDs and cookies, extension negotiation."""
 
-    __slots__ = ("_backplane", "_ids", "_options", "_valid_host", "per_ip", "registry", "reserved")
+    __slots__ = (
+        "_backplane",
+        "_ids",
+        "_last_url",
+        "_options",
+        "_valid_host",
+        "per_ip",
+        "registry",
+        "reserved",
+    )
 
     def __init__(
         self,
@@ -145,6 +154,8 @@ class AdmissionControl:
         self.per_ip = per_ip
         #: IDs admitted but not yet open (or cancelled).
         self.reserved: set[str] = set()
+        # The URL and path of the last admission (see _shared_url).
+        self._last_url = ("", "")
         # The last Host found valid: the same one comes on nearly every
         # upgrade, and is then not parsed again.
         self._valid_host = ""
@@ -182,6 +193,7 @@ class AdmissionControl:
             url_text = f"{request.scheme}://{host}{path}"
             if query:
                 url_text += "?" + query
+            url_text, path = self._shared_url(url_text, path)
             offered = request.info.subprotocols
             chosen = select_subprotocol(offered, options.subprotocols) if offered else None
             hook = options.on_handshake
@@ -198,6 +210,16 @@ class AdmissionControl:
         except BaseException:
             self.per_ip.release(key)
             raise
+
+    def _shared_url(self, url_text: str, path: str) -> tuple[str, str]:
+        """The URL and path, or the equal strings of the previous admission:
+        the clients of one URL then keep one copy of them, not one each.
+        (An equal URL has an equal path: a valid Host has no "/".)"""
+        last = self._last_url
+        if url_text == last[0]:
+            return last
+        self._last_url = (url_text, path)
+        return url_text, path
 
     def _complete(
         self,

@@ -290,6 +290,10 @@ class ConnectionLimits:
 
 _DEFAULT_LIMITS = ConnectionLimits()  # never changed: a documented shared default
 
+# 1006 made once: int(CloseCode.ABNORMAL) builds a new int (past the
+# small-int cache) that every open connection would keep.
+_ABNORMAL = int(CloseCode.ABNORMAL)
+
 
 _HEADER = 0
 _PAYLOAD = 1
@@ -416,7 +420,7 @@ class Connection:
         self.state = ConnectionState.OPEN
         self.failed = False
         # What the close will be reported with (see connection_lost).
-        self.close_code = int(CloseCode.ABNORMAL)
+        self.close_code = _ABNORMAL
         self.close_reason = ""
         # Outputs for the driver (see the module docstring).
         self.end = EndMode.NONE

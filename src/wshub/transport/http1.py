@@ -315,7 +315,7 @@ class Http1Protocol(asyncio.Protocol):
         self.tls = False
         self._parser: Any = None
         self._req: _ParsedRequest | None = None
-        self._queue: list[_ParsedRequest] = []
+        self._queue: list[_ParsedRequest] | None = None  # made by the first plain request
         # What holds the next request back: an async handler (True), or the
         # upgrade whose async handshake hook runs (its _PendingUpgrade).
         self._busy: bool | _PendingUpgrade = False
@@ -346,7 +346,8 @@ class Http1Protocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = (str(peer[0]), int(peer[1]))
+            host = self.server.connections.shared_host(str(peer[0]))
+            self.peer = (host, int(peer[1]))
         # Only a server with an SSL context has TLS connections to look at.
         ssl_object = transport.get_extra_info("ssl_object") if self.server.connections.tls else None
         self.tls = ssl_object is not None
@@ -554,7 +555,10 @@ class Http1Protocol(asyncio.Protocol):
         req = self._req
         assert req is not None
         self._req = None
-        self._queue.append(req)
+        queue = self._queue
+        if queue is None:
+            self._queue = queue = []
+        queue.append(req)
         self._head_size = 0
         self._raw_size = 0
         self._headers_done = False

@@ -1,0 +1,68 @@
+"""What an idle WebSocket connection holds, counted by tracemalloc.
+
+S6 of the benchmark measures a server's RSS per idle connection; the part
+of it that is ours is what wshub's code allocates per connection and keeps
+(the protocol, the link, the Connection core, the hub's client record, the
+ID, the peer address ...).  Counted here in bytes, traced to our source
+files, so that a per-connection timer, a buffer, a codec for a client that
+did not negotiate one, or a copy of a string that connections could share
+shows up as a failure with the lines that allocate it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+from pathlib import Path
+
+import websockets
+
+import wshub
+from tests.conftest import StartServer, wait_for
+
+# 128: two whole batches of the pooled client IDs, whichever way they fall.
+CONNECTIONS = 128
+# About 1,100 bytes today (Connection 240, Http1Link 240, Http1Protocol 208,
+# the client record 136, the ID 85, the peer address 56, a byte count 32,
+# the registry's tables), with room for a few more slots.
+BUDGET_PER_CONNECTION = 1200
+
+OUR_FILES = str(Path(wshub.__file__).parent / "*")
+
+
+async def test_an_idle_connection_holds_little_of_ours(start_server: StartServer) -> None:
+    # Deflate on, as `wshub serve` runs: a client that does not offer it
+    # must hold no compression state.
+    srv = await start_server(allow_origin="*", per_message_deflate=True)
+    held: list[websockets.ClientConnection] = []
+    try:
+        # One-time costs (lazy imports, caches) before the count.
+        held.append(await websockets.connect(srv.url, compression=None, ping_interval=None))
+        await wait_for(lambda: len(srv.ws.clients) == 1, what="first client registered")
+        await asyncio.sleep(0.05)
+        tracemalloc.start(64)
+        try:
+            before = tracemalloc.take_snapshot()
+            for _ in range(CONNECTIONS):
+                held.append(await websockets.connect(srv.url, compression=None, ping_interval=None))
+            await wait_for(
+                lambda: len(srv.ws.clients) == CONNECTIONS + 1, what="clients registered"
+            )
+            await asyncio.sleep(0.05)  # the 101s flushed, the handshakes' temporaries gone
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+    finally:
+        for client in held:
+            await client.close()
+
+    ours = [tracemalloc.Filter(True, OUR_FILES, all_frames=True)]
+    diff = after.filter_traces(ours).compare_to(before.filter_traces(ours), "lineno")
+    per_connection = sum(stat.size_diff for stat in diff) / CONNECTIONS
+    top = "\n".join(
+        f"  {stat.size_diff / CONNECTIONS:7.1f} B  {stat.traceback[0]}" for stat in diff[:12]
+    )
+    assert per_connection <= BUDGET_PER_CONNECTION, (
+        f"{per_connection:.0f} bytes of ours per idle connection "
+        f"(budget {BUDGET_PER_CONNECTION}); the largest:\n{top}"
+    )
