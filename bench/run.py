@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import resource
 import select
 import shlex
@@ -59,7 +60,7 @@ class Scenario:
     deflate: bool
     loadgen: list[str]
     metric: str = "msgs_per_s"
-    kind: str = "rate"  # rate | memory | cluster
+    kind: str = "rate"  # rate | memory | cluster | sweep (E<size>x<conns>)
     nodes: int = 1
     lower_is_better: bool = False
 
@@ -191,6 +192,77 @@ def scenarios(idle_conns: int, topics_window: int = 100) -> dict[str, Scenario]:
 
 
 DEFAULT_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "C1", "C2", "T1", "T2", "T4"]
+
+# --------------------------------------------------------------------------
+# the sweep: binary echo over message sizes x connection counts (--sweep)
+
+SWEEP_SIZES = [32, 1 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20]
+SWEEP_CONNS = [1, 50, 1000]
+#: Bytes in flight a sweep cell keeps to: its depth is lowered until size x
+#: connections x depth fits, down to 1; past that (1 MiB x 1000 connections)
+#: the connections take turns for SWEEP_IN_FLIGHT / size messages in flight in
+#: all (the load generator's --in-flight), so the kernel's TCP memory stays
+#: below its pressure mark (tcp_mem) and the server's below a few hundred MiB.
+SWEEP_IN_FLIGHT = 256 << 20
+
+
+def size_label(size: int) -> str:
+    """32 B, 1 KiB, 1 MiB: the sweep's row names."""
+    for shift, unit in ((20, "MiB"), (10, "KiB")):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} B"
+
+
+def sweep_depth(size: int, conns: int) -> int:
+    """4 messages in flight per connection below 256 KiB, 2 from there, fewer
+    while size x conns x depth passes SWEEP_IN_FLIGHT."""
+    depth = 4 if size < 256 << 10 else 2
+    while depth > 1 and size * conns * depth > SWEEP_IN_FLIGHT:
+        depth -= 1
+    return depth
+
+
+def sweep_id(size: int, conns: int) -> str:
+    for shift, unit in ((20, "M"), (10, "K")):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"E{size >> shift}{unit}x{conns}"
+    return f"E{size}x{conns}"
+
+
+def sweep_scenario(sid: str) -> Scenario | None:
+    """The echo cell named E<size>[K|M]x<conns>[d<depth>] (E64Kx50, E32x1000d8), or None."""
+    m = re.fullmatch(r"E(\d+)([KM]?)x(\d+)(?:d(\d+))?", sid)
+    if not m:
+        return None
+    size = int(m[1]) << {"": 0, "K": 10, "M": 20}[m[2]]
+    conns = int(m[3])
+    if size < 16 or conns < 1:
+        return None
+    depth = int(m[4]) if m[4] else sweep_depth(size, conns)
+    in_flight = 0 if m[4] or size * conns * depth <= SWEEP_IN_FLIGHT else SWEEP_IN_FLIGHT // size
+    return Scenario(
+        sid,
+        f"binary echo: {size_label(size)} over {conns} conn{'s' if conns > 1 else ''}, "
+        f"depth {depth}" + (f", at most {in_flight} in flight in all" if in_flight else ""),
+        "msg/s",
+        "echo",
+        False,
+        [
+            *("--mode", "echo", "-c", str(conns), "--size", str(size)),
+            *("--type", "binary", "--depth", str(depth)),
+            *(("--in-flight", str(in_flight)) if in_flight else ()),
+        ],
+        kind="sweep",
+    )
+
+
+def sweep_ids() -> list[str]:
+    return [sweep_id(size, conns) for size in SWEEP_SIZES for conns in SWEEP_CONNS]
+
+
+def loadgen_arg(scen: Scenario, flag: str) -> int:
+    return int(scen.loadgen[scen.loadgen.index(flag) + 1])
 
 
 @dataclass
@@ -743,7 +815,7 @@ def report(
     w(f"- wshub: {meta['commit']}; server logs: {meta['logdir']}")
     w("")
     base_name = opts.baseline
-    main = [s for s in scens if s.kind != "cluster"]
+    main = [s for s in scens if s.kind in ("rate", "memory")]
     if main:
         w(
             f"Medians over trials; (\u00d7) = ratio to `{base_name}` in this run "
@@ -792,6 +864,9 @@ def report(
                     f"{c.na or notes_of(c)} |"
                 )
         w("")
+    sweep = [s for s in scens if s.kind == "sweep"]
+    if sweep:
+        out.extend(sweep_tables(sweep, srvs, cells, base_name))
     mem = [s for s in scens if s.kind == "memory"]
     if mem:
         s = mem[0]
@@ -823,7 +898,7 @@ def report(
         "processes meanwhile."
     )
     for s in scens:
-        if s.kind == "memory":
+        if s.kind in ("memory", "sweep"):
             continue
         w("")
         w(f"**{s.id}** — {s.title} ({s.unit})")
@@ -849,6 +924,8 @@ def report(
                 f"{fmt(c.med('srv_cpu'))} | {fmt(c.med('foreign'))} | "
                 f"{fmt(hwm / 1024 if hwm else None)} | {notes_of(c)} |"
             )
+    if sweep:
+        out.extend(sweep_details(sweep, srvs, cells))
     na = [
         f"- {srv.name}, {s.id}: {cells[(s.id, srv.name)].na}"
         for s in scens
@@ -861,6 +938,94 @@ def report(
         w("")
         out.extend(na)
     return "\n".join(out) + "\n"
+
+
+def sweep_tables(
+    sweep: list[Scenario], srvs: list[Server], cells: dict[tuple[str, str], Cell], base: str
+) -> list[str]:
+    """Per server, message sizes (rows) x connection counts (columns)."""
+    shapes = {(loadgen_arg(s, "--size"), loadgen_arg(s, "-c")): s for s in sweep}
+    sizes = sorted({size for size, _ in shapes})
+    conns = sorted({n for _, n in shapes})
+    out = [
+        "## Message sizes and connection counts (binary echo)",
+        "",
+        "Each cell: messages/s and MB/s of echoed payload (10^6 B), medians over trials, "
+        f"(\u00d7) = messages/s over `{base}`'s in this run; ⚠ = errors in a trial. "
+        "Messages in flight: " + in_flight_text(sweep) + ".",
+    ]
+    for srv in srvs:
+        out += ["", f"**{srv.name}**", ""]
+        out.append(
+            "| size | " + " | ".join(f"{n} conn{'s' if n > 1 else ''}" for n in conns) + " |"
+        )
+        out.append("|---|" + "---:|" * len(conns))
+        for size in sizes:
+            row = []
+            for n in conns:
+                s = shapes.get((size, n))
+                if s is None:
+                    row.append("—")
+                    continue
+                c = cells[(s.id, srv.name)]
+                b = cells[(s.id, base)].median if (s.id, base) in cells else None
+                text = cell_text(c, b if srv.name != base else None, False)
+                mb = c.med("mb_per_s")
+                if c.median is not None and mb is not None:
+                    head, sep, ratio = text.partition(" (")
+                    text = f"{head} · {fmt(mb)} MB/s" + (f" ({ratio}" if sep else "")
+                row.append(text)
+            out.append(f"| {size_label(size)} | " + " | ".join(row) + " |")
+    out.append("")
+    return out
+
+
+def in_flight_text(sweep: list[Scenario]) -> str:
+    """'depth 4 in E32x1, E32x50; depth 1, 256 in all in E1Mx1000': cells by load."""
+    groups: dict[str, list[str]] = {}
+    for s in sweep:
+        text = f"depth {loadgen_arg(s, '--depth')}"
+        if "--in-flight" in s.loadgen:
+            text += f" and {loadgen_arg(s, '--in-flight')} in all, the connections taking turns"
+        groups.setdefault(text, []).append(s.id)
+    return "; ".join(f"{text} in {', '.join(ids)}" for text, ids in groups.items())
+
+
+def sweep_details(
+    sweep: list[Scenario], srvs: list[Server], cells: dict[tuple[str, str], Cell]
+) -> list[str]:
+    out = [
+        "",
+        "**Message sizes and connection counts** (msg/s; MB/s of echoed payload)",
+        "",
+        "| cell | server | msg/s | min\u2013max | MB/s | depth | p50 µs | p99 µs | errors | "
+        "lg CPU | srv CPU | foreign | peak RSS MiB | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in sweep:
+        for srv in srvs:
+            c = cells[(s.id, srv.name)]
+            if c.skipped:
+                continue
+            if not c.trials:
+                out.append(f"| {s.id} | {srv.name} | n/a | | | | | | | | | | | {c.na or ''} |")
+                continue
+            rng = f"{fmt(min(c.values))}\u2013{fmt(max(c.values))}" if c.values else "—"
+            errs = sum(int(t.get("errors", 0) or 0) for t in c.trials)
+            hwm = c.med("peak_rss_kib")
+            out.append(
+                f"| {s.id} | {srv.name} | {fmt(c.median)} | {rng} | {fmt(c.med('mb_per_s'))} | "
+                f"{loadgen_arg(s, '--depth')}"
+                + (
+                    f" ({loadgen_arg(s, '--in-flight')} in all)"
+                    if "--in-flight" in s.loadgen
+                    else ""
+                )
+                + f" | {fmt(c.med('p50_us'))} | {fmt(c.med('p99_us'))} | "
+                f"{errs} | {fmt(c.med('loadgen_cpu'))} | {fmt(c.med('srv_cpu'))} | "
+                f"{fmt(c.med('foreign'))} | {fmt(hwm / 1024 if hwm else None)} | {notes_of(c)} |"
+            )
+    return out
 
 
 def versions(srvs: list[Server]) -> str:
@@ -962,6 +1127,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, help="warm-up seconds (default 1; quick 0.5)")
     ap.add_argument("--idle-conns", type=int, help="S6 connections (default 5000; quick 2000)")
     ap.add_argument(
+        "--sweep",
+        action="store_true",
+        help="binary echo over message sizes x connection counts (E32x1 ... E1Mx1000) "
+        "instead of the default scenarios (with --scenarios: after them)",
+    )
+    ap.add_argument(
         "--topics-window",
         type=int,
         default=100,
@@ -1008,12 +1179,18 @@ def main(argv: list[str] | None = None) -> int:
     if opts.list:
         for s in all_scens.values():
             print(f"{s.id}: {s.title} ({s.unit})")
+        for sweep in filter(None, map(sweep_scenario, sweep_ids())):
+            print(f"{sweep.id} (--sweep): {sweep.title} (msg/s, MB/s)")
         for srv in all_srvs.values():
             print(f"{srv.name}: {' '.join(srv.cmd)}" + (f" [{srv.label}]" if srv.label else ""))
         return 0
     try:
+        wanted = opts.scenarios.split(",") if opts.scenarios else []
+        if opts.sweep:
+            wanted += sweep_ids()
         scens = [
-            all_scens[x.strip()] for x in (opts.scenarios or ",".join(DEFAULT_SCENARIOS)).split(",")
+            all_scens.get(x.strip()) or sweep_scenario(x.strip()) or all_scens[x.strip()]
+            for x in wanted or DEFAULT_SCENARIOS
         ]
         default = [*servers(), *(spec.partition("=")[0] for spec in opts.server)]
         srvs = [all_srvs[x.strip()] for x in (opts.servers or ",".join(default)).split(",")]
@@ -1022,9 +1199,11 @@ def main(argv: list[str] | None = None) -> int:
     if not LOADGEN.exists():
         ap.error(f"{LOADGEN} is missing: run `make -C bench setup` (or make bench-quick)")
 
-    # S6 and T1 need thousands of descriptors in the server and in the load generator
+    # S6, T1 and the sweep's 1,000 connections need thousands of descriptors in
+    # the server and in the load generator
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max(opts.idle_conns, TOPIC_SUBSCRIBERS) + 1024
+    sweep_conns = [loadgen_arg(s, "-c") for s in scens if s.kind == "sweep"]
+    want = max(opts.idle_conns, TOPIC_SUBSCRIBERS, *sweep_conns) + 1024
     if soft < want:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), max(want, hard)))

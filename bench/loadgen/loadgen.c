@@ -61,6 +61,7 @@ static struct {
     int binary;
     int depth;
     int window;
+    int in_flight; /* echo: messages in flight over all connections (0: depth each) */
     double warmup, duration, hold, connect_timeout;
     int concurrency;
     int npre;
@@ -540,10 +541,18 @@ static void flush_out(struct conn *c)
     c->want_out = 0;
 }
 
+/* echo with --in-flight N: connections take turns for N messages in flight
+   in all; each has a slot in this ring for every message it may still send
+   (at most depth), the one that waited longest goes first */
+static int *turns;
+static size_t turns_head, turns_len, turns_cap;
+static long echo_in_flight;
+
 /* echo: send message seq (keeps depth in flight) */
 static void echo_send(struct conn *c, uint64_t now)
 {
     uint64_t seq = c->next_seq++;
+    echo_in_flight++;
     c->sent_at[seq % (uint64_t)opt.depth] = now;
     if (opt.mode == M_DEFLATE) {
         int m = (int)(seq % (uint64_t)opt.npre);
@@ -567,8 +576,9 @@ static void on_open(struct conn *c, uint64_t now)
     if (c->deflate)
         deflate_negotiated++;
     if (c->role == R_ECHO) {
-        for (int i = 0; i < opt.depth; i++)
-            echo_send(c, now);
+        /* echo_start() sends the first messages once every connection is
+           open: 1,000 connections with 1 MiB in flight each would slow the
+           opening of the rest past the connect timeout */
     } else if (c->role == R_RECEIVER) {
         receivers_open++;
         if (opt.mode == M_TOPICS) {
@@ -581,6 +591,49 @@ static void on_open(struct conn *c, uint64_t now)
         queue_frame(c, 8, 0, NULL, close_payload, 2);
         c->state = C_CLOSING;
     }
+}
+
+static void turn_wait(struct conn *c)
+{
+    if (turns_len < turns_cap)
+        turns[(turns_head + turns_len++) % turns_cap] = (int)(c - conns);
+}
+
+/* --in-flight: send for the connections whose turn it is, while below N */
+static void turns_take(struct conn *self, uint64_t now)
+{
+    while (turns_len && echo_in_flight < opt.in_flight && !finished) {
+        struct conn *c = &conns[turns[turns_head]];
+        turns_head = (turns_head + 1) % turns_cap;
+        turns_len--;
+        if (c->state != C_OPEN)
+            continue;
+        echo_send(c, now);
+        if (c != self) /* self writes at the end of its event */
+            flush_out(c);
+    }
+}
+
+/* echo, deflate: every open connection puts its first depth messages in
+   flight (--in-flight: as many as that allows, in turn) */
+static void echo_start(uint64_t now)
+{
+    for (int k = 0; k < opt.depth; k++) {
+        for (int i = 0; i < nconns; i++) {
+            struct conn *c = &conns[i];
+            if (c->state != C_OPEN || c->role != R_ECHO)
+                continue;
+            if (opt.in_flight)
+                turn_wait(c);
+            else
+                echo_send(c, now);
+        }
+    }
+    if (opt.in_flight)
+        turns_take(NULL, now);
+    for (int i = 0; i < nconns; i++)
+        if (conns[i].state == C_OPEN && conns[i].out.len > conns[i].out.off)
+            flush_out(&conns[i]);
 }
 
 /* ---- HTTP upgrade ---- */
@@ -915,8 +968,14 @@ static void on_message(struct conn *c, int op, int compressed, const uint8_t *da
             uint64_t t0 = c->sent_at[seq % (uint64_t)opt.depth];
             hist_add((now - t0) / 1000);
         }
-        if (!finished)
+        echo_in_flight--;
+        if (finished) {
+        } else if (opt.in_flight) {
+            turn_wait(c);
+            turns_take(c, now);
+        } else {
             echo_send(c, now);
+        }
     } else if (c->role == R_RECEIVER) {
         if (!data || n < 1)
             return;
@@ -1373,8 +1432,8 @@ static void print_results(const char *failure)
     printf("{\"mode\":\"%s\",\"ports\":[", modes[opt.mode]);
     for (int i = 0; i < opt.nports; i++)
         printf("%s%d", i ? "," : "", opt.ports[i]);
-    printf("],\"connections\":%d,\"requested\":%d,\"size\":%zu,\"depth\":%d,", opened, opt.conns,
-           opt.size, opt.depth);
+    printf("],\"connections\":%d,\"requested\":%d,\"size\":%zu,\"depth\":%d,\"in_flight\":%d,",
+           opened, opt.conns, opt.size, opt.depth, opt.in_flight);
     printf("\"duration_s\":%.3f,\"msgs_per_s\":%.1f,\"mb_per_s\":%.2f,", secs,
            secs > 0 ? (double)count / secs : 0.0, secs > 0 ? (double)st.bytes / secs / 1e6 : 0.0);
     printf("\"p50_us\":%llu,\"p90_us\":%llu,\"p99_us\":%llu,\"max_us\":%llu,\"samples\":%llu,",
@@ -1422,6 +1481,8 @@ static void usage(FILE *f)
             "  --size BYTES           message size (>= 16)                           [32]\n"
             "  --type text|binary     message type (echo)                            [text]\n"
             "  --depth D              messages in flight per connection (echo)       [1]\n"
+            "  --in-flight N          echo: at most N in flight over all connections,\n"
+            "                         which take turns (0: depth on each)           [0]\n"
             "  --window W             broadcast, topics: messages not yet delivered\n"
             "                         to every receiver (of their topic)            [8]\n"
             "  --warmup S             seconds before measuring                       [1]\n"
@@ -1473,7 +1534,8 @@ int main(int argc, char **argv)
         {"size", 1, 0, 's'},      {"type", 1, 0, 't'},      {"depth", 1, 0, 'd'},
         {"window", 1, 0, 'w'},    {"warmup", 1, 0, 'W'},    {"duration", 1, 0, 'D'},
         {"hold", 1, 0, 'H'},      {"concurrency", 1, 0, 'k'}, {"connect-timeout", 1, 0, 'T'},
-        {"topics", 1, 0, 'P'},    {"help", 0, 0, 'h'},      {0, 0, 0, 0}};
+        {"topics", 1, 0, 'P'},    {"in-flight", 1, 0, 'I'}, {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "c:h", lo, NULL)) != -1) {
         switch (ch) {
@@ -1523,6 +1585,9 @@ int main(int argc, char **argv)
         case 'w':
             opt.window = atoi(optarg);
             break;
+        case 'I':
+            opt.in_flight = atoi(optarg);
+            break;
         case 'W':
             opt.warmup = atof(optarg);
             break;
@@ -1550,6 +1615,7 @@ int main(int argc, char **argv)
         }
     }
     if (!opt.nports || opt.conns < 1 || opt.depth < 1 || opt.window < 1 || opt.topics < 1 ||
+        opt.in_flight < 0 ||
         opt.size > (1u << 30) || opt.duration <= 0 || opt.warmup < 0) {
         usage(stderr);
         return 2;
@@ -1580,6 +1646,12 @@ int main(int argc, char **argv)
     nconns = opt.conns + (opt.mode == M_BROADCAST || opt.mode == M_TOPICS ? 1 : 0);
     t_count = calloc((size_t)opt.topics, sizeof *t_count);
     conns = calloc((size_t)nconns, sizeof *conns);
+    if (opt.in_flight && (opt.mode == M_ECHO || opt.mode == M_DEFLATE)) {
+        turns_cap = (size_t)nconns * (size_t)opt.depth;
+        turns = calloc(turns_cap, sizeof *turns);
+    } else {
+        opt.in_flight = 0;
+    }
     for (int i = 0; i < nconns; i++) {
         struct conn *c = &conns[i];
         c->id = i;
@@ -1661,6 +1733,8 @@ int main(int argc, char **argv)
                 }
             } else {
                 t_open_all = now;
+                if (opt.mode == M_ECHO || opt.mode == M_DEFLATE)
+                    echo_start(now);
                 if (opt.mode == M_IDLE) {
                     t_ready = now;
                     printf("{\"event\":\"ready\",\"connections\":%d,\"failed\":%llu,"
