@@ -317,6 +317,23 @@ def test_pings_are_answered_by_the_core_and_a_flood_fails_the_connection() -> No
     assert conn.receive_data(ping * 100, 1.5) == []
 
 
+def test_the_peer_close_forgets_our_ping_and_a_coalesced_pong() -> None:
+    conn = Connection(limits=LIMITS)  # burst 2, 1 per second, close_timeout 10
+    conn.send_ping(b"p", 0.0, 5.0)
+    assert conn.awaiting_pong and conn.deadline == 5.0
+    ping = client_frame(PING, b"a")
+    conn.receive_data(ping * 3, 0.0)  # the third one's pong is due at t=1
+    conn.data_to_send()
+    assert conn.deadline == 1.0
+    assert conn.receive_data(PEER_CLOSE_1001, 0.5) == [CloseReceived(1001, "")]
+    # Only the close timeout is left: no pong awaited, none answered.
+    assert not conn.awaiting_pong and conn.deadline == 10.5
+    [reply] = conn.data_to_send()
+    assert close_code_of(reply) == 1001
+    conn.on_deadline(1.0)
+    assert conn.data_to_send() == []
+
+
 def test_no_pong_once_closing() -> None:
     conn = Connection(limits=LIMITS)
     conn.send_close(1000, "", 0.0)

@@ -804,8 +804,10 @@ class Connection:
 
     def _forget_pings(self) -> None:
         """Closing: no pong is awaited, and no coalesced ping is answered."""
-        self._pong_deadline = None
-        self._deferred_pong = self._deferred_pong_at = None
+        timers = self._timers  # (straight to the fields: no descriptor calls)
+        if timers is not None:
+            timers._pong_deadline = None
+            timers._deferred_pong = timers._deferred_pong_at = None
 
     def _stop_reading(self) -> None:
         self._read_state = _DISCARD
@@ -946,9 +948,11 @@ class Connection:
 
     def _update_deadline(self) -> None:
         best: float | None = None
-        for t in (self._close_deadline, self._pong_deadline, self._deferred_pong_at):
-            if t is not None and (best is None or t < best):
-                best = t
+        timers = self._timers
+        if timers is not None:
+            for t in (timers._close_deadline, timers._pong_deadline, timers._deferred_pong_at):
+                if t is not None and (best is None or t < best):
+                    best = t
         if best != self.deadline:
             self.deadline = best
             self.pending = True
