@@ -139,3 +139,80 @@ def test_broadcast_key_tells_compressors_apart() -> None:
     _, a = negotiate(offer, DeflateOptions(compressor="zlib"))
     _, b = negotiate(offer, DeflateOptions(compressor="isal"))
     assert a.shared_frame_key != b.shared_frame_key
+
+
+@pytest.mark.parametrize("compressor", ["zlib", "isal"])
+def test_without_server_takeover_one_compressor_serves_every_codec(compressor: str) -> None:
+    if compressor == "isal":
+        require_isal()
+    offer = "permessage-deflate; server_no_context_takeover"
+    options = DeflateOptions(compressor=compressor)
+    codecs = [negotiate(offer, options)[1] for _ in range(3)]
+    data = messages(12, seed=5)
+    first = [codecs[0].encode(m) for m in data]
+    for round_ in range(2):
+        for i, m in enumerate(data):
+            for codec in codecs:
+                payload = codec.encode(m)
+                # Nothing of the messages before, whichever codec sent them:
+                # the same bytes each time, and each inflates on its own.
+                assert payload == first[i], (round_, i)
+                assert payload is not None
+                assert strict_inflate(zlib.decompressobj(-12), payload + TAIL) == m
+    # No connection holds a compressor (the shared one is per parameter set).
+    assert all(codec._deflater is None for codec in codecs)
+
+
+@pytest.mark.parametrize("compressor", ["zlib", "isal"])
+@pytest.mark.parametrize("takeover", [True, False], ids=["takeover", "no-takeover"])
+def test_what_inflates_and_its_checks(compressor: str, takeover: bool) -> None:
+    """ISA-L inflates messages without client context takeover (its
+    inflater lives one message); with takeover zlib keeps the history (half
+    the memory).  The checks are the same either way."""
+    from tests.protocol.test_deflate import (
+        BINARY,
+        CONT,
+        TEXT,
+        ClientCompressor,
+        client_frame,
+        feed,
+        protocol_error,
+    )
+    from wshub.protocol.connection import Connection
+
+    if compressor == "isal":
+        require_isal()
+    offer = "permessage-deflate" + ("" if takeover else "; client_no_context_takeover")
+    options = DeflateOptions(max_window_bits=15, compressor=compressor)
+
+    def connection(max_payload: int = 1 << 20) -> Connection:
+        return Connection(max_payload=max_payload, codec=negotiate(offer, options)[1])
+
+    client = ClientCompressor(context_takeover=takeover)
+    conn = connection()
+    for data in messages(15, seed=9):
+        payload = client.compress(data)
+        wire = client_frame(BINARY, payload[:50], fin=False, rsv1=True)
+        wire += client_frame(CONT, payload[50:])
+        assert feed(conn, wire[:60]) == []  # in the middle of the message
+        codec = conn.codec
+        assert isinstance(codec, deflate.PerMessageDeflate)
+        library = type(codec._inflater).__module__
+        isal_expected = compressor == "isal" and not takeover
+        assert library == ("isal_zlib" if isal_expected else "zlib")
+        assert feed(conn, wire[60:], 7) == [data]
+    # A corrupt stream is 1007, a message past max_payload once inflated 1009.
+    bad = connection()
+    assert protocol_error(feed(bad, client_frame(BINARY, b"\xff\xff\xff\xff", rsv1=True))).code == (
+        1007
+    )
+    bomb = ClientCompressor().compress(bytes(1 << 20))
+    small = connection(max_payload=64 * 1024)
+    assert protocol_error(feed(small, client_frame(BINARY, bomb, rsv1=True))).code == 1009
+    # RFC 7692 §7.2.3.3: a final block, then the octet an empty stored block leaves.
+    hello = bytes([0xF3, 0x48, 0xCD, 0xC9, 0xC9, 0x07, 0x00, 0x00])
+    final = connection()
+    assert feed(final, client_frame(TEXT, hello, rsv1=True), 1) == ["Hello"]
+    assert feed(final, client_frame(TEXT, ClientCompressor().compress(b"next"), rsv1=True)) == [
+        "next"
+    ]
