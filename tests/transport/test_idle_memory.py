@@ -66,3 +66,54 @@ async def test_an_idle_connection_holds_little_of_ours(start_server: StartServer
         f"{per_connection:.0f} bytes of ours per idle connection "
         f"(budget {BUDGET_PER_CONNECTION}); the largest:\n{top}"
     )
+
+
+async def test_a_connection_keeps_nothing_once_its_ping_is_answered(
+    start_server: StartServer,
+) -> None:
+    # The hub's pings (ping_delay) go to every client: the ping state made
+    # for one (payload, time sent) must go once its pong is in.
+    srv = await start_server(allow_origin="*")
+    held: list[websockets.ClientConnection] = []
+
+    async def ping_all(ids: list[str]) -> None:
+        answered = srv.ws.stats.rtt_count + len(ids)
+        for client_id in ids:
+            # No pong timeout: the loop's timer handles are not ours to count.
+            assert srv.ws.ping(client_id, pong_timeout=0)
+        await wait_for(lambda: srv.ws.stats.rtt_count >= answered, what="every pong")
+
+    # Traced from before the clients come, so that what a ping replaces
+    # (the byte counts) is traced on both sides.
+    tracemalloc.start(64)
+    try:
+        # One client pinged first: one-time costs out of the count.
+        held.append(await websockets.connect(srv.url, compression=None, ping_interval=None))
+        await wait_for(lambda: len(srv.ws.clients) == 1, what="first client registered")
+        await ping_all(list(srv.ws.clients))
+        for _ in range(CONNECTIONS):
+            held.append(await websockets.connect(srv.url, compression=None, ping_interval=None))
+        await wait_for(lambda: len(srv.ws.clients) == CONNECTIONS + 1, what="clients registered")
+        await asyncio.sleep(0.05)
+        first = next(iter(srv.ws.clients))
+        ids = [client_id for client_id in srv.ws.clients if client_id != first]
+        before = tracemalloc.take_snapshot()
+        await ping_all(ids)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+        for client in held:
+            await client.close()
+
+    ours = [tracemalloc.Filter(True, OUR_FILES, all_frames=True)]
+    diff = after.filter_traces(ours).compare_to(before.filter_traces(ours), "lineno")
+    per_connection = sum(stat.size_diff for stat in diff) / CONNECTIONS
+    top = "\n".join(
+        f"  {stat.size_diff / CONNECTIONS:7.1f} B  {stat.traceback[0]}" for stat in diff[:8]
+    )
+    # Up to about 55 bytes per connection are the interpreter's free lists
+    # (80 lists, 100 floats kept for reuse, traced to where they were first
+    # made); a kept ping state would add 88.
+    assert per_connection <= 64, (
+        f"{per_connection:.0f} bytes of ours kept per connection after its pong:\n{top}"
+    )

@@ -748,6 +748,16 @@ class Connection:
                 self._ping_payload = None
                 self._ping_sent_at = None
                 self._pong_deadline = None
+                timers = self._timers
+                if (
+                    timers is not None
+                    and timers._guard is None
+                    and timers._close_deadline is None
+                    and timers._deferred_pong_at is None
+                ):
+                    # Empty now: a connection the hub pings every
+                    # ping_delay holds its _Timers only while a ping is out.
+                    self._timers = None
                 self._update_deadline()
             else:
                 events.append(Pong(payload))
