@@ -30,6 +30,19 @@ BUDGET_PER_CONNECTION = 1200
 OUR_FILES = str(Path(wshub.__file__).parent / "*")
 
 
+def ours_per_connection(
+    before: tracemalloc.Snapshot, after: tracemalloc.Snapshot
+) -> tuple[float, str]:
+    """Bytes allocated by wshub's code and kept, per connection, between
+    the snapshots; and the lines that kept the most."""
+    ours = [tracemalloc.Filter(True, OUR_FILES, all_frames=True)]
+    diff = after.filter_traces(ours).compare_to(before.filter_traces(ours), "lineno")
+    top = "\n".join(
+        f"  {stat.size_diff / CONNECTIONS:7.1f} B  {stat.traceback[0]}" for stat in diff[:12]
+    )
+    return sum(stat.size_diff for stat in diff) / CONNECTIONS, top
+
+
 async def test_an_idle_connection_holds_little_of_ours(start_server: StartServer) -> None:
     # Deflate on, as `wshub serve` runs: a client that does not offer it
     # must hold no compression state.
@@ -56,12 +69,7 @@ async def test_an_idle_connection_holds_little_of_ours(start_server: StartServer
         for client in held:
             await client.close()
 
-    ours = [tracemalloc.Filter(True, OUR_FILES, all_frames=True)]
-    diff = after.filter_traces(ours).compare_to(before.filter_traces(ours), "lineno")
-    per_connection = sum(stat.size_diff for stat in diff) / CONNECTIONS
-    top = "\n".join(
-        f"  {stat.size_diff / CONNECTIONS:7.1f} B  {stat.traceback[0]}" for stat in diff[:12]
-    )
+    per_connection, top = ours_per_connection(before, after)
     assert per_connection <= BUDGET_PER_CONNECTION, (
         f"{per_connection:.0f} bytes of ours per idle connection "
         f"(budget {BUDGET_PER_CONNECTION}); the largest:\n{top}"
@@ -105,12 +113,7 @@ async def test_a_connection_keeps_nothing_once_its_ping_is_answered(
         for client in held:
             await client.close()
 
-    ours = [tracemalloc.Filter(True, OUR_FILES, all_frames=True)]
-    diff = after.filter_traces(ours).compare_to(before.filter_traces(ours), "lineno")
-    per_connection = sum(stat.size_diff for stat in diff) / CONNECTIONS
-    top = "\n".join(
-        f"  {stat.size_diff / CONNECTIONS:7.1f} B  {stat.traceback[0]}" for stat in diff[:8]
-    )
+    per_connection, top = ours_per_connection(before, after)
     # Up to about 55 bytes per connection are the interpreter's free lists
     # (80 lists, 100 floats kept for reuse, traced to where they were first
     # made); a kept ping state would add 88.
