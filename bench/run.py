@@ -297,6 +297,14 @@ def servers() -> dict[str, Server]:
         Server("picows", [py, str(srv / "picows_server.py")], ["py:picows"]),
         Server("aiohttp", [py, str(srv / "aiohttp_server.py")], ["py:aiohttp"]),
         Server("socketify", [py, str(srv / "socketify_server.py")], ["py:socketify"], pubsub=True),
+        Server(
+            "socketify-z",
+            [py, str(srv / "socketify_server.py")],
+            ["py:socketify"],
+            env={"BENCH_COMPRESS_REPLIES": "1"},
+            label="socketify, echo replies sent with compress=True",
+            only=("S4",),
+        ),
         Server("granian", [py, str(srv / "granian_server.py")], ["py:granian"]),
         Server("node-ws", ["node", str(NODE_DIR / "ws_server.js")], ["npm:ws"]),
         Server(
@@ -770,6 +778,11 @@ def notes_of(cell: Cell) -> str:
         total = sum(int(t.get(k, 0) or 0) for t in cell.trials)
         if total:
             parts.append(f"{k}={total}")
+    replies = sum(int(t.get("received", 0) or 0) for t in cell.trials)
+    if replies and any("compressed" in t for t in cell.trials):
+        # S4: a server may answer uncompressed (socketify does by default).
+        deflated = sum(int(t.get("compressed", 0) or 0) for t in cell.trials)
+        parts.append(f"replies compressed {100 * deflated / replies:.0f} %")
     parts += [f"failed: {f}" for f in cell.failures]
     return "; ".join(parts)
 

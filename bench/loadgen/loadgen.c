@@ -77,6 +77,7 @@ static struct {
     uint64_t closed_by_server, lost, dup, deflate_refused;
     uint64_t unclean_close, close_timeouts, stalled;
     uint64_t sent, received, bytes, completed, cross;
+    uint64_t compressed; /* messages that arrived with RSV1 (deflated) */
 } st;
 
 static volatile sig_atomic_t stop_signal;
@@ -898,6 +899,7 @@ static void on_message(struct conn *c, int op, int compressed, const uint8_t *da
                        uint64_t now)
 {
     if (compressed) {
+        st.compressed++;
         if (inflateReset(&infl) != Z_OK) {
             st.proto_errors++;
             return;
@@ -1442,6 +1444,8 @@ static void print_results(const char *failure)
            (unsigned long long)hist_n);
     printf("\"sent\":%llu,\"received\":%llu,", (unsigned long long)st.sent,
            (unsigned long long)st.received);
+    if (opt.mode == M_DEFLATE)
+        printf("\"compressed\":%llu,", (unsigned long long)st.compressed);
     if (opt.mode == M_BROADCAST || opt.mode == M_TOPICS)
         printf("\"receivers\":%d,\"broadcasts_per_s\":%.1f,\"cross_deliveries_per_s\":%.1f,",
                b_nrecv, secs > 0 ? (double)st.completed / secs : 0.0,
@@ -1762,7 +1766,7 @@ int main(int argc, char **argv)
             measure_started = 1;
             measuring = 1;
             t_measure = now;
-            st.sent = st.received = st.bytes = st.completed = st.cross = 0;
+            st.sent = st.received = st.bytes = st.completed = st.cross = st.compressed = 0;
             memset(hist, 0, sizeof hist);
             hist_n = hist_max = 0;
             cpu_at_measure = cpu_seconds(&user_at_measure);

@@ -6,17 +6,25 @@ generator speaks with uWebSockets' own topics: ``subscribe`` is
 ``app.publish(topic, envelope)``, framed once by uWebSockets for every
 subscriber.  The envelope is wshub.v1's ``message`` without a position
 (socketify keeps no history).
+
+Echo replies go out as socketify sends them by default (``ws.send`` has
+``compress=False``): uncompressed even when permessage-deflate was
+negotiated.  With ``BENCH_COMPRESS_REPLIES=1`` (the driver's
+``socketify-z``) they are sent with ``compress=True``, as wshub, websockets,
+aiohttp and Node's ws do by default, so S4 can also be compared like for like.
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 from _args import parse
 from socketify import App, AppListenOptions, CompressOptions, OpCode
 
 args = parse(__doc__, modes=("echo", "broadcast", "pubsub"))
 app = App()
+compress_replies = os.environ.get("BENCH_COMPRESS_REPLIES") == "1"
 dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -40,7 +48,7 @@ def on_request(ws, message) -> None:  # type: ignore[no-untyped-def]
 
 def on_message(ws, message, opcode: OpCode) -> None:  # type: ignore[no-untyped-def]
     if args.mode == "echo":
-        ws.send(message, opcode)
+        ws.send(message, opcode, compress_replies)
     elif args.mode == "pubsub":
         on_request(ws, message)
     else:
