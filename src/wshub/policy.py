@@ -344,6 +344,12 @@ class PerIpCounter:
         self._counts[key] = n + 1
         return True
 
+    def may_keep(self, key: str, limit: int) -> bool:
+        """Whether a slot already held under ``key`` is within ``limit``:
+        the verdict of ``release(key)`` then ``try_acquire(key, limit)``,
+        without changing the count."""
+        return limit < 1 or self._counts.get(key, 0) - 1 < limit
+
     def release(self, key: str) -> None:
         n = self._counts.get(key, 0) - 1
         if n <= 0:

@@ -28,7 +28,7 @@ from tests.integration.security_support import (
     upgrade,
     wshub_lines,
 )
-from wshub import HttpServer, WebSocket
+from wshub import Handshake, HttpServer, Response, WebSocket
 from wshub.transport import http1
 
 
@@ -148,6 +148,45 @@ async def test_limit_by_ip_429_and_table_empties(
     for c in held:
         await c.close()
     await bystander.close()
+    await wait_for(lambda: len(ws._per_ip) == 0, what="the per-IP table to empty")
+    assert not ws._clients and not ws._reserved
+
+
+async def test_the_count_from_accept_becomes_the_clients_or_is_given_back(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An HTTP/1.1 connection is counted from its accept; at the upgrade that
+    # count is handed to the hub: kept as the client's, or given back when
+    # the upgrade is refused at any step (before the hub, in its guards, or
+    # by the hook after the per-IP guard).
+    def hook(handshake: Handshake) -> Response | None:
+        return Response.text(401, "no\n") if handshake.path == "/private" else None
+
+    srv = await start_server(limit_by_ip=3, allow_origin=["https://example.com"], on_handshake=hook)
+    echo(srv)
+    ws = srv.ws
+    held = await websockets.connect(srv.url + "/", compression=None)
+    _, idle = await asyncio.open_connection(srv.host, srv.port)  # counted, says nothing
+    await wait_for(lambda: ws._per_ip.count("127.0.0.1") == 2, what="the idle one counted")
+    host = host_of(srv)
+    for data, status in [
+        (upgrade(host, version="12"), 426),  # refused before the hub
+        (upgrade(host, extra=[("Origin", "https://evil.net")]), 403),  # by its guards
+        (upgrade("x/admin?"), 400),
+        (upgrade(host, "/private"), 401),  # by the hook
+    ]:
+        await assert_refused_once(srv, caplog, data, status)
+        await wait_for(lambda: ws._per_ip.count("127.0.0.1") == 2, what="the count given back")
+    # The third connection is admitted at exactly the limit, counted once;
+    # a fourth is over it.
+    third = await websockets.connect(srv.url + "/", compression=None)
+    assert ws._per_ip.count("127.0.0.1") == 3
+    await assert_refused_once(srv, caplog, upgrade(host), 429)
+    await third.send("hi")
+    assert await third.recv() == "hi"
+    await third.close()
+    await held.close()
+    idle.close()
     await wait_for(lambda: len(ws._per_ip) == 0, what="the per-IP table to empty")
     assert not ws._clients and not ws._reserved
 

@@ -154,6 +154,19 @@ def test_per_ip_counter_limits_and_empties() -> None:
     assert c.count("x") == 1000
 
 
+def test_per_ip_counter_may_keep_is_a_release_and_acquire_without_the_churn() -> None:
+    for held, limit in [(1, 1), (2, 2), (3, 2), (5, 0), (2, 3)]:
+        c = PerIpCounter()
+        for _ in range(held):
+            assert c.try_acquire("a", 0)
+        d = PerIpCounter()
+        for _ in range(held):
+            assert d.try_acquire("a", 0)
+        d.release("a")
+        assert c.may_keep("a", limit) is d.try_acquire("a", limit)
+        assert c.count("a") == held  # unchanged either way
+
+
 # -------------------------------------------------------------- forwarded-for
 
 PROXIES = TrustedProxies(["10.0.0.0/8", "fd00::1"])

@@ -183,12 +183,25 @@ class AdmissionControl:
             request.info.origin, headers.get("host"), request.scheme == "wss"
         ):
             raise HandshakeError(403, "origin not allowed")
-        client = client_ip(request.peer[0], headers, options.trusted)
-        key = ip_key(client)
-        if (
-            options.cluster_limit_by_ip and self._cluster_ip_full(key)
-        ) or not self.per_ip.try_acquire(key, options.limit_by_ip):
-            raise HandshakeError(429, "too many connections from this address")
+        key = request.ip_slot
+        if key is None:
+            client = client_ip(request.peer[0], headers, options.trusted)
+            key = ip_key(client)
+            if (
+                options.cluster_limit_by_ip and self._cluster_ip_full(key)
+            ) or not self.per_ip.try_acquire(key, options.limit_by_ip):
+                raise HandshakeError(429, "too many connections from this address")
+        else:
+            # Counted since its accept under the peer's key (so the peer is
+            # not a trusted proxy: it is the client): the count becomes the
+            # client's if the limits allow it as a new one, else it is given back.
+            request.ip_slot = None
+            client = request.peer[0]
+            if (
+                options.cluster_limit_by_ip and self._cluster_ip_full(key, held=1)
+            ) or not self.per_ip.may_keep(key, options.limit_by_ip):
+                self.per_ip.release(key)
+                raise HandshakeError(429, "too many connections from this address")
         try:
             url_text = f"{request.scheme}://{host}{path}"
             if query:
@@ -329,12 +342,14 @@ class AdmissionControl:
         """The connection counted under ``key`` is gone (or became a client)."""
         self.per_ip.release(key)
 
-    def _cluster_ip_full(self, key: str) -> bool:
+    def _cluster_ip_full(self, key: str, held: int = 0) -> bool:
+        """Whether ``key`` has reached the limit over the cluster, not
+        counting the ``held`` slot this node already has for the client."""
         options = self._options
         limit = options.limit_by_ip
         if not options.cluster_limit_by_ip or limit < 1 or self._backplane.is_local:
             return False
-        return self.per_ip.count(key) + self._backplane.ip_count(key) >= limit
+        return self.per_ip.count(key) - held + self._backplane.ip_count(key) >= limit
 
     def _pick_id(self, cookie_header: str | None) -> tuple[str, float | None]:
         """The client's ID, and the end of its session if a cookie gave it.

@@ -654,10 +654,11 @@ class Http1Protocol(asyncio.Protocol):
     ) -> None:
         # is_upgrade: is_websocket_upgrade(headers) is known to be true.
         server = self.server
-        # From here the hub counts this connection as its client (under the
-        # client's address, which forwarding headers may tell): give back the
-        # connection's own count first, so that it is counted once.
-        server.connections.release_ip_slot(self)
+        # From here the hub counts this connection as its client: the
+        # connection's own count goes with the request (judge_upgrade), so
+        # that it is counted once.
+        ip_slot = self.ip_slot
+        self.ip_slot = None
         transport = self.transport
         assert transport is not None
         head = RequestHead(
@@ -668,6 +669,7 @@ class Http1Protocol(asyncio.Protocol):
             peer=self.peer,
             scheme="wss" if self.tls else "ws",
             tls=transport.get_extra_info("ssl_object") if self.tls else None,
+            ip_slot=ip_slot,
         )
         verdict = judge_upgrade(server.websocket, head, carrier="http/1.1", is_upgrade=is_upgrade)
         if isinstance(verdict, Refusal):

@@ -189,7 +189,17 @@ class Link(Protocol):
 class UpgradeRequest:
     """A valid WebSocket upgrade, whatever HTTP version carried it, for the hub to judge."""
 
-    __slots__ = ("headers", "http_version", "info", "method", "peer", "scheme", "target", "tls")
+    __slots__ = (
+        "headers",
+        "http_version",
+        "info",
+        "ip_slot",
+        "method",
+        "peer",
+        "scheme",
+        "target",
+        "tls",
+    )
 
     def __init__(
         self,
@@ -202,6 +212,7 @@ class UpgradeRequest:
         method: str = "GET",
         http_version: str = "1.1",
         tls: object = None,
+        ip_slot: str | None = None,
     ) -> None:
         self.target = target  # the request target as sent: "/path?query"
         self.headers = headers  # lower-case names (":authority" folded into "host")
@@ -213,6 +224,11 @@ class UpgradeRequest:
         # Where the TLS details come from (read only if asked): the
         # transport's ssl.SSLObject, an ASGI scope's "tls" extension, or None.
         self.tls = tls
+        # The key the connection is counted under since its accept
+        # (UpgradeHandler.connection_opened), handed over with the request:
+        # admit() takes it (and sets this to None) instead of giving it back
+        # and counting the client again.  None: nothing counted.
+        self.ip_slot = ip_slot
 
 
 class Admission(Protocol):

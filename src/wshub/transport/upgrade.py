@@ -58,7 +58,17 @@ SNI_ATTRIBUTE = "wshub_server_name"
 class RequestHead:
     """What a carrier read of an upgrade request."""
 
-    __slots__ = ("headers", "http_version", "method", "peer", "protocol", "scheme", "target", "tls")
+    __slots__ = (
+        "headers",
+        "http_version",
+        "ip_slot",
+        "method",
+        "peer",
+        "protocol",
+        "scheme",
+        "target",
+        "tls",
+    )
 
     def __init__(
         self,
@@ -71,6 +81,7 @@ class RequestHead:
         scheme: str,
         protocol: str | None = None,
         tls: Any = None,
+        ip_slot: str | None = None,
     ) -> None:
         self.method = method
         self.target = target  # as sent: "/path?query"
@@ -82,6 +93,9 @@ class RequestHead:
         # The TLS details' source, read only if the hub asks: the
         # transport's ssl.SSLObject, an ASGI scope's "tls" extension, or None.
         self.tls = tls
+        # The per-IP count the connection holds (HTTP/1.1: since its
+        # accept), handed to the hub with the request; see judge_upgrade.
+        self.ip_slot = ip_slot
 
 
 class Refusal:
@@ -147,7 +161,11 @@ def judge_upgrade(
     exception in the hub's handshake hook) is a 500 with the traceback in
     the log, never on the wire.  A :data:`PendingVerdict` when the hook is
     ``async``: see :func:`settle_upgrade`.
+
+    ``head.ip_slot`` is the hub's from here on: its per-IP guard keeps it
+    as the client's count; refused before that, it is given back here.
     """
+    request = None
     try:
         info = _check(head, carrier, ended, is_upgrade)
         if handler is None:
@@ -161,9 +179,13 @@ def judge_upgrade(
             method=head.method,
             http_version=head.http_version,
             tls=head.tls,
+            ip_slot=head.ip_slot,
         )
         return handler.admit(request)
     except Exception as exc:
+        slot = head.ip_slot if request is None else request.ip_slot
+        if slot is not None and handler is not None:
+            handler.connection_closed(slot)  # not taken by the hub's guard
         return _refusal_for(exc, head, carrier, handler)
 
 
