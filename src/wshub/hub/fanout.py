@@ -3,16 +3,19 @@
 Shared by ``broadcast`` (every client, or those of one path) and ``publish``
 (the subscribers of one topic): the receivers are grouped by their link's
 ``broadcast_key`` (no compression, or one compression setting without
-context takeover), and the frame is built once per group.
+context takeover), and the frame is built once per group.  Many receivers
+share one batch per group (``transport/link.py``: ``queue_shared``, and
+``queue_again`` for the next broadcasts of the loop iteration to the same
+receivers); a few are queued one by one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Collection, Hashable
 from typing import Protocol
 
 from ..errors import ConnectionClosedError
-from ..transport.link import Link
+from ..transport.link import SHARED_BATCH_FROM, Link, queue_again, queue_shared
 
 __all__ = ["Receiver", "queue_to_all"]
 
@@ -24,8 +27,12 @@ class Receiver(Protocol):
     def link(self) -> Link: ...
 
 
-def queue_to_all(receivers: Iterable[Receiver], payload: bytes, text: bool) -> int:
+def queue_to_all(receivers: Collection[Receiver], payload: bytes, text: bool) -> int:
     """Queue one message for every receiver whose link is open; return how many."""
+    if len(receivers) >= SHARED_BATCH_FROM:
+        links = [receiver.link for receiver in receivers]
+        again = queue_again(links, payload, text)
+        return queue_shared(links, payload, text) if again is None else again
     frames: dict[Hashable, bytes] = {}
     # Nearly every receiver shares one key (same extension settings):
     # the last key and frame are kept at hand.

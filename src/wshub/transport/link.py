@@ -20,7 +20,7 @@ import logging
 import socket
 import weakref
 from collections.abc import Callable, Hashable
-from typing import Protocol
+from typing import Protocol, cast
 
 from ..errors import WebSocketProtocolError
 from ..logging import refusal_log
@@ -40,6 +40,7 @@ from ..protocol.frames import CloseCode
 from ..protocol.handshake import Headers, UpgradeInfo
 
 __all__ = [
+    "SHARED_BATCH_FROM",
     "Admission",
     "CloseInitiator",
     "ClosingReporter",
@@ -50,6 +51,8 @@ __all__ = [
     "ReadyState",
     "UpgradeHandler",
     "UpgradeRequest",
+    "queue_again",
+    "queue_shared",
 ]
 
 log = logging.getLogger("wshub")
@@ -352,6 +355,7 @@ def is_loopback(ip: str) -> bool:
 
 _OPEN = ConnectionState.OPEN
 _LARGE = 64 * 1024  # payloads from this size on are written without being copied
+SHARED_BATCH_FROM = 32  # receivers of a broadcast from which they share one batch
 
 
 def _tcp_socket(transport: asyncio.BaseTransport | None) -> socket.socket | None:
@@ -362,6 +366,42 @@ def _tcp_socket(transport: asyncio.BaseTransport | None) -> socket.socket | None
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
     return sock  # type: ignore[no-any-return]
+
+
+class _SharedBatch:
+    """Frames that consecutive broadcasts of one loop iteration queued for the
+    same links (its members): queued once, not once per member, and written
+    by every member as the same bytes at the flush.
+
+    A member is a link whose ``_shared`` is this batch; it leaves (taking the
+    frames into its own batch, in order) as soon as anything else is queued
+    for it, when it flushes, and when it must end.  So the frames here are,
+    for every member, exactly what follows its own batch.
+    """
+
+    __slots__ = ("_joined", "frames", "limit", "members", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.frames: list[bytes] = []
+        self.size = 0
+        self.members = 0
+        # The smallest write_high of the members: past it a message is
+        # queued link by link again (which then flushes early, as always).
+        self.limit = limit
+        self._joined: bytes | None = None
+
+    def add(self, frame: bytes) -> None:
+        self.frames.append(frame)
+        self.size += len(frame)
+        self._joined = None
+
+    def joined(self) -> bytes:
+        """The frames as one piece, joined once for all the members."""
+        data = self._joined
+        if data is None:
+            frames = self.frames
+            data = self._joined = frames[0] if len(frames) == 1 else b"".join(frames)
+        return data
 
 
 class _WriteFlusher:
@@ -452,6 +492,7 @@ class FramedLink(ClosingReporter):
         "_held",
         "_loop",
         "_pending",
+        "_shared",
         "_shut",
         "_timer",
         "_timer_at",
@@ -486,6 +527,9 @@ class FramedLink(ClosingReporter):
         self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._batch: list[bytes] | None = None
         self._batched = 0
+        # Broadcast frames queued for this link and others together (they
+        # follow _batch); see queue_shared().
+        self._shared: _SharedBatch | None = None
         self._shut = False
         # A congestion control to switch to before the first large message
         # (HttpServer's opt-in loopback_congestion, for a peer on this host).
@@ -599,6 +643,8 @@ class FramedLink(ClosingReporter):
         """
         if self._closed or self._shut:
             return False
+        if self._shared is not None:
+            self._leave_shared()  # the broadcasts queued before this go first
         n = len(data)
         if n:
             self.bytes_written += n
@@ -638,8 +684,31 @@ class FramedLink(ClosingReporter):
             CloseCode.POLICY_VIOLATION, "write buffer limit exceeded", CloseInitiator.SERVER
         )
 
+    def _leave_shared(self) -> None:
+        """Take the shared batch's frames into this link's own batch."""
+        shared = self._shared
+        assert shared is not None
+        self._shared = None
+        shared.members -= 1
+        batch = self._batch
+        if batch is None:
+            self._batch = batch = []  # (already with the flusher, as a member)
+        batch.extend(shared.frames)
+        self._batched += shared.size
+        self.bytes_written += shared.size
+
     def flush_batch(self) -> None:
         """Write what was queued since the last flush, in one call."""
+        if self._shared is not None:
+            if self._batch is None:
+                # Only broadcasts: the same bytes as the other members.
+                shared = self._shared
+                self._shared = None
+                shared.members -= 1
+                self.bytes_written += shared.size
+                self._write_batch([shared.joined()])
+                return
+            self._leave_shared()
         batch = self._batch
         if batch is None:
             return
@@ -815,6 +884,8 @@ class FramedLink(ClosingReporter):
         # Frames still queued (our Close among them) go out first, at the end
         # of this loop iteration together with other connections' writes;
         # then the pipe closes.
+        if self._shared is not None:
+            self._leave_shared()
         if self._batch:
             self._end_after_flush = end
         else:
@@ -1015,7 +1086,10 @@ class FramedLink(ClosingReporter):
 
     @property
     def buffered_amount(self) -> int:
-        return 0 if self._closed else self._buffered() + self._batched
+        if self._closed:
+            return 0
+        shared = self._shared
+        return self._buffered() + self._batched + (0 if shared is None else shared.size)
 
     @property
     def is_open(self) -> bool:
@@ -1033,3 +1107,116 @@ class FramedLink(ClosingReporter):
         if state == ConnectionState.CLOSE_RECEIVED:
             return "writeOnly"
         return "closed"
+
+
+def queue_again(links: list[Link], payload: bytes, text: bool) -> int | None:
+    """If ``links`` are exactly the members of one shared batch, all open,
+    add the message to it and return how many they are; else None (and
+    nothing queued): then :func:`queue_shared`, per ``broadcast_key``.
+
+    The usual case of a burst of broadcasts in one loop iteration: per
+    receiver only the check that it is still a member and still open.
+    """
+    if len(links) < SHARED_BATCH_FROM:
+        return None
+    first = links[0]
+    if not isinstance(first, FramedLink):
+        return None
+    shared = first._shared
+    if shared is None or shared.members != len(links):
+        return None
+    for link in cast("list[FramedLink]", links):
+        if link._shared is not shared or link._closed or link.conn.state != _OPEN:
+            return None
+    # Exactly the members (none twice: len(links) == members), all open.
+    frame = first.prepare(payload, text)
+    if shared.size + len(frame) <= shared.limit:
+        shared.add(frame)
+        return len(links)
+    # Past write_high: link by link, each flushing early as always.
+    for member in links:
+        member.queue_prepared(frame)
+    return len(links)
+
+
+def queue_shared(links: list[Link], payload: bytes, text: bool) -> int:
+    """Queue one message for ``links``; return how many were open.
+
+    The frame is built once per ``broadcast_key`` (None: a compression
+    context of the link's own, the message is sent as such).  From
+    ``SHARED_BATCH_FROM`` links on, the open links of this process's loop with
+    nothing queued yet in this loop iteration become the members of a new shared batch per key
+    (:class:`_SharedBatch`); the next broadcasts to the same links go to
+    :func:`queue_again`.  The others get the frame in their own batch, after
+    what they had in a shared one (:meth:`FramedLink.queue_frame`): every
+    receiver gets its frames in the order they were queued, and broadcasts
+    to alternating sets of clients do not move frames from batch to batch.
+    """
+    if not links:
+        return 0
+    first = links[0]
+    # A shared batch pays for its bookkeeping when the next broadcasts go
+    # to the same many receivers; for a few, their own batches are cheaper.
+    flusher = (
+        first._flusher
+        if len(links) >= SHARED_BATCH_FROM and isinstance(first, FramedLink)
+        else None
+    )
+    # The frames and batches of the keys met before the last one (rare).
+    frames: dict[Hashable, bytes] | None = None
+    batches: dict[Hashable, _SharedBatch | None] | None = None
+    # Nearly every link shares one key: the last key, frame and batch are
+    # kept at hand.
+    last_key: Hashable | None = None
+    frame = b""
+    shared: _SharedBatch | None = None
+    count = 0
+    for link in links:
+        key = link.broadcast_key
+        if key is None:
+            try:
+                link.send_message(payload, text)
+            except ConnectionClosedError:
+                continue
+            count += 1
+            continue
+        if key is not last_key:
+            if not link.is_open:
+                continue
+            if last_key is not None:
+                if frames is None or batches is None:
+                    frames, batches = {}, {}
+                frames[last_key] = frame
+                batches[last_key] = shared
+            last_key = key
+            if frames is not None and batches is not None and key in frames:
+                frame = frames[key]
+                shared = batches[key]
+            else:
+                frame = link.prepare(payload, text)
+                shared = None
+        if isinstance(link, FramedLink):
+            if link._closed or link.conn.state != _OPEN:
+                continue
+            if (
+                link._shared is None
+                and link._batch is None
+                and link._flusher is flusher
+                and len(frame) <= link.config.write_high
+            ):
+                if shared is None:
+                    shared = _SharedBatch(link.config.write_high)
+                    shared.add(frame)
+                elif link.config.write_high < shared.limit:
+                    shared.limit = link.config.write_high
+                link._shared = shared
+                shared.members += 1
+                link._flusher.add(link)
+            else:
+                link.queue_frame(frame)  # (queue_prepared's checks are done)
+        elif link.is_open:
+            link.queue_prepared(frame)
+        else:
+            continue
+        count += 1
+    return count
