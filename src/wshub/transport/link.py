@@ -373,10 +373,11 @@ class _SharedBatch:
     same links (its members): queued once, not once per member, and written
     by every member as the same bytes at the flush.
 
-    A member is a link whose ``_shared`` is this batch; it leaves (taking the
-    frames into its own batch, in order) as soon as anything else is queued
-    for it, when it flushes, and when it must end.  So the frames here are,
-    for every member, exactly what follows its own batch.
+    A member is a link whose ``_shared`` is this batch; it joins with no
+    batch of its own and leaves (the frames becoming its own batch) as soon
+    as anything else is queued for it, when it flushes, and when it must
+    end.  So the frames here are, for every member, exactly what it has
+    queued.
     """
 
     __slots__ = ("_joined", "frames", "limit", "members", "size")
@@ -643,15 +644,19 @@ class FramedLink(ClosingReporter):
         """
         if self._closed or self._shut:
             return False
-        if self._shared is not None:
-            self._leave_shared()  # the broadcasts queued before this go first
         n = len(data)
         if n:
             self.bytes_written += n
             batch = self._batch
             if batch is None:
-                self._batch = batch = []
-                self._flusher.add(self)
+                # (A member of a shared batch has no batch of its own.)
+                if self._shared is not None:
+                    self._leave_shared()  # the broadcasts queued before this go first
+                    batch = self._batch
+                    assert batch is not None
+                else:
+                    self._batch = batch = []
+                    self._flusher.add(self)
             batch.append(data)
             self._batched += n
             if self._batched > self.config.write_high:
@@ -685,32 +690,27 @@ class FramedLink(ClosingReporter):
         )
 
     def _leave_shared(self) -> None:
-        """Take the shared batch's frames into this link's own batch."""
+        """Take the shared batch's frames as this link's own batch (a member
+        has none: it joined without one, and leaves before one is made)."""
         shared = self._shared
-        assert shared is not None
+        assert shared is not None and self._batch is None
         self._shared = None
         shared.members -= 1
-        batch = self._batch
-        if batch is None:
-            self._batch = batch = []  # (already with the flusher, as a member)
-        batch.extend(shared.frames)
+        self._batch = shared.frames.copy()  # (already with the flusher, as a member)
         self._batched += shared.size
         self.bytes_written += shared.size
 
     def flush_batch(self) -> None:
         """Write what was queued since the last flush, in one call."""
-        if self._shared is not None:
-            if self._batch is None:
-                # Only broadcasts: the same bytes as the other members.
-                shared = self._shared
+        batch = self._batch
+        if batch is None:
+            shared = self._shared
+            if shared is not None:
+                # A member: the same bytes as the other members.
                 self._shared = None
                 shared.members -= 1
                 self.bytes_written += shared.size
                 self._write_batch([shared.joined()])
-                return
-            self._leave_shared()
-        batch = self._batch
-        if batch is None:
             return
         self._batch = None
         self._batched = 0
