@@ -416,18 +416,20 @@ def wait_workers(port: int, proc: subprocess.Popen[bytes], count: int, timeout: 
     return f"only {len(seen)} of {count} workers listened"
 
 
-def tree_cpu(pids: list[int]) -> float:
-    """CPU seconds (user + system) of these processes and their descendants."""
-    total = 0.0
+def tree_cpu(pids: list[int]) -> tuple[float, int]:
+    """CPU seconds (user + system) and minor page faults of these processes
+    and their descendants."""
+    seconds, faults = 0.0, 0
     for root in pids:
         for p in tree(root):
             try:
                 with open(f"/proc/{p}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+                seconds += (int(fields[11]) + int(fields[12])) / CLK_TCK
+                faults += int(fields[7])
             except (OSError, IndexError, ValueError):
                 pass
-    return total
+    return seconds, faults
 
 
 def tree_mem(pids: list[int]) -> tuple[float, float]:
@@ -624,19 +626,24 @@ class Runner:
         self.renice_group(lg.pid)
         # server CPU over (about) the measured window: from the end of warm-up
         time.sleep(opts.warmup + 0.2)
-        cpu_a, busy_a, t_a = tree_cpu(pids), machine_busy(), time.monotonic()
+        (cpu_a, faults_a), busy_a, t_a = tree_cpu(pids), machine_busy(), time.monotonic()
         try:
             out, err = lg.communicate(timeout=opts.warmup + opts.duration + 60)
         except subprocess.TimeoutExpired:
             self.stop(lg)
             return {"failure": "load generator did not finish"}
-        cpu_b, busy_b, t_b = tree_cpu(pids), machine_busy(), time.monotonic()
+        (cpu_b, faults_b), busy_b, t_b = tree_cpu(pids), machine_busy(), time.monotonic()
         _, hwm = tree_mem(pids)
         res = last_json(out)
         if res is None:
             return {"failure": f"load generator: exit {lg.returncode}: {err.strip()[-200:]}"}
         span = max(t_b - t_a, 1e-3)
         res["srv_cpu"] = (cpu_b - cpu_a) / span
+        rate = res.get("msgs_per_s")
+        if isinstance(rate, (int, float)) and rate > 0:
+            # per message the load generator counted (over about its window)
+            res["srv_faults_per_msg"] = (faults_b - faults_a) / span / rate
+            res["srv_us_per_msg"] = res["srv_cpu"] / rate * 1e6
         lg_cpu = float(res.get("loadgen_cpu", 0.0))
         res["foreign"] = max(0.0, (busy_b - busy_a) / span - res["srv_cpu"] - lg_cpu)
         res["peak_rss_kib"] = hwm
@@ -1118,6 +1125,11 @@ def progress_line(i: int, total: int, s: Scenario, n: int, srv: Server, r: dict[
             f"  err {r.get('errors', '?')}  lg {fmt(r.get('loadgen_cpu'))}"
             f"  srv {fmt(r.get('srv_cpu'))}  foreign {fmt(r.get('foreign'))}"
         )
+        if r.get("srv_faults_per_msg") is not None:
+            body += (
+                f"  srv {fmt(r.get('srv_us_per_msg'))} µs/msg"
+                f"  {fmt(r.get('srv_faults_per_msg'))} faults/msg"
+            )
     if r.get("failure"):
         body += f"  FAILED: {r['failure']}"
     return f"{head} {body}"
