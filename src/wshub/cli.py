@@ -12,6 +12,7 @@ import sys
 from importlib import resources
 from typing import Any
 
+from . import allocator
 from ._version import __version__
 from .backplane import Backplane, make_backplane
 from .browser import serve_client
@@ -178,6 +179,13 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGTERM, cut what is still open after this many seconds (default 30)",
     )
     serve.add_argument(
+        "--malloc-tuning",
+        choices=["on", "off"],
+        default="on",
+        help="on glibc, keep freed memory up to 64 MiB for the next messages instead of "
+        "giving it back to the kernel at once (default on; see docs/deploy.md)",
+    )
+    serve.add_argument(
         "--drain-code",
         type=int,
         choices=[1001, 1012],
@@ -282,6 +290,9 @@ def _serve(args: argparse.Namespace) -> int:
     _backplane_option(args.backplane)
     _deflate_option(args)
     _metrics_option(args.metrics)
+    if args.malloc_tuning == "on":
+        # before any worker is forked: they inherit it
+        log.info("wshub serve: %s", allocator.keep_freed_memory())
     scheme = "wss" if args.tls else "ws"
     what = f"{args.workers} workers, " if args.workers else ""
     print(
