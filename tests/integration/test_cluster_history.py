@@ -750,3 +750,18 @@ async def test_direct_send_to_an_unknown_id_and_while_redis_is_down(tmp_path: Pa
     finally:
         await server.close(timeout=2.0)
         redis.stop()
+
+
+async def test_a_burst_of_subscribes_waits_for_redis_connections(cluster: Cluster) -> None:
+    """300 clients subscribe at once, each to its own topic (each answer reads
+    a stream's position in Redis): more reads than the node's pool has
+    connections wait for one; none is answered ``error``."""
+    node = await cluster.node(*history())
+    peers = await asyncio.gather(*(peer(node) for _ in range(300)))
+    for i, conn in enumerate(peers):
+        await conn.send(type="subscribe", topic=f"burst{i}", id=i)
+    answers = await asyncio.gather(*(conn.recv() for conn in peers))
+    refused = [a for a in answers if a["type"] != "subscribed"]
+    assert not refused, refused[:3]
+    assert sorted(a["topic"] for a in answers) == sorted(f"burst{i}" for i in range(300))
+    await asyncio.gather(*(conn.close() for conn in peers))

@@ -68,6 +68,10 @@ log = logging.getLogger("wshub.backplane")
 _REJECT_LOG_EVERY = 10.0
 #: The longest stop() waits for the queue to be written, then for the session to end.
 _FLUSH_TIMEOUT = 5.0
+#: Connections a node opens to Redis for commands (history reads, scripts,
+#: registry writes), besides its pub/sub connection; more commands at once
+#: wait for a free one.
+REDIS_POOL_SIZE = 64
 
 
 def _kept_answer(args: tuple[Any, ...], result: tuple[str, int] | BaseException) -> bool:
@@ -230,6 +234,7 @@ class RedisBackplane(Backplane):
         self._registry_dirty = False
         # Session state.
         self._client: Any = None
+        self._pool: Any = None  # the client's connection pool (closed with it)
         self._pubsub: Any = None
         self._resync_lock: asyncio.Lock | None = None
         self._resync_task: asyncio.Task[None] | None = None
@@ -466,14 +471,21 @@ class RedisBackplane(Backplane):
 
         # No retries inside redis-py: a retried PUBLISH could deliver twice,
         # and we want to see the failure to reconnect and resync ourselves.
-        client = aioredis.Redis.from_url(
+        # A bounded pool that waits for a free connection: a burst of history
+        # reads (thousands of subscribes at once) queues for one instead of
+        # failing (redis-py 8's plain pool raises past 100 connections).
+        pool = aioredis.BlockingConnectionPool.from_url(
             self.url,
+            max_connections=REDIS_POOL_SIZE,
+            timeout=max(self.ttl, 5.0),
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=max(self.ttl, 5.0),
             retry=Retry(NoBackoff(), 0),
             decode_responses=False,
         )
+        client = aioredis.Redis(connection_pool=pool)
         self._client = client
+        self._pool = pool
         if self._history is not None:
             # A new run_id (Redis restarted) starts new epochs: see streams.py.
             info = await client.info("server")
@@ -503,11 +515,14 @@ class RedisBackplane(Backplane):
         pubsub = self._pubsub
         client, self._client = self._client, None
         self._pubsub = None
-        for obj in (pubsub, client):
+        pool, self._pool = self._pool, None
+        for obj in (pubsub, client, pool):
             if obj is None:
                 continue
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(obj.aclose(), 1.0)
+                # (A client built on a given pool leaves the pool open.)
+                close = obj.disconnect() if obj is pool else obj.aclose()
+                await asyncio.wait_for(close, 1.0)
 
     async def _run_session(self) -> None:
         tasks = [
