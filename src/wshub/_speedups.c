@@ -7,7 +7,7 @@
  *   apply_mask(data, mask) -> bytes
  *       XOR data with the 4-byte mask repeated (RFC 6455 section 5.3).
  *
- *   scan_frames(data, pos, max_payload) -> (events, pos)
+ *   scan_frames(data, pos, max_payload, decoder=None) -> (events, pos)
  *       Starting at pos, turn every *simple* frame into an event: a complete,
  *       final (FIN), masked text or binary frame, without RSV bits, whose
  *       payload fits max_payload (< 1: no limit).  Text must be valid UTF-8
@@ -15,6 +15,13 @@
  *       that is anything else (incomplete, fragmented, control, RSV, invalid
  *       UTF-8, too big, unmasked ...), leaving it to the Python state
  *       machine, which then reports the same events or errors it always does.
+ *       decoder, a codec's message_decoder (function, suffix), lets it take
+ *       the same frames with RSV1 too (compressed, RFC 7692): the unmasked
+ *       payload, suffix appended, goes to function(payload, room), which
+ *       answers the decoded message or None; on None (or invalid UTF-8
+ *       after decoding) it stops before the frame, and the Python state
+ *       machine decodes it again, which is why only a codec that keeps
+ *       nothing from one message to the next gives a decoder.
  *
  *   parse_upgrade_head(data, max_size, max_fields) -> tuple | None
  *       The common WebSocket upgrade request, whole in one read, parsed in
@@ -166,6 +173,50 @@ apply_mask(PyObject *self, PyObject *args)
     return result;
 }
 
+/* One compressed frame's message for scan_frames: the payload unmasked
+ * into a bytes object with the suffix after it (one copy), decoded by
+ * decode(payload, room); text then becomes str.  Py_None where scan_frames
+ * must stop before the frame (the decoder refused it, or the text is not
+ * UTF-8), NULL on an error to raise. */
+static PyObject *
+decode_message(PyObject *decode, const unsigned char *payload, Py_ssize_t length,
+               const unsigned char *mask, const char *suffix, Py_ssize_t suffix_len,
+               PyObject *room, int text)
+{
+    PyObject *masked, *decoded, *item;
+    PyObject *call_args[2];
+
+    masked = PyBytes_FromStringAndSize(NULL, length + suffix_len);
+    if (masked == NULL) {
+        return NULL;
+    }
+    xor_mask(payload, (unsigned char *)PyBytes_AS_STRING(masked), length, mask);
+    memcpy(PyBytes_AS_STRING(masked) + length, suffix, (size_t)suffix_len);
+    call_args[0] = masked;
+    call_args[1] = room;
+    decoded = PyObject_Vectorcall(decode, call_args, 2, NULL);
+    Py_DECREF(masked);
+    if (decoded == NULL || decoded == Py_None) {
+        return decoded;
+    }
+    if (!PyBytes_CheckExact(decoded)) {
+        Py_DECREF(decoded);
+        PyErr_SetString(PyExc_TypeError, "scan_frames: the decoder must return bytes or None");
+        return NULL;
+    }
+    if (!text) {
+        return decoded;
+    }
+    item = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(decoded), PyBytes_GET_SIZE(decoded),
+                                "strict");
+    Py_DECREF(decoded);
+    if (item == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return item;
+}
+
 static PyObject *
 scan_frames(PyObject *self, PyObject *args)
 {
@@ -173,17 +224,44 @@ scan_frames(PyObject *self, PyObject *args)
     Py_ssize_t pos;
     long long max_payload;
     PyObject *events, *result;
+    PyObject *decoder = Py_None, *decode = NULL, *room = NULL;
     const unsigned char *buf;
-    Py_ssize_t end;
+    const char *suffix = NULL;
+    Py_ssize_t end, suffix_len = 0;
     /* Scratch space for unmasking text before decoding it. */
     unsigned char small[512];
+    /* The first byte a frame may start with: FIN, no RSV bits; RSV1 too
+     * (0xC0) when a decoder is given. */
+    unsigned char rsv_ok = 0x80;
 
-    if (!PyArg_ParseTuple(args, "y*nL:scan_frames", &view, &pos, &max_payload)) {
+    if (!PyArg_ParseTuple(args, "y*nL|O:scan_frames", &view, &pos, &max_payload, &decoder)) {
         return NULL;
+    }
+    if (decoder != Py_None) {
+        PyObject *tail;
+        if (!PyTuple_Check(decoder) || PyTuple_GET_SIZE(decoder) != 2
+            || !PyCallable_Check(PyTuple_GET_ITEM(decoder, 0))
+            || !PyBytes_Check(PyTuple_GET_ITEM(decoder, 1))) {
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_TypeError,
+                            "scan_frames: decoder must be None or (function, bytes)");
+            return NULL;
+        }
+        decode = PyTuple_GET_ITEM(decoder, 0);
+        tail = PyTuple_GET_ITEM(decoder, 1);
+        suffix = PyBytes_AS_STRING(tail);
+        suffix_len = PyBytes_GET_SIZE(tail);
+        room = PyLong_FromLongLong(max_payload > 0 ? max_payload : -1);
+        if (room == NULL) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        rsv_ok = 0xC0;
     }
     events = PyList_New(0);
     if (events == NULL) {
         PyBuffer_Release(&view);
+        Py_XDECREF(room);
         return NULL;
     }
     buf = (const unsigned char *)view.buf;
@@ -199,7 +277,8 @@ scan_frames(PyObject *self, PyObject *args)
         const unsigned char *mask, *payload;
         PyObject *item;
 
-        if ((b0 & 0xF0) != 0x80 || (opcode != 1 && opcode != 2) || !(b1 & 0x80)) {
+        if (((b0 & 0xF0) != 0x80 && (b0 & 0xF0) != rsv_ok) || (opcode != 1 && opcode != 2)
+            || !(b1 & 0x80)) {
             break; /* not FIN, RSV set, control/continuation, or unmasked */
         }
         if (length == 126) {
@@ -231,7 +310,18 @@ scan_frames(PyObject *self, PyObject *args)
         }
         mask = buf + pos + hlen;
         payload = mask + 4;
-        if (opcode == 2) {
+        if (b0 & 0x40) {
+            item = decode_message(decode, payload, (Py_ssize_t)length, mask, suffix,
+                                  suffix_len, room, opcode == 1);
+            if (item == NULL) {
+                goto error;
+            }
+            if (item == Py_None) {
+                Py_DECREF(item);
+                break; /* the Python state machine decodes it again and reports */
+            }
+        }
+        else if (opcode == 2) {
             item = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
             if (item == NULL) {
                 goto error;
@@ -270,11 +360,13 @@ scan_frames(PyObject *self, PyObject *args)
         pos += hlen + 4 + (Py_ssize_t)length;
     }
     PyBuffer_Release(&view);
+    Py_XDECREF(room);
     result = Py_BuildValue("(Nn)", events, pos);
     return result;
 
 error:
     PyBuffer_Release(&view);
+    Py_XDECREF(room);
     Py_DECREF(events);
     return NULL;
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hmac
 import os
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +20,8 @@ from hypothesis import strategies as st
 from tests.rawws import upgrade_request
 from wshub.protocol import connection as connection_module
 from wshub.protocol import frames
-from wshub.protocol.connection import Connection, Event
+from wshub.protocol.connection import Connection, Event, MessageCodec
+from wshub.protocol.deflate import DeflateOptions, negotiate_extensions
 
 
 def _require_accelerator() -> None:
@@ -34,17 +36,28 @@ def _require_accelerator() -> None:
 
 
 def _pure_events(
-    chunks: list[bytes], max_payload: int, monkeypatch: pytest.MonkeyPatch
+    chunks: list[bytes],
+    max_payload: int,
+    monkeypatch: pytest.MonkeyPatch,
+    codec: MessageCodec | None = None,
 ) -> list[Event]:
     with monkeypatch.context() as m:
         m.setattr(connection_module, "_scan_frames", None)
         m.setattr(connection_module, "apply_mask", frames._apply_mask_py)
         m.setattr(connection_module, "PayloadBuffer", frames._PayloadBufferPy)
-        return _events(chunks, max_payload)
+        return _events(chunks, max_payload, codec)
 
 
-def _events(chunks: list[bytes], max_payload: int) -> list[Event]:
-    conn = Connection(max_payload=max_payload)
+def _cut(stream: bytes, cuts: list[int]) -> list[bytes]:
+    """``stream`` in the chunks that ``cuts`` (taken modulo its length) make."""
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    return [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True) if b > a]
+
+
+def _events(
+    chunks: list[bytes], max_payload: int, codec: MessageCodec | None = None
+) -> list[Event]:
+    conn = Connection(max_payload=max_payload, codec=codec)
     out: list[Event] = []
     for c in chunks:
         out.extend(conn.receive_data(c))
@@ -111,6 +124,111 @@ def test_scanner_decodes_simple_frames_and_stops_at_others() -> None:
         assert events == [b"ok"] and pos == 8
 
 
+# The settings of the tests that feed both paths random streams.
+STREAMS = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def deflated(data: bytes, final: bool = False) -> bytes:
+    """``data`` as a client compresses it (RFC 7692 §7.2.1), or in a final block."""
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    if final:
+        return c.compress(data) + c.flush()
+    return (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+NO_TAKEOVER = "permessage-deflate; client_no_context_takeover; server_no_context_takeover"
+
+
+def deflate_codec(offer: str, compressor: str = "auto") -> MessageCodec:
+    negotiated = negotiate_extensions(offer, DeflateOptions(compressor=compressor))
+    assert negotiated is not None
+    return negotiated[1]
+
+
+def test_scanner_inflates_compressed_frames_only_with_a_decoder() -> None:
+    _require_accelerator()
+    assert frames.scan_frames is not None
+    codec = deflate_codec(NO_TAKEOVER)
+    decoder = codec.message_decoder
+    assert decoder is not None
+    # With context takeover messages depend on the ones before: no decoder.
+    assert deflate_codec("permessage-deflate").message_decoder is None
+    text = "héllo " * 200
+    data = (
+        masked_frame(1, deflated(text.encode()), rsv=4)
+        + masked_frame(2, deflated(b"\x00" * 3000), rsv=4)
+        + masked_frame(1, b"plain")
+        + masked_frame(1, deflated(b"RFC 7692", final=True), rsv=4)
+    )
+    events, pos = frames.scan_frames(data, 0, 0, decoder)
+    assert events == [text, b"\x00" * 3000, "plain", "RFC 7692"] and pos == len(data)
+    events, pos = frames.scan_frames(data, 0, 0, None)
+    assert events == [] and pos == 0  # no decoder: RSV1 is Python's
+    # What the decoder refuses, and text that is not UTF-8 once inflated,
+    # is left to Python (which inflates it again and closes 1007 or 1009);
+    # so are RSV2/RSV3 and fragments.
+    for stop in (
+        masked_frame(2, b"\xff\xff\xff\xff", rsv=4),  # not a deflate stream
+        masked_frame(2, deflated(b"x", final=True) + b"junk", rsv=4),  # data after the end
+        masked_frame(1, deflated(b"\xff\xfe"), rsv=4),  # not UTF-8
+        masked_frame(2, deflated(b"y" * 11), rsv=4),  # inflates past max_payload 10
+        masked_frame(2, deflated(b"z"), rsv=6),
+        masked_frame(2, deflated(b"z"), fin=False, rsv=4),
+    ):
+        ok = masked_frame(2, deflated(b"ok"), rsv=4)
+        events, pos = frames.scan_frames(ok + stop, 0, 10, decoder)
+        assert events == [b"ok"] and pos == len(ok)
+    with pytest.raises(TypeError):
+        frames.scan_frames(data, 0, 0, (len,))
+
+
+compressed_strategy = st.one_of(
+    st.builds(lambda p: masked_frame(1, deflated(p.encode()), rsv=4), st.text(max_size=300)),
+    st.builds(lambda p: masked_frame(1, deflated(p), rsv=4), st.binary(max_size=40)),
+    st.builds(lambda p: masked_frame(2, deflated(p), rsv=4), st.binary(max_size=2000)),
+    st.builds(lambda p: masked_frame(2, deflated(p, final=True), rsv=4), st.binary(max_size=50)),
+    st.builds(
+        lambda p, junk: masked_frame(2, deflated(p, final=True) + junk, rsv=4),
+        st.binary(max_size=50),
+        st.binary(min_size=1, max_size=3),
+    ),
+    st.builds(lambda p: masked_frame(2, p, rsv=4), st.binary(max_size=40)),  # corrupt
+    st.builds(
+        lambda p: (
+            masked_frame(1, deflated(p)[:3], fin=False, rsv=4) + masked_frame(0, deflated(p)[3:])
+        ),
+        st.binary(max_size=60),
+    ),
+    st.builds(lambda p: masked_frame(2, p), st.binary(max_size=300)),
+    st.builds(lambda p: masked_frame(9, p), st.binary(max_size=125)),
+)
+
+
+@STREAMS
+@given(
+    stream=st.lists(compressed_strategy, max_size=10).map(b"".join),
+    cuts=st.lists(st.integers(0, 3000), max_size=6),
+    max_payload=st.sampled_from([0, 64, 1000]),
+    offer=st.sampled_from([NO_TAKEOVER, "permessage-deflate"]),
+    compressor=st.sampled_from(["auto", "zlib"]),
+)
+def test_accelerated_and_pure_paths_agree_on_compressed_frames(
+    stream: bytes,
+    cuts: list[int],
+    max_payload: int,
+    offer: str,
+    compressor: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _require_accelerator()
+    chunks = _cut(stream, cuts)
+    fast = _events(chunks, max_payload, deflate_codec(offer, compressor))
+    pure = _pure_events(chunks, max_payload, monkeypatch, deflate_codec(offer, compressor))
+    assert fast == pure
+
+
 frame_strategy = st.one_of(
     st.builds(lambda p: masked_frame(1, p.encode()), st.text(max_size=300)),
     st.builds(lambda p: masked_frame(1, p), st.binary(max_size=40)),  # often invalid UTF-8
@@ -127,9 +245,7 @@ frame_strategy = st.one_of(
 )
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@STREAMS
 @given(
     stream=st.lists(frame_strategy, max_size=12).map(b"".join),
     cuts=st.lists(st.integers(0, 5000), max_size=8),
@@ -139,10 +255,7 @@ def test_accelerated_and_pure_paths_agree(
     stream: bytes, cuts: list[int], max_payload: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _require_accelerator()
-    points = sorted({c % (len(stream) + 1) for c in cuts})
-    chunks = [
-        stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True) if b > a
-    ]
+    chunks = _cut(stream, cuts)
     assert _events(chunks, max_payload) == _pure_events(chunks, max_payload, monkeypatch)
 
 

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import codecs
 import enum
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, Protocol, TypeVar
 
 from .errors import ConnectionClosedError, WsHubError
@@ -216,6 +216,19 @@ class MessageCodec(Protocol):
 
     @property
     def shared_frame_key(self) -> Hashable | None: ...
+
+    @property
+    def message_decoder(self) -> tuple[Callable[[bytes, int], bytes | None], bytes] | None:
+        """None, or where each message is decoded on its own (nothing kept
+        from one to the next): ``(decode_alone, suffix)``.
+
+        ``decode_alone(payload + suffix, max_size)`` decodes one whole
+        message (one frame) like :meth:`decode` given it in one chunk, but
+        answers None where :meth:`decode` would raise.  The C frame scanner
+        uses it; whatever it refuses, the connection reads again through
+        :meth:`decode`, which reports why.
+        """
+        ...
 
     def decode(self, data: bytes, end_of_message: bool, max_size: int) -> bytes:
         """Return the decoded bytes of this chunk.
@@ -477,8 +490,12 @@ class Connection:
             and data[0] & 0x0F < 8  # a control frame first (a Close...) is Python's anyway
         ):
             # C fast path: every leading complete, unfragmented, valid data
-            # frame at once; whatever it stops at is read below as usual.
-            events, pos = _scan_frames(data, 0, self.limits.max_payload)
+            # frame at once (compressed ones too where the codec decodes
+            # each message alone); whatever it stops at is read below as usual.
+            codec = self.codec
+            events, pos = _scan_frames(
+                data, 0, self.limits.max_payload, None if codec is None else codec.message_decoder
+            )
         while pos < end:
             if self._read_state == _DIRECT:
                 pos = self._write_direct(data, pos, end, events)

@@ -25,7 +25,7 @@ import os
 import re
 import threading
 import zlib
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -288,21 +288,49 @@ class PerMessageDeflate:
 
     # --------------------------------------------------------------- receiving
 
+    def _new_inflater(self) -> Any:
+        """A decompressor for the next message (a zlib or isal_zlib Decompress)."""
+        if self.client_no_context_takeover and self.compressor == "isal":
+            # ISA-L inflates JSON-like 4 KiB messages in ~30 % less time
+            # than zlib but holds twice the memory (~85 KiB): only where
+            # the inflater lives no longer than a message.  Its window
+            # is 15 bits, whatever was negotiated, so that it accepts
+            # exactly what zlib does (zlib checks a distance against
+            # the output so far, not against the window size).
+            return _isal_zlib().decompressobj(-15)
+        # zlib accepts 8 for inflate, but a larger window is always safe.
+        return _fresh_inflater(max(9, self.client_window_bits))
+
+    @property
+    def message_decoder(self) -> tuple[Callable[[bytes, int], bytes | None], bytes] | None:
+        """Without client context takeover, :meth:`decode_alone` and the
+        tail it expects after a payload (see ``MessageCodec``); else None."""
+        return (self.decode_alone, _TAIL) if self.client_no_context_takeover else None
+
+    def decode_alone(self, data: bytes, max_size: int) -> bytes | None:
+        """Inflate one whole message, its payload followed by ``00 00 ff
+        ff`` (RFC 7692 §7.2.2), on its own (no client context takeover);
+        None where :meth:`decode` would raise (then nothing was kept).
+
+        The same steps as :meth:`decode` on a whole message, in one call,
+        for the C frame scanner (``message_decoder``).
+        """
+        inflater = self._new_inflater()
+        try:
+            out: bytes = inflater.decompress(data, max_size + 1 if max_size >= 0 else 0)
+        except _inflate_errors():
+            return None
+        if max_size >= 0 and len(out) > max_size:
+            return None
+        if inflater.eof and inflater.unused_data not in _AFTER_FINAL:
+            return None
+        return out
+
     def decode(self, data: bytes, end_of_message: bool, max_size: int) -> bytes:
         """Inflate one chunk of a compressed message (see ``MessageCodec``)."""
         inflater = self._inflater
         if inflater is None:
-            if self.client_no_context_takeover and self.compressor == "isal":
-                # ISA-L inflates JSON-like 4 KiB messages in ~30 % less time
-                # than zlib but holds twice the memory (~85 KiB): only where
-                # the inflater lives no longer than a message.  Its window
-                # is 15 bits, whatever was negotiated, so that it accepts
-                # exactly what zlib does (zlib checks a distance against
-                # the output so far, not against the window size).
-                inflater = self._inflater = _isal_zlib().decompressobj(-15)
-            else:
-                # zlib accepts 8 for inflate, but a larger window is always safe.
-                inflater = self._inflater = _fresh_inflater(max(9, self.client_window_bits))
+            inflater = self._inflater = self._new_inflater()
         if end_of_message:
             # RFC 7692 §7.2.2: put back the tail the sender stripped.
             data = data + _TAIL if data else _TAIL

@@ -266,7 +266,10 @@ class _PayloadBufferPy:
 PayloadBuffer: type[_PayloadBufferPy] = _PayloadBufferPy
 """Receives one large frame's payload in place; the C twin when built."""
 
-scan_frames: Callable[[bytes, int, int], tuple[list[Any], int]] | None = None
+MessageDecoder = tuple[Callable[[bytes, int], "bytes | None"], bytes]
+"""A codec's ``message_decoder``: ``(decode_alone, suffix)`` (see ``MessageCodec``)."""
+
+scan_frames: Callable[[bytes, int, int, MessageDecoder | None], tuple[list[Any], int]] | None = None
 """The C accelerator's reader of simple frames (see ``_speedups.c``), or None.
 
 Its pure-Python twin is :meth:`wshub.protocol.connection.Connection.receive_data`
