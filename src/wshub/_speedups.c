@@ -46,12 +46,24 @@
  *       The payload of one large frame, read straight into the bytes object
  *       that becomes the message: no chunk list, no join, unmasked in place.
  *       Its pure-Python twin is wshub.protocol.frames._PayloadBufferPy.
+ *
+ *   send_nowait(fd, data) -> int
+ *   send_each(fds, data) -> [(i, sent)]
+ *       send() on a plain socket whose transport holds nothing (not on
+ *       Windows): one socket, or the same bytes to many back to back (a
+ *       shared broadcast batch).  No twin: without them the transport
+ *       writes, as it always did (wshub.transport.http1, link).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#ifndef _WIN32
+#include <errno.h>
+#include <sys/socket.h>
+#define WSHUB_HAVE_SEND 1
+#endif
 
 /* x86-64: 16 bytes at a time with SSE2 (always there), 32 with AVX2 where
  * the CPU has it (checked once at import).  The mask repeats every 4 bytes,
@@ -1224,6 +1236,90 @@ hmac_sha256_b64url(PyObject *self, PyObject *args)
     return PyUnicode_DecodeASCII(out, base64_encode(outer, 32, out, b64_urlsafe, 0), NULL);
 }
 
+#ifdef WSHUB_HAVE_SEND
+/* One send() that never blocks and never raises SIGPIPE: the bytes the
+ * kernel took (0 when it would block), or -1 on any other error. */
+static Py_ssize_t
+send_some(int fd, const void *buf, Py_ssize_t len)
+{
+    ssize_t n;
+    int flags = MSG_DONTWAIT;
+#ifdef MSG_NOSIGNAL
+    flags |= MSG_NOSIGNAL;
+#endif
+    do {
+        n = send(fd, buf, (size_t)len, flags);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+    }
+    return (Py_ssize_t)n;
+}
+
+/* send_nowait(fd, data) -> int: send_some() of data.  On -1 the caller
+ * hands everything to its transport, which meets the same error and
+ * reports it its own way. */
+static PyObject *
+send_nowait(PyObject *self, PyObject *args)
+{
+    int fd;
+    Py_buffer data;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "iy*:send_nowait", &fd, &data)) {
+        return NULL;
+    }
+    n = send_some(fd, data.buf, data.len);
+    PyBuffer_Release(&data);
+    return PyLong_FromSsize_t(n);
+}
+
+/* send_each(fds, data) -> list[(i, sent)]: the same bytes to every socket
+ * of the sequence fds, back to back, as send_nowait does for one; only the
+ * sockets that did not take them whole are listed (their index in fds, and
+ * what send_nowait would have answered). */
+static PyObject *
+send_each(PyObject *self, PyObject *args)
+{
+    PyObject *fds, *seq, *out = NULL;
+    Py_buffer data;
+    Py_ssize_t i, n;
+    if (!PyArg_ParseTuple(args, "Oy*:send_each", &fds, &data)) {
+        return NULL;
+    }
+    seq = PySequence_Fast(fds, "send_each: fds must be a sequence");
+    if (seq == NULL) {
+        goto done;
+    }
+    out = PyList_New(0);
+    if (out == NULL) {
+        goto done;
+    }
+    n = PySequence_Fast_GET_SIZE(seq);
+    for (i = 0; i < n; i++) {
+        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        Py_ssize_t sent;
+        if (fd == -1 && PyErr_Occurred()) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        sent = send_some((int)fd, data.buf, data.len);
+        if (sent != data.len) {
+            PyObject *item = Py_BuildValue("(nn)", i, sent);
+            if (item == NULL || PyList_Append(out, item) < 0) {
+                Py_XDECREF(item);
+                Py_CLEAR(out);
+                goto done;
+            }
+            Py_DECREF(item);
+        }
+    }
+done:
+    Py_XDECREF(seq);
+    PyBuffer_Release(&data);
+    return out;
+}
+#endif
+
 static PyMethodDef methods[] = {
     {"accept_key", accept_key, METH_O,
      "accept_key(key) -> bytes: Sec-WebSocket-Accept for an ASCII Sec-WebSocket-Key."},
@@ -1235,6 +1331,12 @@ static PyMethodDef methods[] = {
      "hmac_sha256_states(key_block) -> bytes: the keyed states of HMAC-SHA256."},
     {"parse_upgrade_head", parse_upgrade_head, METH_VARARGS,
      "parse_upgrade_head(data, max_size, max_fields) -> (target, headers, end) or None."},
+#ifdef WSHUB_HAVE_SEND
+    {"send_nowait", send_nowait, METH_VARARGS,
+     "send_nowait(fd, data) -> int: bytes sent without blocking, 0 if none, -1 on error."},
+    {"send_each", send_each, METH_VARARGS,
+     "send_each(fds, data) -> [(i, sent)]: send_nowait to each; those not sent whole."},
+#endif
     {"scan_frames", scan_frames, METH_VARARGS,
      "scan_frames(data, pos, max_payload) -> (events, pos): decode simple frames."},
     {NULL, NULL, 0, NULL},

@@ -14,27 +14,15 @@ import asyncio
 import itertools
 import os
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import websockets
 
+from tests.event_loops import loop_factory
 from tests.rawws import RawClient, client_frame
 from wshub import HttpServer, WebSocket
 from wshub.transport import http1
-
-
-def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    if name == "asyncio":
-        return asyncio.new_event_loop
-    try:
-        import uvloop
-    except ImportError:
-        pytest.fail("uvloop is not installed: it is part of the dev extras (make venv)")
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
 
 SIZES = [65_535, 65_536, 70_000, 1 << 20, 5 << 20]
 
@@ -95,7 +83,7 @@ def test_large_frames_read_in_place(loop: str, monkeypatch: pytest.MonkeyPatch) 
         original(self, nbytes)
 
     monkeypatch.setattr(http1._DirectReader, "buffer_updated", spy)
-    with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
         result = runner.run(_exchange(direct_reads))
     expected = []
     for n in SIZES:
@@ -157,7 +145,7 @@ async def _lowat_exchange() -> list[tuple[str, int, int]]:
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_low_water_mark_while_reading_a_large_frame(loop: str) -> None:
-    with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
         seen = runner.run(_lowat_exchange())
     marks = {when: mark for when, mark, _ in seen}
     missing = {when: lacking for when, _, lacking in seen}

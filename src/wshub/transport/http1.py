@@ -58,21 +58,31 @@ _LAZY: Any = object()
 # The C accelerator's reader of a whole, plain upgrade request (see
 # _speedups.c), or None on the pure-Python path: then httptools reads all.
 _parse_upgrade_head: Any = None
+_send_nowait: Any = None
 if frames.ACCELERATED:
     _speedups = importlib.import_module("wshub._speedups")
 
     _parse_upgrade_head = _speedups.parse_upgrade_head
+    _send_nowait = getattr(_speedups, "send_nowait", None)  # (not on Windows)
 
 
 # A cache (module state by design), per transport class: does
 # writelines() gather without joining (see Http1Link)?
 _GATHER: dict[type, bool] = {}
 
+# The transports over a plain socket that a write may bypass while nothing
+# is buffered in them (Http1Link._write): asyncio's and uvloop's.  Not TLS.
+_DIRECT_TRANSPORTS = {
+    ("asyncio.selector_events", "_SelectorSocketTransport"),
+    ("uvloop.loop", "TCPTransport"),
+    ("uvloop.loop", "UnixTransport"),
+}
+
 
 class Http1Link(FramedLink):
     """A WebSocket over an HTTP/1.1 connection (after the 101)."""
 
-    __slots__ = ("_gather", "transport")
+    __slots__ = ("_fd", "_gather", "transport")
 
     # The transport's limits are config.write_high/low (set in _handshake).
     _PAUSE_SHOWS_BUFFER = True
@@ -97,8 +107,43 @@ class Http1Link(FramedLink):
         if gather is None:
             gather = _GATHER[kind] = kind.__module__.startswith("uvloop")
         self._gather = gather
+        # The socket's descriptor for writes straight to the kernel; None
+        # until the first write looks it up, -1 where there is none.
+        self._fd: int | None = None
+
+    def _socket_fd(self) -> int:
+        kind = type(self.transport)
+        if _send_nowait is None or (kind.__module__, kind.__name__) not in _DIRECT_TRANSPORTS:
+            return -1
+        sock = self.transport.get_extra_info("socket")
+        return -1 if sock is None else int(sock.fileno())
+
+    def direct_fd(self) -> int:
+        # Only with nothing buffered in the transport (what it holds goes
+        # first), and only while it is open: after that the descriptor may
+        # be closed and reused by another connection.
+        fd = self._fd
+        if fd is None:
+            fd = self._fd = self._socket_fd()
+        if fd < 0:
+            return -1
+        t = self.transport
+        return -1 if t.get_write_buffer_size() or t.is_closing() else fd
+
+    def write_rest(self, data: bytes, sent: int) -> None:
+        self.transport.write(memoryview(data)[sent:] if sent > 0 else data)
 
     def _write(self, data: bytes) -> None:
+        # One send() of our own where the transport would make the same
+        # system call after its bookkeeping (for uvloop, send() instead of
+        # write(): no VFS layer); what the kernel does not take goes to the
+        # transport, which keeps it in order and reports errors.
+        fd = self.direct_fd()
+        if fd >= 0:
+            sent = _send_nowait(fd, data)
+            if sent != len(data):
+                self.write_rest(data, sent)
+            return
         self.transport.write(data)
 
     def _write_many(self, chunks: list[bytes]) -> None:
@@ -117,7 +162,7 @@ class Http1Link(FramedLink):
         if small:
             pieces.append(b"".join(small) if len(small) > 1 else small[0])
         if len(pieces) == 1:
-            self.transport.write(pieces[0])
+            self._write(pieces[0])
         elif self._gather:
             self.transport.writelines(pieces)
         else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import importlib
 import logging
 import socket
 import weakref
@@ -36,7 +37,7 @@ from ..protocol.connection import (
     Pong,
     ProtocolError,
 )
-from ..protocol.frames import CloseCode
+from ..protocol.frames import ACCELERATED, CloseCode
 from ..protocol.handshake import Headers, UpgradeInfo
 
 __all__ = [
@@ -56,6 +57,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("wshub")
+
+# The C accelerator's send of one piece to many sockets (None without it).
+_send_each: Callable[[list[int], bytes], list[tuple[int, int]]] | None = None
+if ACCELERATED:
+    _send_each = getattr(importlib.import_module("wshub._speedups"), "send_each", None)
 
 ReadyState = str  # "opening" | "open" | "readOnly" | "writeOnly" | "closed"
 
@@ -380,12 +386,15 @@ class _SharedBatch:
     queued.
     """
 
-    __slots__ = ("_joined", "frames", "limit", "members", "size")
+    __slots__ = ("_joined", "frames", "limit", "links", "members", "size")
 
     def __init__(self, limit: int) -> None:
         self.frames: list[bytes] = []
         self.size = 0
         self.members = 0
+        # Every link that joined, in order; those that left since are
+        # skipped at the flush (their _shared is no longer this batch).
+        self.links: list[FramedLink] = []
         # The smallest write_high of the members: past it a message is
         # queued link by link again (which then flushes early, as always).
         self.limit = limit
@@ -403,6 +412,42 @@ class _SharedBatch:
             frames = self.frames
             data = self._joined = frames[0] if len(frames) == 1 else b"".join(frames)
         return data
+
+    def write_to_members(self) -> None:
+        """Write the frames to every member still in the batch, which then
+        has no members.
+
+        The members whose socket may be written directly (``direct_fd``)
+        get the bytes from one C call, back to back; what a socket did not
+        take, and the other members, go through their own link.
+        """
+        data = self.joined()
+        size = self.size
+        fds: list[int] = []
+        direct: list[FramedLink] = []
+        links = self.links
+        self.links = []
+        self.members = 0
+        for link in links:
+            if link._shared is not self:
+                continue  # left the batch, with the frames in its own
+            link._shared = None
+            link.bytes_written += size
+            fd = -1 if _send_each is None or link._closed or link._shut else link.direct_fd()
+            if fd >= 0:
+                fds.append(fd)
+                direct.append(link)
+                continue
+            try:
+                link._write_batch([data])
+            except Exception:  # one broken connection must not starve the others
+                log.exception("error while writing to a client")
+        if fds and _send_each is not None:
+            for i, sent in _send_each(fds, data):
+                try:
+                    direct[i].write_rest(data, sent)
+                except Exception:
+                    log.exception("error while writing to a client")
 
 
 class _WriteFlusher:
@@ -588,6 +633,17 @@ class FramedLink(ClosingReporter):
         """The asyncio transport whose TCP socket carries this link, if any."""
         return None
 
+    def direct_fd(self) -> int:
+        """The descriptor of a socket that may be written right now without
+        the pipe (nothing is buffered in it, and it is open), or -1."""
+        return -1
+
+    def write_rest(self, data: bytes, sent: int) -> None:
+        """After ``sent`` bytes of ``data`` went straight to ``direct_fd``
+        (0: none, -1: an error, which the pipe then meets itself): the rest,
+        through the pipe."""
+        raise NotImplementedError
+
     def _closes_by_itself(self) -> bool:
         """The pipe is closing with nothing left to send: it will be gone
         without a deadline's help (False where that cannot be known)."""
@@ -706,11 +762,8 @@ class FramedLink(ClosingReporter):
         if batch is None:
             shared = self._shared
             if shared is not None:
-                # A member: the same bytes as the other members.
-                self._shared = None
-                shared.members -= 1
-                self.bytes_written += shared.size
-                self._write_batch([shared.joined()])
+                # A member: every member gets the same bytes, now.
+                shared.write_to_members()
             return
         self._batch = None
         self._batched = 0
@@ -1211,6 +1264,7 @@ def queue_shared(links: list[Link], payload: bytes, text: bool) -> int:
                     shared.limit = link.config.write_high
                 link._shared = shared
                 shared.members += 1
+                shared.links.append(link)
                 link._flusher.add(link)
             else:
                 link.queue_frame(frame)  # (queue_prepared's checks are done)
