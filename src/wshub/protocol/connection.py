@@ -307,6 +307,11 @@ _DEFAULT_LIMITS = ConnectionLimits()  # never changed: a documented shared defau
 # small-int cache) that every open connection would keep.
 _ABNORMAL = int(CloseCode.ABNORMAL)
 
+# The states send_message checks for every message, read once: an enum
+# member looked up on its class costs several times a global's lookup.
+_OPEN = ConnectionState.OPEN
+_CLOSE_RECEIVED = ConnectionState.CLOSE_RECEIVED
+
 
 _HEADER = 0
 _PAYLOAD = 1
@@ -998,7 +1003,8 @@ class Connection:
 
     def send_message(self, data: bytes, text: bool) -> bytes:
         """Frame one message (compressed if the codec wants it)."""
-        if self.state != ConnectionState.OPEN and self.state != ConnectionState.CLOSE_RECEIVED:
+        state = self.state
+        if state != _OPEN and state != _CLOSE_RECEIVED:
             raise ConnectionClosedError("the closing handshake has started")
         opcode = OP_TEXT if text else OP_BINARY
         codec = self.codec
