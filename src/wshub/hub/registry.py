@@ -44,6 +44,12 @@ def event_for_path(path: str) -> str:
 def encode_payload(data: str | bytes | bytearray | memoryview, encoding: str) -> tuple[bytes, bool]:
     """``(payload, is_text)`` of what a user sends: a ``str`` through ``encoding``."""
     if isinstance(data, str):
+        if encoding == "utf8":
+            # The common case without a further call (encode_str's first branch).
+            try:
+                return data.encode(), True
+            except UnicodeEncodeError:
+                pass  # lone surrogates: encode_str writes them as Node does
         return encode_str(data, encoding)
     if isinstance(data, bytes):
         return data, False
