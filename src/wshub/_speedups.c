@@ -1338,7 +1338,8 @@ static PyMethodDef methods[] = {
      "send_each(fds, data) -> [(i, sent)]: send_nowait to each; those not sent whole."},
 #endif
     {"scan_frames", scan_frames, METH_VARARGS,
-     "scan_frames(data, pos, max_payload) -> (events, pos): decode simple frames."},
+     "scan_frames(data, pos, max_payload, decoder=None) -> (events, pos): decode simple "
+     "frames (compressed ones too with a codec's message_decoder)."},
     {NULL, NULL, 0, NULL},
 };
 
