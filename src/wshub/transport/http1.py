@@ -118,7 +118,7 @@ class Http1Link(FramedLink):
         # The socket's descriptor for writes straight to the kernel, -1
         # where there is none; before it is looked up, the writes still to
         # make through the transport (see _FD_FIRST).
-        self._fd = _FD_FIRST
+        self._fd = _FD_FIRST if _send_nowait is not None else -1
 
     def _socket_fd(self) -> int:
         kind = type(self.transport)
