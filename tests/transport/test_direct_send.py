@@ -449,3 +449,71 @@ def test_an_error_on_one_socket_leaves_its_burst_to_the_transport(
     got, _lagged, sent = _run(loop, _bursts(rounds=10, burst=8, size=50, laggard=False))
     assert all(g == sent for g in got)
     assert spy.calls and all(answer[0] == (0, -1) for _, answer in spy.calls)
+
+
+async def _never_reader_among_broadcast_receivers() -> tuple[list[tuple[int, bool]], list[int]]:
+    """RECEIVERS websockets clients and one raw client that never reads;
+    bursts of broadcasts (shared batches, the direct path) until the
+    stalled one is closed; return its close (code, clean) and how many
+    messages each reader got of how many were sent."""
+    server = HttpServer()
+    ws = WebSocket(server, write_limit=256 * 1024)
+    await server.serve("127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{server.port}/"
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    closed: list[tuple[int, bool]] = []
+    try:
+        clients = [
+            await websockets.connect(url, compression=None, ping_interval=None, max_size=None)
+            for _ in range(RECEIVERS)
+        ]
+        await loop.sock_connect(sock, ("127.0.0.1", server.port))
+        await loop.sock_sendall(sock, upgrade_request(host=f"127.0.0.1:{server.port}"))
+        await wait_for_clients(ws, RECEIVERS + 1)
+        port = sock.getsockname()[1]
+        [stalled] = [
+            cid
+            for cid, c in ws._clients.items()
+            if c.link.transport.get_extra_info("peername")[1] == port
+        ]
+        ws.on(
+            "close",
+            lambda cid, event: cid == stalled and closed.append((event.code, event.was_clean)),
+        )
+        counts = [0] * RECEIVERS
+
+        async def receive(i: int, client: Any) -> None:
+            async for _ in client:
+                counts[i] += 1
+
+        readers = [asyncio.create_task(receive(i, c)) for i, c in enumerate(clients)]
+        sent = 0
+        for _ in range(2_000):
+            if stalled not in ws.clients:
+                break
+            for _ in range(8):
+                ws.broadcast("y" * 2_000)
+                sent += 1
+            await asyncio.sleep(0.001)
+        else:
+            pytest.fail("the stalled receiver's write buffer was never capped")
+        for _ in range(8):  # and the others still get what follows
+            ws.broadcast("after")
+            sent += 1
+        for c in clients:
+            await c.close()
+        await asyncio.gather(*readers)
+        return closed, [n - sent for n in counts]
+    finally:
+        sock.close()
+        await server.close(timeout=2.0)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_broadcast_receiver_that_never_reads_is_closed_with_1008(loop: str) -> None:
+    closed, missing = _run(loop, _never_reader_among_broadcast_receivers())
+    assert closed == [(1008, False)]  # write_limit reached: the server's close
+    assert missing == [0] * RECEIVERS  # every reader got every message
