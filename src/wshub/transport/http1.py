@@ -121,8 +121,9 @@ class Http1Link(FramedLink):
         self._fd = _FD_FIRST if _send_nowait is not None else -1
 
     def _socket_fd(self) -> int:
+        # (Only asked where _send_nowait exists: _fd starts at -1 without it.)
         kind = type(self.transport)
-        if _send_nowait is None or (kind.__module__, kind.__name__) not in _DIRECT_TRANSPORTS:
+        if (kind.__module__, kind.__name__) not in _DIRECT_TRANSPORTS:
             return -1
         sock = self.transport.get_extra_info("socket")
         return -1 if sock is None else int(sock.fileno())
