@@ -87,6 +87,9 @@ async def test_demo_in_chromium(browser: Any) -> None:
         await wait_received(page2, f"m.type === 'chat' && m.id === '{id2}'")
         await page1.click("#blob")
         await wait_received(page2, "m.kind === 'binary' && m.size === 8")
+        # The publisher gets its own publication too: seen before it closes,
+        # or the resume below would rightly deliver it again.
+        await wait_received(page1, "m.kind === 'binary' && m.size === 8")
 
         # Reload: the signed cookie brings the same ID back, and the page
         # resumes the topic from the last position it saw: what was

@@ -14,7 +14,13 @@ from wshub import WebSocket
 from wshub.protocol.connection import Connection, ConnectionState
 from wshub.protocol.frames import OP_CLOSE, OP_TEXT, build_frame
 from wshub.protocol.handshake import UpgradeInfo
-from wshub.transport.link import FramedLink, LinkConfig, UpgradeRequest
+from wshub.transport.link import (
+    FramedLink,
+    LinkConfig,
+    UpgradeRequest,
+    queue_again,
+    queue_shared,
+)
 
 Scenario = Callable[[WebSocket, list["RecordingLink"]], Awaitable[None]]
 
@@ -66,23 +72,26 @@ def masked_close_frame() -> bytes:
     return bytes([0x80 | OP_CLOSE, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
 
 
+def open_client(ws: WebSocket, port: int) -> RecordingLink:
+    """A client of ``ws``, admitted and opened the way a transport does it."""
+    admission = ws.admit(
+        UpgradeRequest(
+            target="/",
+            headers={"host": "127.0.0.1"},
+            info=UpgradeInfo(13, None, None, ""),
+            peer=("127.0.0.1", port),
+            scheme="ws",
+        )
+    )
+    link = RecordingLink(Connection(), admission.config)
+    admission.open(link)
+    return link
+
+
 def run(scenario: Scenario, clients: int = N, **options: object) -> list[RecordingLink]:
     async def main() -> list[RecordingLink]:
         ws = WebSocket(ping_delay=0, limit_by_ip=0, **options)  # type: ignore[arg-type]
-        links = []
-        for i in range(clients):
-            admission = ws.admit(
-                UpgradeRequest(
-                    target="/",
-                    headers={"host": "127.0.0.1"},
-                    info=UpgradeInfo(13, None, None, ""),
-                    peer=("127.0.0.1", 40000 + i),
-                    scheme="ws",
-                )
-            )
-            link = RecordingLink(Connection(), admission.config)
-            admission.open(link)
-            links.append(link)
+        links = [open_client(ws, 40000 + i) for i in range(clients)]
         await asyncio.sleep(0)  # the flush of anything queued while opening
         for link in links:
             link.writes.clear()
@@ -182,6 +191,52 @@ def test_a_held_client_whose_peer_closed_gets_no_later_broadcast() -> None:
     links = run(scenario)
     assert links[1].received == text_frame("before")
     assert links[0].received == text_frame("before") + text_frame("after")
+
+
+def test_a_client_opened_between_broadcasts_gets_the_later_ones() -> None:
+    # Broadcasts to all reuse the registry's tuple of links until a client
+    # comes or goes: one that opens in the middle of a burst is in the next.
+    late: list[RecordingLink] = []
+
+    async def scenario(ws: WebSocket, links: list[RecordingLink]) -> None:
+        assert ws.broadcast("before") == N
+        late.append(open_client(ws, 50000))
+        assert ws.broadcast("after") == N + 1
+        assert ws.broadcast("later") == N + 1
+
+    links = run(scenario)
+    assert links[0].received == b"".join(text_frame(t) for t in ("before", "after", "later"))
+    assert late[0].received.endswith(text_frame("after") + text_frame("later"))
+    assert b"before" not in late[0].received
+
+
+def test_a_member_that_is_lost_or_no_longer_open_leaves_the_batch() -> None:
+    # queue_again takes the tuple a shared batch was made from without
+    # looking at each link: that holds only if every member is open.
+    async def scenario(ws: WebSocket, links: list[RecordingLink]) -> None:
+        audience = tuple(links)
+        assert queue_shared(audience, b"one", True) == N
+        assert queue_again(audience, b"two", True) == N
+        links[1].connection_lost(None)
+        assert queue_again(audience, b"x", True) is None
+        assert queue_shared(audience, b"three", True) == N - 1
+        await asyncio.sleep(0)  # written: the next burst makes a new batch
+        again = tuple(links[2:])
+        assert queue_shared(again, b"four", True) == N - 2
+        assert queue_again(again, b"five", True) == N - 2
+        links[3].hold()
+        links[3].data_received(masked_close_frame())  # its reply held back
+        assert queue_again(again, b"x", True) is None
+        assert queue_shared(again, b"six", True) == N - 3
+
+    links = run(scenario)
+    assert links[1].writes == []
+    assert links[3].received == b"".join(
+        text_frame(t) for t in ("one", "two", "three", "four", "five")
+    )
+    assert links[4].received == b"".join(
+        text_frame(t) for t in ("one", "two", "three", "four", "five", "six")
+    )
 
 
 def test_a_client_over_write_limit_is_closed_1008_and_gets_none_of_the_batch() -> None:

@@ -11,13 +11,13 @@ receivers); a few are queued one by one.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable
+from collections.abc import Collection, Hashable, Sequence
 from typing import Protocol
 
 from ..errors import ConnectionClosedError
 from ..transport.link import SHARED_BATCH_FROM, Link, queue_again, queue_shared
 
-__all__ = ["Receiver", "queue_to_all"]
+__all__ = ["Receiver", "queue_to_all", "queue_to_links"]
 
 
 class Receiver(Protocol):
@@ -29,8 +29,17 @@ class Receiver(Protocol):
 
 def queue_to_all(receivers: Collection[Receiver], payload: bytes, text: bool) -> int:
     """Queue one message for every receiver whose link is open; return how many."""
-    if len(receivers) >= SHARED_BATCH_FROM:
-        links = [receiver.link for receiver in receivers]
+    return queue_to_links([receiver.link for receiver in receivers], payload, text)
+
+
+def queue_to_links(links: Sequence[Link], payload: bytes, text: bool) -> int:
+    """Queue one message for every open link of ``links``; return how many.
+
+    A tuple that is passed again for the next broadcasts of a loop
+    iteration (as the registry does for all its clients) costs nothing
+    per link after the first (``queue_again``).
+    """
+    if len(links) >= SHARED_BATCH_FROM:
         again = queue_again(links, payload, text)
         return queue_shared(links, payload, text) if again is None else again
     frames: dict[Hashable, bytes] = {}
@@ -39,8 +48,7 @@ def queue_to_all(receivers: Collection[Receiver], payload: bytes, text: bool) ->
     last_key: Hashable | None = None
     last_frame = b""
     count = 0
-    for receiver in receivers:
-        link = receiver.link
+    for link in links:
         key = link.broadcast_key
         try:
             if key is None:

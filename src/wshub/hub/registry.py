@@ -22,7 +22,7 @@ from ..policy import PerIpCounter
 from ..protocol.frames import CloseCode
 from ..transport.link import CloseInitiator, Link
 from .events import CloseEvent, Events
-from .fanout import queue_to_all
+from .fanout import queue_to_all, queue_to_links
 from .handshake import ClientExtras, Handshake
 from .history import Position
 from .options import HubOptions
@@ -163,6 +163,7 @@ class Registry:
 
     __slots__ = (
         "_all_closed",
+        "_all_links",
         "_backplane",
         "_events",
         "_finishing",
@@ -211,6 +212,9 @@ class Registry:
         self._per_ip = per_ip
         self._backplane = backplane
         self._all_closed: asyncio.Event | None = None
+        # The links of ``clients``, as one tuple for broadcasts to all of
+        # them (None: to be made again; a client came or went).
+        self._all_links: tuple[Link, ...] | None = None
 
     def get(self, client_id: str) -> Client:
         """The local client ``client_id``, open or closing; ClientNotFound if
@@ -257,6 +261,7 @@ class Registry:
             extras,
         )
         self.clients[client_id] = client
+        self._all_links = None
         self._backplane.client_added(client_id, ip_key, client.event)
         link.listener = client
         layer = self.protocol_v1
@@ -307,6 +312,7 @@ class Registry:
             return
         if self.clients.get(client.id) is client:
             del self.clients[client.id]
+            self._all_links = None
         self.topics.client_closed(client.id)
         if client.direct is not None:
             client.direct.closed(client)
@@ -459,9 +465,14 @@ class Registry:
         """Queue one message for every open local client of ``event`` (None: all) but
         ``excluded``; return how many.  The frame is built once per group of links
         that can share it."""
-        clients = self.clients.values()
         if excluded is None and event is None:
-            return queue_to_all(list(clients), payload, text)
+            # The same tuple for every broadcast until a client comes or
+            # goes: a burst of them is queued once for all (queue_to_links).
+            links = self._all_links
+            if links is None:
+                links = self._all_links = tuple(c.link for c in self.clients.values())
+            return queue_to_links(links, payload, text)
+        clients = self.clients.values()
         return queue_to_all(
             [
                 c

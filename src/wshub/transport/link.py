@@ -20,7 +20,7 @@ import importlib
 import logging
 import socket
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol, cast
 
 from ..errors import WebSocketProtocolError
@@ -381,20 +381,28 @@ class _SharedBatch:
 
     A member is a link whose ``_shared`` is this batch; it joins with no
     batch of its own and leaves (the frames becoming its own batch) as soon
-    as anything else is queued for it, when it flushes, and when it must
-    end.  So the frames here are, for every member, exactly what it has
-    queued.
+    as anything else is queued for it, when it flushes, and when its
+    connection leaves the OPEN state or is lost.  So the frames here are,
+    for every member, exactly what it has queued, and every member is open.
+
+    The batch, not each member, is with the write flusher; a member that
+    leaves goes to the flusher with its own batch.
     """
 
-    __slots__ = ("_joined", "frames", "limit", "links", "members", "size")
+    __slots__ = ("_joined", "frames", "limit", "links", "members", "size", "source")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, source: Sequence[Link]) -> None:
         self.frames: list[bytes] = []
         self.size = 0
         self.members = 0
         # Every link that joined, in order; those that left since are
         # skipped at the flush (their _shared is no longer this batch).
         self.links: list[FramedLink] = []
+        # The receivers the batch was made for, if a tuple: a later
+        # broadcast to the very same tuple, with as many members as links,
+        # goes to exactly the members (see queue_again; a tuple cannot
+        # change meanwhile, a list could).
+        self.source = source if type(source) is tuple else None
         # The smallest write_high of the members: past it a message is
         # queued link by link again (which then flushes early, as always).
         self.limit = limit
@@ -412,6 +420,11 @@ class _SharedBatch:
             frames = self.frames
             data = self._joined = frames[0] if len(frames) == 1 else b"".join(frames)
         return data
+
+    def flush_batch(self) -> None:
+        """(What the write flusher calls, as on a link of its own.)"""
+        if self.links:
+            self.write_to_members()
 
     def write_to_members(self) -> None:
         """Write the frames to every member still in the batch, which then
@@ -450,8 +463,13 @@ class _SharedBatch:
                     log.exception("error while writing to a client")
 
 
+class _Flushable(Protocol):
+    def flush_batch(self) -> None: ...
+
+
 class _WriteFlusher:
-    """Flushes every link with queued frames once, at the end of a loop iteration."""
+    """Flushes every link with queued frames, and every shared batch, once,
+    at the end of a loop iteration."""
 
     __slots__ = ("_links", "_loop_ref", "_scheduled")
 
@@ -459,10 +477,10 @@ class _WriteFlusher:
         # Weak: _flushers is keyed weakly by the loop, and a strong reference
         # from its own value would keep every loop ever used alive.
         self._loop_ref = weakref.ref(loop)
-        self._links: list[FramedLink] = []
+        self._links: list[_Flushable] = []
         self._scheduled = False
 
-    def add(self, link: FramedLink) -> None:
+    def add(self, link: _Flushable) -> None:
         self._links.append(link)
         if not self._scheduled:
             loop = self._loop_ref()
@@ -752,9 +770,10 @@ class FramedLink(ClosingReporter):
         assert shared is not None and self._batch is None
         self._shared = None
         shared.members -= 1
-        self._batch = shared.frames.copy()  # (already with the flusher, as a member)
+        self._batch = shared.frames.copy()
         self._batched += shared.size
         self.bytes_written += shared.size
+        self._flusher.add(self)
 
     def flush_batch(self) -> None:
         """Write what was queued since the last flush, in one call."""
@@ -875,6 +894,10 @@ class FramedLink(ClosingReporter):
     def _pump(self) -> None:
         """Do what the connection asks: its frames, the end of the pipe, its timer."""
         conn = self.conn
+        if self._shared is not None and conn.state != _OPEN:
+            # Only open links are members (queue_again counts on it); what
+            # the batch holds for this one was queued while it was open.
+            self._leave_shared()
         if conn.end == EndMode.ABORT:
             if self._ended != EndMode.ABORT:
                 self._ended = EndMode.ABORT
@@ -1074,6 +1097,8 @@ class FramedLink(ClosingReporter):
         if self._closed:
             return
         self._closed = True
+        if self._shared is not None:
+            self._leave_shared()  # (its frames are dropped: nothing is written now)
         self._cancel_timer()
         self._wake_drain_waiters()
         conn = self.conn
@@ -1162,13 +1187,15 @@ class FramedLink(ClosingReporter):
         return "closed"
 
 
-def queue_again(links: list[Link], payload: bytes, text: bool) -> int | None:
+def queue_again(links: Sequence[Link], payload: bytes, text: bool) -> int | None:
     """If ``links`` are exactly the members of one shared batch, all open,
     add the message to it and return how many they are; else None (and
     nothing queued): then :func:`queue_shared`, per ``broadcast_key``.
 
     The usual case of a burst of broadcasts in one loop iteration: per
-    receiver only the check that it is still a member and still open.
+    receiver only the check that it is still a member and still open; for
+    the tuple the batch was made from, not even that (a registry's tuple
+    of all its links, rebuilt when a client comes or goes).
     """
     if len(links) < SHARED_BATCH_FROM:
         return None
@@ -1178,9 +1205,12 @@ def queue_again(links: list[Link], payload: bytes, text: bool) -> int | None:
     shared = first._shared
     if shared is None or shared.members != len(links):
         return None
-    for link in cast("list[FramedLink]", links):
-        if link._shared is not shared or link._closed or link.conn.state != _OPEN:
-            return None
+    if shared.source is not links:
+        for link in cast("Sequence[FramedLink]", links):
+            if link._shared is not shared or link._closed or link.conn.state != _OPEN:
+                return None
+    # else: the tuple the batch was made from, with as many members as
+    # links: every one joined (once) and none left, so every one is open.
     # Exactly the members (none twice: len(links) == members), all open.
     frame = first.prepare(payload, text)
     if shared.size + len(frame) <= shared.limit:
@@ -1192,7 +1222,7 @@ def queue_again(links: list[Link], payload: bytes, text: bool) -> int | None:
     return len(links)
 
 
-def queue_shared(links: list[Link], payload: bytes, text: bool) -> int:
+def queue_shared(links: Sequence[Link], payload: bytes, text: bool) -> int:
     """Queue one message for ``links``; return how many were open.
 
     The frame is built once per ``broadcast_key`` (None: a compression
@@ -1258,14 +1288,14 @@ def queue_shared(links: list[Link], payload: bytes, text: bool) -> int:
                 and len(frame) <= link.config.write_high
             ):
                 if shared is None:
-                    shared = _SharedBatch(link.config.write_high)
+                    shared = _SharedBatch(link.config.write_high, links)
                     shared.add(frame)
+                    link._flusher.add(shared)  # (once: not each member)
                 elif link.config.write_high < shared.limit:
                     shared.limit = link.config.write_high
                 link._shared = shared
                 shared.members += 1
                 shared.links.append(link)
-                link._flusher.add(link)
             else:
                 link.queue_frame(frame)  # (queue_prepared's checks are done)
         elif link.is_open:
