@@ -359,7 +359,12 @@ def is_loopback(ip: str) -> bool:
     return ip.startswith(("127.", "::ffff:127.")) or ip == "::1"
 
 
+# Enum members read on every pass of _pump: a module global is a dict
+# lookup, an enum class attribute (Python 3.11) about 80 ns.
 _OPEN = ConnectionState.OPEN
+_CLOSE_RECEIVED = ConnectionState.CLOSE_RECEIVED
+_NO_END = EndMode.NONE
+_ABORT = EndMode.ABORT
 _LARGE = 64 * 1024  # payloads from this size on are written without being copied
 SHARED_BATCH_FROM = 32  # receivers of a broadcast from which they share one batch
 
@@ -898,9 +903,9 @@ class FramedLink(ClosingReporter):
             # Only open links are members (queue_again counts on it); what
             # the batch holds for this one was queued while it was open.
             self._leave_shared()
-        if conn.end == EndMode.ABORT:
-            if self._ended != EndMode.ABORT:
-                self._ended = EndMode.ABORT
+        if conn.end == _ABORT:
+            if self._ended != _ABORT:
+                self._ended = _ABORT
                 log.info("close timeout: dropping the connection")
                 self._cancel_timer()
                 if not self.closing_reported:
@@ -914,7 +919,7 @@ class FramedLink(ClosingReporter):
             for frame in frames:
                 self.queue_frame(frame)
             end = conn.end
-            if end != self._ended and end != EndMode.NONE:
+            if end != self._ended and end != _NO_END:
                 self._ended = end
                 if end == EndMode.CLOSE:
                     self._end_when_flushed(self._end)
@@ -924,7 +929,7 @@ class FramedLink(ClosingReporter):
                     # Close frame in flight, so stop writing and linger.
                     self._end_when_flushed(self._shut_and_linger)
         state = conn.state
-        if state != _OPEN and not self.closing_reported and state != ConnectionState.CLOSE_RECEIVED:
+        if state != _OPEN and not self.closing_reported and state != _CLOSE_RECEIVED:
             # (The peer's Close is told once the messages before it are
             # delivered and our reply is queued: their answers go out first.)
             self._closing_by_core()
