@@ -899,10 +899,6 @@ class FramedLink(ClosingReporter):
     def _pump(self) -> None:
         """Do what the connection asks: its frames, the end of the pipe, its timer."""
         conn = self.conn
-        if self._shared is not None and conn.state != _OPEN:
-            # Only open links are members (queue_again counts on it); what
-            # the batch holds for this one was queued while it was open.
-            self._leave_shared()
         if conn.end == _ABORT:
             if self._ended != _ABORT:
                 self._ended = _ABORT
@@ -929,10 +925,17 @@ class FramedLink(ClosingReporter):
                     # Close frame in flight, so stop writing and linger.
                     self._end_when_flushed(self._shut_and_linger)
         state = conn.state
-        if state != _OPEN and not self.closing_reported and state != _CLOSE_RECEIVED:
-            # (The peer's Close is told once the messages before it are
-            # delivered and our reply is queued: their answers go out first.)
-            self._closing_by_core()
+        if state != _OPEN:
+            if self._shared is not None:
+                # Only open links are members (queue_again counts on it);
+                # what the batch holds for this one was queued while it was
+                # open (here with the Close reply still held back: anything
+                # queued would have made it leave already).
+                self._leave_shared()
+            if not self.closing_reported and state != _CLOSE_RECEIVED:
+                # (The peer's Close is told once the messages before it are
+                # delivered and our reply is queued: their answers go out first.)
+                self._closing_by_core()
         deadline = conn.deadline
         if deadline != self._timer_at:
             self._cancel_timer()
