@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import codecs
 import enum
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Generic, Protocol, TypeVar
 
 from .errors import ConnectionClosedError, WsHubError
@@ -76,6 +76,7 @@ from .frames import (
     OP_TEXT,
     CloseCode,
     InvalidClosePayload,
+    MessageDecoder,
     PayloadBuffer,
     _PayloadBufferPy,
     apply_mask,
@@ -218,7 +219,7 @@ class MessageCodec(Protocol):
     def shared_frame_key(self) -> Hashable | None: ...
 
     @property
-    def message_decoder(self) -> tuple[Callable[[bytes, int], bytes | None], bytes] | None:
+    def message_decoder(self) -> MessageDecoder | None:
         """None, or where each message is decoded on its own (nothing kept
         from one to the next): ``(decode_alone, suffix)``.
 

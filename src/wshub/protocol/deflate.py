@@ -25,11 +25,12 @@ import os
 import re
 import threading
 import zlib
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
 from .connection import MessageCodec, MessageTooBig
+from .frames import MessageDecoder
 
 __all__ = ["DeflateOptions", "PerMessageDeflate", "negotiate_extensions", "parse_extensions"]
 
@@ -302,7 +303,7 @@ class PerMessageDeflate:
         return _fresh_inflater(max(9, self.client_window_bits))
 
     @property
-    def message_decoder(self) -> tuple[Callable[[bytes, int], bytes | None], bytes] | None:
+    def message_decoder(self) -> MessageDecoder | None:
         """Without client context takeover, :meth:`decode_alone` and the
         tail it expects after a payload (see ``MessageCodec``); else None."""
         return (self.decode_alone, _TAIL) if self.client_no_context_takeover else None
