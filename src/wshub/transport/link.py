@@ -451,7 +451,9 @@ class _SharedBatch:
                 continue  # left the batch, with the frames in its own
             link._shared = None
             link.bytes_written += size
-            fd = -1 if _send_each is None or link._closed or link._shut else link.direct_fd()
+            # (A member is open, never closed nor shut: see the class
+            # docstring.  direct_fd is -1 without the C sends.)
+            fd = link.direct_fd()
             if fd >= 0:
                 fds.append(fd)
                 direct.append(link)
