@@ -13,6 +13,14 @@ JSON commands (text messages on ``/`` or ``/chat``):
   ``{"op": "published", "count": N}`` (the local deliveries)
 - ``{"op": "presence", "topic": T}`` → ``{"op": "presence", "members": {ID: [node, path]},
   "cluster": await ws.cluster_subscribers(T)}``
+- ``{"op": "hold_reads", "topic": T, "after": N}``: the node's reads of T's
+  history after sequence number N wait until ``{"op": "release_reads"}`` (a
+  Redis that answers that read late); ``{"op": "hold_publications", "topic":
+  T}``: the publications of T heard from Redis wait, in order, until
+  ``{"op": "release_publications"}`` (a pub/sub connection that lags behind
+  the one that reads).  Each is answered ``{"op": "held"}`` or ``{"op":
+  "released"}``; ``/state`` counts what waits (``reads_waiting``,
+  ``publications_waiting``).
 
 Every client gets ``{"op": "welcome", "id": ID, "node": NODE}`` on open,
 but ``wshub.v1`` clients: with ``--pubsub`` the node speaks ``wshub.v1`` to
@@ -34,13 +42,85 @@ import json
 import logging
 import signal
 import sys
+from typing import Any
 
 from wshub import ClientNotFound, HttpServer, Request, Response, WebSocket
-from wshub.backplane import RedisBackplane
+from wshub.backplane import HistoryRead, RedisBackplane, TopicHub
+
+
+class GatedTopics:
+    """The hub's topics as the backplane sees them, with the publications of
+    one topic held back until released (then delivered in their order)."""
+
+    def __init__(self, topics: TopicHub) -> None:
+        self.topics = topics
+        self.held_topic: str | None = None
+        self.waiting: list[tuple[Any, ...]] = []
+
+    def follows(self, name: str) -> bool:
+        return self.topics.follows(name)
+
+    def followed_topics(self) -> list[str]:
+        return self.topics.followed_topics()
+
+    def subscriptions(self, name: str) -> dict[str, str]:
+        return self.topics.subscriptions(name)
+
+    def deliver_publication(self, name: str, *publication: Any) -> int:
+        if name == self.held_topic:
+            self.waiting.append((name, *publication))
+            return 0
+        return self.topics.deliver_publication(name, *publication)
+
+    def release(self) -> None:
+        self.held_topic = None
+        waiting, self.waiting = self.waiting, []
+        for args in waiting:
+            self.topics.deliver_publication(*args)
+
+    def remote_joined(self, client_id: str, name: str) -> None:
+        self.topics.remote_joined(client_id, name)
+
+    def remote_left(self, client_id: str, name: str) -> None:
+        self.topics.remote_left(client_id, name)
+
+
+class GatedBackplane(RedisBackplane):
+    """A RedisBackplane whose history reads and topic publications the test
+    can hold back (``hold_reads`` / ``hold_publications`` commands)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gated: GatedTopics | None = None
+        self.held_read: tuple[str, int] | None = None
+        self.reads_released = asyncio.Event()
+        self.reads_waiting = 0
+
+    def bind_topics(self, topics: TopicHub) -> None:
+        self.gated = GatedTopics(topics)
+        super().bind_topics(self.gated)
+
+    def hold_reads(self, name: str, after: int) -> None:
+        self.held_read = (name, after)
+        self.reads_released = asyncio.Event()
+
+    def release_reads(self) -> None:
+        self.held_read = None
+        self.reads_released.set()
+
+    async def read_history(self, name: str, after: int) -> HistoryRead:
+        if (name, after) == self.held_read:
+            released = self.reads_released
+            self.reads_waiting += 1
+            try:
+                await released.wait()
+            finally:
+                self.reads_waiting -= 1
+        return await super().read_history(name, after)
 
 
 def build(args: argparse.Namespace) -> tuple[HttpServer, WebSocket]:
-    backplane = RedisBackplane(
+    backplane = GatedBackplane(
         args.redis,
         heartbeat=args.heartbeat,
         ttl=args.ttl,
@@ -68,6 +148,8 @@ def build(args: argparse.Namespace) -> tuple[HttpServer, WebSocket]:
             "accepted": backplane.stats().accepted,
             "rejected": dict(backplane.stats().rejected),
             "topic_events": topic_events,
+            "reads_waiting": backplane.reads_waiting,
+            "publications_waiting": len(backplane.gated.waiting) if backplane.gated else 0,
         }
         return Response(json.dumps(state), content_type="application/json")
 
@@ -129,6 +211,18 @@ def build(args: argparse.Namespace) -> tuple[HttpServer, WebSocket]:
             cluster = await ws.cluster_subscribers(cmd["topic"])
             answer = {"op": "presence", "members": members, "cluster": cluster}
             ws.send(client_id, json.dumps(answer))
+        elif op in ("hold_reads", "hold_publications", "release_reads", "release_publications"):
+            gated = backplane.gated
+            assert gated is not None
+            if op == "hold_reads":
+                backplane.hold_reads(cmd["topic"], int(cmd["after"]))
+            elif op == "hold_publications":
+                gated.held_topic = cmd["topic"]
+            elif op == "release_reads":
+                backplane.release_reads()
+            else:
+                gated.release()
+            ws.send(client_id, json.dumps({"op": "held" if op.startswith("hold") else "released"}))
 
     ws.on("join", lambda cid, topic: topic_events.append(["join", cid, topic]))
     ws.on("leave", lambda cid, topic: topic_events.append(["leave", cid, topic]))

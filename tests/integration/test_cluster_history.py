@@ -25,7 +25,7 @@ import websockets
 import wshub.client
 from tests.conftest import Running, wait_for
 from tests.integration.browser_support import TcpProxy
-from tests.integration.cluster_support import Cluster, Node, RedisServer
+from tests.integration.cluster_support import Client, Cluster, Node, RedisServer, connect
 from tests.integration.v1_support import V1Peer
 from wshub import HttpServer, WebSocket
 from wshub.backplane import RedisBackplane
@@ -309,6 +309,140 @@ async def test_node_reads_back_what_it_missed(
     assert [m["seq"] for m in got] == list(range(1, len(kept) + 2))
     for conn in (sub, pub.conn):
         await conn.close()
+
+
+async def control(node: Node) -> Client:
+    """A plain client of ``node`` for its test commands (``hold_reads`` ...)."""
+    return await connect(node)
+
+
+async def wait_state(node: Node, key: str, value: int) -> None:
+    """Poll ``node``'s /state until ``key`` is ``value`` (10 s at most)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10.0
+    while (await node.state())[key] != value:
+        if loop.time() > deadline:
+            raise AssertionError(f"node {node.port}: {key} never became {value}")
+        await asyncio.sleep(0.02)
+
+
+async def miss_until_catching_up(
+    node: Node,
+    redis: RedisServer,
+    inspect: aioredis.Redis,
+    sub: V1Peer,
+    seen: list[dict[str, Any]],
+    pub: Publisher,
+) -> int:
+    """Cut ``node`` off Redis (CLIENT KILL) while ``pub`` publishes, until the
+    node missed some and its read-back of them waits (``hold_reads`` after
+    the last that ``sub``, its subscriber, got; ``seen`` gets what it gets
+    meanwhile); the last seq published."""
+    ctl = await control(node)
+    loop = asyncio.get_running_loop()
+    published = seen[-1]["seq"]
+    for _attempt in range(5):
+        last = seen[-1]["seq"]
+        assert (await ctl.reply(op="hold_reads", topic="feed", after=last))["op"] == "held"
+        for port in redis_ports_of(node.proc.pid, redis.port):
+            await inspect.client_kill_filter(_type=None, addr=f"127.0.0.1:{port}")
+        for _ in range(10):
+            answer = await pub.publish("feed", str(published + 1))
+            assert answer["type"] == "published", answer
+            published = answer["position"]["seq"]
+        await wait_connected(node)
+        # Publish until the node either missed some (its read-back waits) or
+        # gave its subscriber the last one (its reconnection was quick).
+        for _ in range(20):
+            answer = await pub.publish("feed", str(published + 1))
+            published = answer["position"]["seq"]
+            deadline = loop.time() + 0.5
+            while loop.time() < deadline:
+                if (await node.state())["reads_waiting"]:
+                    await ctl.close()
+                    return published
+                with contextlib.suppress(asyncio.TimeoutError):
+                    seen.append(json.loads(await asyncio.wait_for(sub.conn.recv(), 0.05)))
+                if seen[-1]["seq"] == published:
+                    break
+            if seen[-1]["seq"] == published:
+                break
+    await ctl.close()
+    raise AssertionError("the node never missed a publication in 5 attempts")
+
+
+async def test_resume_during_a_read_back_gets_each_message_once(
+    cluster: Cluster, redis: RedisServer, inspect: aioredis.Redis
+) -> None:
+    """A node that follows a topic reads back what it missed while its link to
+    Redis was down (its read answered late); meanwhile a client resumes there
+    and gets its replay (which covers those).  When the read-back comes, the
+    node's old subscriber gets them, the resumed one not a second time."""
+    c = await cluster.node(*history())
+    b = await cluster.node(*history())
+    old = await peer(c)
+    epoch = (await old.subscribe("feed"))["position"]["epoch"]
+    pub = Publisher(await peer(b))
+    for i in range(1, 6):
+        await pub.publish("feed", str(i))
+    got_old: list[dict[str, Any]] = []
+    await collect(old, got_old, "5")
+    last = await miss_until_catching_up(c, redis, inspect, old, got_old, pub)
+
+    resumed = await peer(c)
+    answer = await resumed.subscribe("feed", since={"epoch": epoch, "seq": 2})
+    assert answer["recovered"] is True and answer["position"]["seq"] == last, answer
+    got: list[dict[str, Any]] = []
+    await collect(resumed, got, str(last))  # the replay, 3 .. last
+    ctl = await control(c)
+    assert (await ctl.reply(op="release_reads"))["op"] == "released"
+    await pub.publish("feed", "live")
+    await collect(resumed, got, "live")
+    assert [(m["type"], m["seq"]) for m in got] == [
+        ("message", seq) for seq in range(3, last + 2)
+    ], [(m["type"], m.get("seq")) for m in got]
+    # The node's old subscriber: everything once, no gap.
+    await collect(old, got_old, "live")
+    assert [m["seq"] for m in got_old] == list(range(1, last + 2)), positions_of(got_old)
+    for conn in (old, resumed, pub.conn):
+        await conn.close()
+    await ctl.close()
+
+
+async def test_resume_on_a_node_whose_pubsub_lags_gets_each_message_once(
+    cluster: Cluster,
+) -> None:
+    """A publication is in the stream when a resuming client's replay is read
+    but reaches its node's pub/sub connection only after that (the two are
+    separate connections to Redis): the client gets it once, in the replay."""
+    c = await cluster.node(*history())
+    b = await cluster.node(*history())
+    pub = Publisher(await peer(b))
+    epoch = ""
+    for i in range(1, 6):
+        epoch = (await pub.publish("feed", str(i)))["position"]["epoch"]
+    ctl = await control(c)
+    assert (await ctl.reply(op="hold_publications", topic="feed"))["op"] == "held"
+    assert (await ctl.reply(op="hold_reads", topic="feed", after=2))["op"] == "held"
+    resumed = await peer(c)
+    await resumed.send(type="subscribe", topic="feed", since={"epoch": epoch, "seq": 2})
+    await wait_state(c, "reads_waiting", 1)  # its channel is heard; the read waits
+    await pub.publish("feed", "6")
+    await wait_state(c, "publications_waiting", 1)
+    assert (await ctl.reply(op="release_reads"))["op"] == "released"
+    answer = await resumed.recv_type("subscribed")
+    assert answer["recovered"] is True and answer["position"]["seq"] == 6, answer
+    got: list[dict[str, Any]] = []
+    await collect(resumed, got, "6")
+    assert (await ctl.reply(op="release_publications"))["op"] == "released"
+    await pub.publish("feed", "live")
+    await collect(resumed, got, "live")
+    assert [(m["type"], m["seq"]) for m in got] == [("message", seq) for seq in range(3, 8)], (
+        positions_of(got)
+    )
+    for conn in (resumed, pub.conn):
+        await conn.close()
+    await ctl.close()
 
 
 async def resume_after_restart(cluster: Cluster, redis: RedisServer, sig: int) -> None:

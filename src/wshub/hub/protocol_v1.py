@@ -26,7 +26,11 @@ With a history in the cluster (``Topics.cluster``) that is what happens: the
 client is subscribed and its live messages held (``Topics.hold``); once this
 node hears the topic's channel the history is read from Redis; then the
 ``subscribed`` answer, the gap (if any), the replay, and the held messages
-above the position the read answered go out, in that order.  A publication
+above the position the read answered go out, in that order.  The node may
+not have delivered that far yet (it is reading back what it missed while
+its link to Redis was down, or its pub/sub connection lags behind the
+read): ``Topics.release`` marks the client, so those publications are not
+sent to it a second time when they come.  A publication
 is answered (``published``, with its position) when Redis has kept it; if
 Redis cannot be reached, a ``publish`` or ``subscribe`` is answered with
 the error ``unavailable`` (the client is not subscribed).  The direct
@@ -626,7 +630,7 @@ class ProtocolV1:
                     topics.unsubscribe(client.id, topic)
                 self._error(client, "unavailable", f"history not readable: {exc}", request_id)
             return
-        if not topics.release(client.id, topic, held):
+        if not topics.release(client.id, topic, held, position):
             return  # unsubscribed or gone meanwhile
         self._answer_subscribe(client, topic, since, replay, position, request_id)
         # The live messages that came meanwhile, but those the read covered.

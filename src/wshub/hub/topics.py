@@ -22,7 +22,11 @@ from Redis with its position (:meth:`Topics.deliver_kept`), so that all
 nodes deliver in one order.  Each topic remembers the last position it
 delivered (``Topic.cursor``) to tell ``wshub.v1`` subscribers of a new epoch
 or of publications this node missed, and may hold a resuming subscriber's
-live messages while its replay is read (:meth:`Topics.hold`).
+live messages while its replay is read (:meth:`Topics.hold`).  A replay can
+reach further than this node has delivered (its pub/sub connection lags
+behind the read, or it is reading back what it missed): the subscriber then
+keeps that position (``Topic.replayed``) until live delivery passes it, and
+is not sent those publications a second time.
 """
 
 from __future__ import annotations
@@ -126,7 +130,7 @@ class Kept(NamedTuple):
 class Topic:
     """One topic that clients of this process follow."""
 
-    __slots__ = ("catching_up", "cursor", "framed", "holding", "name", "subscribers")
+    __slots__ = ("catching_up", "cursor", "framed", "holding", "name", "replayed", "subscribers")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -138,6 +142,11 @@ class Topic:
         #: Framed subscribers whose live messages are held while their replay
         #: is read from the cluster's history (client ID → what came).
         self.holding: dict[str, Held] = {}
+        #: Framed subscribers that were sent the history up to a position this
+        #: node has not delivered yet (client ID → that position): publications
+        #: at or below it are not sent to them again.  Empty but from such a
+        #: resume until the next publication passes that position.
+        self.replayed: dict[str, Position] = {}
         #: Client ID → client, in the order they subscribed.
         self.subscribers: dict[str, Subscriber] = {}
         #: The subscribers (a subset) that get publications wrapped in the
@@ -260,6 +269,7 @@ class Topics:
         del subscribers[client_id]
         topic.framed.pop(client_id, None)
         topic.holding.pop(client_id, None)
+        topic.replayed.pop(client_id, None)
         name = topic.name
         self._backplane.topic_left(client_id, name)
         if not subscribers:
@@ -348,18 +358,9 @@ class Topics:
             count = queue_to_all(plain, payload, text) if plain else 0
             if wrapped:
                 message = self.envelope(topic.name, position, payload, text)
-                holding = topic.holding
-                if holding and position is not None:
-                    # Resuming subscribers: kept until their replay is sent.
-                    live = []
-                    for client in wrapped:
-                        held = holding.get(client.id)
-                        if held is None:
-                            live.append(client)
-                        else:
-                            held.append((position, message))
-                    count += len(wrapped) - len(live)
-                    wrapped = live
+                if position is not None and (topic.holding or topic.replayed):
+                    wrapped, kept = self._past_replays(topic, wrapped, position, message)
+                    count += kept
                 count += queue_to_all(wrapped, message, True)
             return count
         if excluded:
@@ -367,6 +368,33 @@ class Topics:
         else:
             receivers = list(subscribers.values())
         return queue_to_all(receivers, payload, text)
+
+    @staticmethod
+    def _past_replays(
+        topic: Topic, wrapped: list[Subscriber], position: Position, message: bytes
+    ) -> tuple[list[Subscriber], int]:
+        """Of the framed receivers of the publication at ``position``: those it
+        goes to now, and how many hold it until their replay is sent; those
+        whose replay sent it already get nothing (their mark goes once a
+        publication passes it, or another epoch comes)."""
+        holding = topic.holding
+        replayed = topic.replayed
+        live = []
+        held_count = 0
+        for client in wrapped:
+            cid = client.id
+            held = holding.get(cid)
+            if held is not None:  # resuming: kept until its replay is sent
+                held.append((position, message))
+                held_count += 1
+                continue
+            mark = replayed.get(cid)
+            if mark is not None:
+                if mark.epoch == position.epoch and position.seq <= mark.seq:
+                    continue  # in its replay
+                del replayed[cid]
+            live.append(client)
+        return live, held_count
 
     def deliver_kept(
         self,
@@ -446,7 +474,12 @@ class Topics:
         if notice is None or not topic.framed:
             return
         holding = topic.holding
-        receivers = [c for cid, c in topic.framed.items() if cid not in holding]
+        replayed = topic.replayed
+        receivers = [
+            c
+            for cid, c in topic.framed.items()
+            if cid not in holding and not _replayed_to(replayed.get(cid), position)
+        ]
         if receivers:
             queue_to_all(receivers, notice(topic.name, last, position, missed), True)
 
@@ -457,13 +490,23 @@ class Topics:
         self.by_name[name].holding[client_id] = held
         return held
 
-    def release(self, client_id: str, name: str, held: Held) -> bool:
+    def release(self, client_id: str, name: str, held: Held, sent: Position | None = None) -> bool:
         """Stop holding (``held``, from :meth:`hold`); False if the client left
-        the topic meanwhile (or subscribed again)."""
+        the topic meanwhile (or subscribed again).
+
+        ``sent``: the position the client was given its history up to (its
+        replay, or where it starts).  If this node has not delivered that far
+        yet (it reads back what it missed, or its pub/sub connection lags
+        behind the read), the publications up to there are not sent to the
+        client again when they come."""
         topic = self.by_name.get(name)
         if topic is None or topic.holding.get(client_id) is not held:
             return False
         del topic.holding[client_id]
+        if sent is not None:
+            cursor = topic.cursor
+            if cursor is None or cursor.epoch != sent.epoch or cursor.seq < sent.seq:
+                topic.replayed[client_id] = sent
         return True
 
     def position(self, name: str) -> Position | None:
@@ -495,6 +538,12 @@ class Topics:
             for client_id, (node, path) in remote.items():
                 found.setdefault(client_id, PresenceInfo(node, path))
         return found
+
+
+def _replayed_to(mark: Position | None, position: Position) -> bool:
+    """Whether a subscriber whose replay went up to ``mark`` has everything
+    before ``position`` (so that a gap notice up to it is not for it)."""
+    return mark is not None and mark.epoch == position.epoch and mark.seq >= position.seq - 1
 
 
 class TopicsPort:
