@@ -445,6 +445,55 @@ async def test_resume_on_a_node_whose_pubsub_lags_gets_each_message_once(
     await ctl.close()
 
 
+async def test_resume_into_a_new_epoch_before_the_node_saw_it(
+    cluster: Cluster, redis: RedisServer
+) -> None:
+    """Redis restarted (a new epoch); a client resumes on a node that has not
+    delivered anything of the new epoch yet: it is told "reset" once, by its
+    replay, not a second time when the node's first new-epoch publication
+    comes, and gets nothing up to the position it was given.  The node's
+    old subscriber gets its reset notice and the new publications."""
+    c = await cluster.node(*history())
+    b = await cluster.node(*history())
+    old = await peer(c)
+    await old.subscribe("feed")
+    pub = Publisher(await peer(b))
+    for i in range(1, 4):
+        await pub.publish("feed", f"old{i}")
+    got_old: list[dict[str, Any]] = []
+    await collect(old, got_old, "old3")
+    since = {"epoch": got_old[-1]["epoch"], "seq": got_old[-1]["seq"]}
+
+    await restart_redis(redis)
+    await wait_connected(c, b)
+    ctl = await control(c)
+    assert (await ctl.reply(op="hold_publications", topic="feed"))["op"] == "held"
+    for i in range(1, 3):
+        answer = await pub.publish("feed", f"new{i}")
+        assert answer["type"] == "published", answer
+    await wait_state(c, "publications_waiting", 2)
+    resumed = await peer(c)
+    answer = await resumed.subscribe("feed", since=since)
+    assert answer["recovered"] is False and answer["position"]["seq"] == 2, answer
+    gap = await resumed.recv_type("gap")
+    assert gap["reason"] == "reset" and gap["position"] == answer["position"], gap
+    assert (await ctl.reply(op="release_publications"))["op"] == "released"
+    await pub.publish("feed", "live")
+    got: list[dict[str, Any]] = []
+    await collect(resumed, got, "live")
+    assert positions_of(got) == [("message", "live", gap["position"]["epoch"], 3)], positions_of(
+        got
+    )
+    await collect(old, got_old, "live")
+    after = got_old[3:]
+    assert [m["type"] for m in after] == ["gap", "message", "message", "message"], after
+    assert after[0]["reason"] == "reset" and after[0]["since"] == since, after[0]
+    assert data_of(after) == ["new1", "new2", "live"]
+    for conn in (old, resumed, pub.conn):
+        await conn.close()
+    await ctl.close()
+
+
 async def resume_after_restart(cluster: Cluster, redis: RedisServer, sig: int) -> None:
     a = await cluster.node(*history())
     b = await cluster.node(*history())
