@@ -503,7 +503,7 @@ class Topics:
         if topic is None or topic.holding.get(client_id) is not held:
             return False
         del topic.holding[client_id]
-        if sent is not None:
+        if sent is not None and sent.seq:  # (at seq 0 nothing came yet)
             cursor = topic.cursor
             if cursor is None or cursor.epoch != sent.epoch or cursor.seq < sent.seq:
                 topic.replayed[client_id] = sent
