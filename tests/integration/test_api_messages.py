@@ -311,6 +311,58 @@ async def test_async_callbacks_keep_per_client_order_and_run_clients_concurrentl
     assert replies == ["done a-wait"] + [f"done a{i}" for i in range(10)]
 
 
+class AwaitableCount(int):
+    """An int that is also awaitable: must be awaited like any awaitable."""
+
+    def __await__(self) -> Any:
+        return asyncio.sleep(0.05).__await__()
+
+
+async def test_callbacks_returning_plain_values_or_awaitable_subclasses(
+    start_server: StartServer,
+) -> None:
+    """What a handler returns: a bool (``lambda cid, d: ws.send(cid, d)``), a
+    str or a list is not waited for; an awaitable, even of a subclass of
+    int, is, and holds the client's next message until it is done."""
+    srv = await start_server()
+    ws = srv.ws
+    finished: list[str] = []
+    ws.on("message", lambda cid, data: ws.send(cid, data))  # returns a bool
+    ws.on("/str", lambda cid, data: ws.send(cid, data) and "sent")
+    ws.on("/list", lambda cid, data: [ws.send(cid, data)])
+
+    async def later(data: str) -> None:
+        await asyncio.sleep(0.01)  # due before the AwaitableCount's 50 ms
+        finished.append(data)
+
+    def awaitable_int(cid: str, data: str | bytes) -> AwaitableCount:
+        assert isinstance(data, str)
+        if data == "first":
+            asyncio.get_running_loop().create_task(later(data))
+        else:
+            finished.append(data)
+        ws.send(cid, data)
+        return AwaitableCount(1)
+
+    ws.on("/awaitable", awaitable_int)
+    async with (
+        connect(srv) as plain,
+        connect(srv, "/str") as text,
+        connect(srv, "/list") as listed,
+        connect(srv, "/awaitable") as held,
+    ):
+        for client in (plain, text, listed):
+            await client.send("one")
+            await client.send("two")
+            assert [await client.recv(), await client.recv()] == ["one", "two"]
+        await held.send("first")
+        await held.send("second")
+        assert [await held.recv(), await held.recv()] == ["first", "second"]
+    # The AwaitableCount returned for "first" was awaited (50 ms) before
+    # "second" was handed over: "first"'s own 10 ms task had finished by then.
+    assert finished == ["first", "second"]
+
+
 async def test_callback_exception_is_logged_and_an_error_event(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
