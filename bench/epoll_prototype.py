@@ -47,7 +47,7 @@ class EpollTransport:
 
     __slots__ = ("buffer", "closing", "fd", "io", "peer", "protocol", "reading")
 
-    def __init__(self, io: EpollIO, fd: int, peer: Any, protocol: Http1Protocol) -> None:
+    def __init__(self, io: EpollIO, fd: int, peer: Any, protocol: Any) -> None:
         self.io = io
         self.fd = fd
         self.peer = peer
@@ -58,6 +58,12 @@ class EpollTransport:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.peer if name == "peername" else default
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol  # the link, after the 101
+
+    def get_protocol(self) -> Any:
+        return self.protocol
 
     def write(self, data: bytes | memoryview) -> None:
         if self.closing:
@@ -116,7 +122,7 @@ class EpollTransport:
         self.fd = -1
         self.closing = True
         self.io.forget(fd)
-        self.io.loop.call_soon(self.protocol.connection_lost, exc)
+        self.io.loop.call_soon(self.protocol.connection_lost, exc)  # (the link's, after the 101)
 
     def is_closing(self) -> bool:
         return self.closing
@@ -186,7 +192,16 @@ class EpollIO:
                     continue
             if not events & ~WRITE:
                 continue
+            protocol = transport.protocol
             try:
+                if isinstance(protocol, asyncio.BufferedProtocol):  # a large frame
+                    window = protocol.get_buffer(-1)
+                    got = os.readv(fd, [window])
+                    if got:
+                        protocol.buffer_updated(got)
+                    else:
+                        transport.lost(None)
+                    continue
                 data = os.read(fd, READ_SIZE)
             except BlockingIOError:
                 continue
@@ -194,7 +209,7 @@ class EpollIO:
                 transport.lost(exc)
                 continue
             if data:
-                transport.protocol.data_received(data)
+                protocol.data_received(data)
             else:
                 transport.lost(None)
 

@@ -26,6 +26,13 @@ class FakeTransport:
         self.out: list[bytes] = []
         self.closed = False
         self._extra = {"peername": ("127.0.0.1", 40000), "socket": None}
+        self.protocol: Any = None  # who gets the reads: the link after the 101
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._extra.get(name, default)
@@ -85,18 +92,19 @@ async def cycles(server: HttpServer, n: int) -> float:
     reqs = [request(8080) for _ in range(n)]
     start = time.perf_counter()
     for i in range(0, n, 16):
-        protos = []
+        transports = []
         for req in reqs[i : i + 16]:
-            proto = Http1Protocol(server)
-            proto.connection_made(FakeTransport())  # type: ignore[arg-type]
-            proto.data_received(req)
-            protos.append(proto)
+            t = FakeTransport()
+            t.protocol = Http1Protocol(server)
+            t.protocol.connection_made(t)
+            t.protocol.data_received(req)
+            transports.append(t)
         await asyncio.sleep(0)
-        for proto in protos:
-            proto.data_received(CLOSE)
+        for t in transports:
+            t.protocol.data_received(CLOSE)
         await asyncio.sleep(0)
-        for proto in protos:
-            proto.connection_lost(None)
+        for t in transports:
+            t.protocol.connection_lost(None)
     return (time.perf_counter() - start) / n
 
 

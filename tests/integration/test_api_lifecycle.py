@@ -258,6 +258,29 @@ async def test_close_timeout_drops_a_peer_that_never_answers(start_server: Start
     assert closed[0].code == 1006
 
 
+async def test_server_close_cuts_a_websocket_whose_peer_never_answers(
+    start_server: StartServer,
+) -> None:
+    """After the 101 the link is the transport's protocol and the
+    Http1Protocol is gone: ``HttpServer.close`` still finds the connection
+    (in its table of links) and cuts it at its timeout, long before the
+    client's own close_timeout (10 s) would."""
+    srv = await start_server(close_timeout=10.0)
+    raw = await RawClient.connect("127.0.0.1", srv.port)
+    try:
+        await wait_for(lambda: len(srv.ws.clients) == 1)
+        assert len(srv.server.connections.links) == 1
+        assert not srv.server.connections.protocols
+        closing = asyncio.ensure_future(srv.server.close(timeout=0.3))
+        assert await raw.recv_close() == (1001, "server shutting down")
+        # We never answer the Close: close() cuts the connection at 0.3 s.
+        await asyncio.wait_for(closing, 5)
+        assert await asyncio.wait_for(raw.at_eof(), 2)
+        assert not srv.server.connections.links
+    finally:
+        raw.close()
+
+
 async def test_exceptions_in_open_close_and_error_callbacks_are_contained(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -63,8 +63,11 @@ async def scrape_and_settle(srv: Running) -> Samples:
     """Scrape, then wait until the server let go of the scrape's connection
     (it counts under limit_by_ip until then)."""
     samples = await scrape(srv.http_url)
-    protocols = srv.server.connections.protocols
-    await wait_for(lambda: len(protocols) == connections(srv.ws), what="the scrape's close")
+    table = srv.server.connections  # HTTP connections, and upgraded ones (links)
+    await wait_for(
+        lambda: len(table.protocols) + len(table.links) == connections(srv.ws),
+        what="the scrape's close",
+    )
     return samples
 
 

@@ -1,6 +1,6 @@
 """Large binary frames are received straight into the message (HTTP/1.1).
 
-While such a frame is read, ``Http1Protocol`` hands its transport to a
+While such a frame is read, ``Http1Link`` hands its transport to a
 ``BufferedProtocol`` (``_DirectReader``) that receives into
 ``Connection.read_window()``.  Checked on both event loops with the
 ``websockets`` client: the messages come back intact, the direct path was
@@ -91,9 +91,9 @@ def test_large_frames_read_in_place(loop: str, monkeypatch: pytest.MonkeyPatch) 
     expected += [SIZES[3], SIZES[4]]
     assert result["sizes"] == expected
     # The direct path was taken (at least for the frames that needed more
-    # than one read), and the transport went back to the HTTP protocol.
+    # than one read), and the transport went back to the link.
     assert result["direct_reads"] >= 2, result
-    assert result["protocol"] == "Http1Protocol"
+    assert result["protocol"] == "Http1Link"
     # Every byte the client sent is counted: the upgrade request and all
     # frames (masked headers: 2+4 for small, 2+2+4 up to 65535, 2+8+4 above).
     frames = sum(n + (14 if n > 65535 else 8) for n in SIZES) + len(SIZES) * (6 + 5 + 6 + 5)

@@ -1,10 +1,11 @@
 """HTTP/1.1: requests parsed by httptools, WebSocket upgrades, plain requests to the handler.
 
 One :class:`Http1Protocol` per TCP connection.  It reads requests until one
-is a WebSocket upgrade; after the 101 the same object forwards the bytes to
-an :class:`Http1Link` (a :class:`~wshub.transport.link.FramedLink` over the
-transport).  Policy (origin, per-IP, IDs) is the hub's: this module only
-checks that the request is well-formed and writes what the hub decided.
+is a WebSocket upgrade; with the 101 it hands the transport to an
+:class:`Http1Link` (a :class:`~wshub.transport.link.FramedLink` over the
+transport), which from then on is the transport's protocol, and is gone.
+Policy (origin, per-IP, IDs) is the hub's: this module only checks that the
+request is well-formed and writes what the hub decided.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from .upgrade import (
 )
 
 if TYPE_CHECKING:
-    from .server import HttpServer
+    from .server import HttpServer, ServerConnections
 
 __all__ = ["Http1Link", "Http1Protocol"]
 
@@ -88,9 +89,15 @@ _FD_LOOKUP = -2
 
 
 class Http1Link(FramedLink):
-    """A WebSocket over an HTTP/1.1 connection (after the 101)."""
+    """A WebSocket over an HTTP/1.1 connection (after the 101).
 
-    __slots__ = ("_fd", "_gather", "transport")
+    It is its transport's protocol: the transport calls its
+    ``data_received``, ``eof_received``, ``pause_writing``,
+    ``resume_writing`` and ``connection_lost`` (the :class:`Http1Protocol`
+    that read the upgrade request is gone, which idle connections feel).
+    """
+
+    __slots__ = ("_connections", "_direct", "_fd", "_gather", "transport")
 
     # The transport's limits are config.write_high/low (set in _handshake).
     _PAUSE_SHOWS_BUFFER = True
@@ -104,9 +111,16 @@ class Http1Link(FramedLink):
         loop: asyncio.AbstractEventLoop | None = None,
         *,
         bulk_congestion: str | None = None,
+        connections: ServerConnections | None = None,
+        direct_reads: bool = True,
     ) -> None:
         super().__init__(conn, config, loop, bulk_congestion=bulk_congestion)
         self.transport = transport
+        # The server's table of upgraded connections, left on connection_lost.
+        self._connections = connections
+        # Reads large frames in place: made by the first large frame; False
+        # where not wanted (over TLS, whose layer reads into its own buffers).
+        self._direct: _DirectReader | bool | None = None if direct_reads else False
         # uvloop's writelines() hands all pieces to one writev() and keeps
         # what the kernel did not take without copying it; asyncio's (3.11)
         # joins them into one new bytes first.
@@ -217,9 +231,46 @@ class Http1Link(FramedLink):
         t = self.transport
         return t.is_closing() and not t.get_write_buffer_size()
 
+    # ------------------------------------- the transport's protocol (asyncio)
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        return True  # the transport stays: our Close may still have to go out
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self._connections is not None:
+            self._connections.link_lost(self)
+
+    def _large_frame_pending(self) -> None:
+        reader = self._direct
+        if reader is False:
+            return
+        buf = self.conn.direct_payload
+        if buf is None or buf.total - buf.filled < _DIRECT_READ_MIN:
+            return
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if not isinstance(reader, _DirectReader):
+            reader = self._direct = _DirectReader(self)
+        transport.set_protocol(reader)
+        reader.set_lowat()
+
+    def end_direct(self) -> None:
+        """The large frame is in: the transport reads into this link again."""
+        transport = self.transport
+        me = cast(asyncio.BaseProtocol, self)
+        if transport.get_protocol() is not me:
+            transport.set_protocol(me)
+            reader = self._direct
+            if isinstance(reader, _DirectReader):
+                reader.set_lowat()
+
 
 class _DirectReader(asyncio.BufferedProtocol):
-    """Stands in for an :class:`Http1Protocol` while a large frame is read.
+    """Stands in for an :class:`Http1Link` as the transport's protocol while
+    a large frame is read.
 
     The transport then receives straight into the buffer that becomes the
     message (``Connection.read_window``): no copy out of the event loop's
@@ -227,10 +278,9 @@ class _DirectReader(asyncio.BufferedProtocol):
     protocol takes the transport back.
     """
 
-    __slots__ = ("_link", "_lowat", "_proto", "_sock", "_spare")
+    __slots__ = ("_link", "_lowat", "_sock", "_spare")
 
-    def __init__(self, proto: Http1Protocol, link: Http1Link) -> None:
-        self._proto = proto
+    def __init__(self, link: Http1Link) -> None:
         self._link = link
         self._spare: bytearray | None = None
         self._sock = link.transport.get_extra_info("socket")
@@ -280,26 +330,26 @@ class _DirectReader(asyncio.BufferedProtocol):
         link = self._link
         if link.conn.direct_payload is None:
             assert self._spare is not None
-            self._proto._end_direct()
+            link.end_direct()
             link.data_received(bytes(self._spare[:nbytes]))
             return
         link.window_filled(nbytes)
         if link.conn.direct_payload is None:
-            self._proto._end_direct()
+            link.end_direct()
         else:
             self.set_lowat()
 
     def eof_received(self) -> bool | None:
-        return self._proto.eof_received()
+        return self._link.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._proto.connection_lost(exc)
+        self._link.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self._proto.pause_writing()
+        self._link.pause_writing()
 
     def resume_writing(self) -> None:
-        self._proto.resume_writing()
+        self._link.resume_writing()
 
 
 # Hand the transport to a _DirectReader only for this much left to read.
@@ -346,7 +396,6 @@ class Http1Protocol(asyncio.Protocol):
         "_busy",
         "_bytes_in",
         "_closing",
-        "_direct",
         "_head_size",
         "_header_count",
         "_headers_done",
@@ -395,9 +444,6 @@ class Http1Protocol(asyncio.Protocol):
         # The key this connection is counted under in the hub's per-IP
         # table until it is upgraded or lost (see ServerConnections.opened).
         self.ip_slot: str | None = None
-        # Reads large frames in place; None over TLS (the TLS layer reads
-        # into its own buffers anyway) and until the first large frame.
-        self._direct: _DirectReader | None = None
 
     # ----------------------------------------------------------- asyncio hooks
 
@@ -424,13 +470,7 @@ class Http1Protocol(asyncio.Protocol):
         self._start_timer()
 
     def data_received(self, data: bytes) -> None:
-        link = self.link
-        if link is not None:
-            link.data_received(data)
-            buf = link.conn.direct_payload
-            if buf is not None and buf.total - buf.filled >= _DIRECT_READ_MIN and not self.tls:
-                self._begin_direct(link)
-            return
+        # (Until the upgrade: then the link is the transport's protocol.)
         self._bytes_in += len(data)
         if self._closing:
             return
@@ -495,33 +535,7 @@ class Http1Protocol(asyncio.Protocol):
             return
         self._process_queue()
 
-    def _begin_direct(self, link: Http1Link) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        reader = self._direct
-        if reader is None:
-            reader = self._direct = _DirectReader(self, link)
-        transport.set_protocol(reader)
-        reader.set_lowat()
-
-    def _end_direct(self) -> None:
-        transport = self.transport
-        if transport is not None and transport.get_protocol() is not self:
-            transport.set_protocol(self)
-            if self._direct is not None:
-                self._direct.set_lowat()
-
-    def eof_received(self) -> bool | None:
-        if self.link is not None:
-            self.link.eof_received()
-            return True
-        return None
-
     def pause_writing(self) -> None:
-        if self.link is not None:
-            self.link.pause_writing()
-            return
         # Plain HTTP: the peer does not read our answers as fast as it sends
         # requests (pipelining).  Answer no more and read no more until the
         # buffer drains, so what we hold is bounded by the buffer's limit,
@@ -534,9 +548,6 @@ class Http1Protocol(asyncio.Protocol):
         self._watch_writes()
 
     def resume_writing(self) -> None:
-        if self.link is not None:
-            self.link.resume_writing()
-            return
         self._write_paused = False
         if self._closing:
             return
@@ -561,8 +572,6 @@ class Http1Protocol(asyncio.Protocol):
         if isinstance(upgrading, _PendingUpgrade):
             self._busy = False
             discard_upgrade(upgrading.verdict)
-        if self.link is not None:
-            self.link.connection_lost(exc)
 
     # ------------------------------------------------------- httptools callbacks
 
@@ -772,18 +781,24 @@ class Http1Protocol(asyncio.Protocol):
         self._cancel_timer()
         config = admission.config
         congestion = server.loopback_congestion
+        connections = server.connections
         link = Http1Link(
             transport,
             new_connection(admission),
             config,
-            server.connections.loop,
+            connections.loop,
             bulk_congestion=None
             if congestion is None
             else bulk_congestion_for(congestion, self.peer[0]),
+            connections=connections,
+            direct_reads=not self.tls,
         )
         transport.set_write_buffer_limits(high=config.write_high, low=config.write_low)
         self.link = link
         self._parser = None
+        # From here the link reads and is told of the connection's end.
+        connections.upgraded(self, link)
+        transport.set_protocol(cast(asyncio.BaseProtocol, link))
         link.queue_frame(
             switching_protocols(accept_key_bytes(key.strip()), admission.response_headers)
         )

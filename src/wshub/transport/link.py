@@ -995,6 +995,13 @@ class FramedLink(ClosingReporter):
             self._deliver(events)
         if conn.pending:
             self._pump()
+        if conn.direct_payload is not None:
+            self._large_frame_pending()
+
+    def _large_frame_pending(self) -> None:
+        """The core reads a large binary frame into ``conn.direct_payload``
+        and has not all of it yet: a transport that can receive straight
+        into that buffer may take over the reads (see Http1Link)."""
 
     def window_filled(self, n: int) -> None:
         """``n`` bytes were received into ``conn.read_window()``."""
@@ -1095,13 +1102,14 @@ class FramedLink(ClosingReporter):
         if self.listener is not None:
             self.listener.on_error(exc)
 
-    def eof_received(self) -> None:
+    def eof_received(self) -> bool | None:
         """The peer will send no more (TCP FIN / END_STREAM)."""
         conn = self.conn
         if conn.state != ConnectionState.CLOSED and conn.state != ConnectionState.CLOSE_RECEIVED:
             log.debug("peer closed without a closing handshake")
         conn.receive_eof(self._loop.time())
         self._pump()
+        return None
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._closed:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..errors import HandshakeError
 from ..http import Handler, Request, Response
 from ..protocol.frames import is_valid_close_code
-from .http1 import Http1Protocol
+from .http1 import Http1Link, Http1Protocol
 from .upgrade import SNI_ATTRIBUTE
 
 if TYPE_CHECKING:
@@ -372,13 +372,11 @@ class HttpServer:
                 await self._close_clients(hub, code, reason, window, deadline)
             except asyncio.TimeoutError:
                 log.warning("clients did not finish closing within %.1fs", timeout)
+        for link in list(self.connections.links):
+            link.transport.abort()  # still open after the clients' closing
         for proto in list(self.connections.protocols):
-            t = proto.transport
-            if t is not None:
-                if proto.link is not None:
-                    t.abort()
-                else:
-                    proto.close_after_writes()  # sent within write_timeout, or aborted
+            if proto.transport is not None:
+                proto.close_after_writes()  # sent within write_timeout, or aborted
         for srv in self._servers:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
@@ -518,6 +516,8 @@ class ServerConnections:
     def __init__(self, server: HttpServer) -> None:
         self.server = server
         self.protocols: set[Http1Protocol] = set()
+        # Upgraded connections: their link is the transport's protocol now.
+        self.links: set[Http1Link] = set()
         self.h2_sessions: set[GoawaySession] = set()
         self.tls = False  # the server listens with an SSL context
         # The HTTP/2 transport's take-over (None when h2 cannot be imported).
@@ -565,6 +565,14 @@ class ServerConnections:
     def lost(self, proto: Http1Protocol) -> None:
         self.protocols.discard(proto)
         self.release_ip_slot(proto)
+
+    def upgraded(self, proto: Http1Protocol, link: Http1Link) -> None:
+        """``proto`` hands its connection to ``link`` (after the 101)."""
+        self.protocols.discard(proto)
+        self.links.add(link)
+
+    def link_lost(self, link: Http1Link) -> None:
+        self.links.discard(link)
 
     def release_ip_slot(self, proto: Http1Protocol) -> None:
         """Give back the per-IP count of ``proto`` (lost, or upgraded: then
