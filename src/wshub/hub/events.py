@@ -35,6 +35,12 @@ _RESERVED_EVENTS = ("open", "close", "error", "message", "join", "leave")
 _PLAIN_RESULTS = frozenset((bool, int, float, str, bytes))
 
 
+def _awaitable(result: object) -> bool:
+    """Whether a handler's ``result`` is to be awaited (inlined in
+    :meth:`Events.deliver`, the hot path)."""
+    return result is not None and type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result)
+
+
 class CloseEvent:
     """How a client's connection ended (the ``"close"`` event's second argument)."""
 
@@ -155,6 +161,7 @@ class Events:
             except Exception as exc:
                 self.callback_failed(client.id, client.event, exc)
                 return True
+            # (_awaitable, inlined: one call less per message)
             if result is None or type(result) in _PLAIN_RESULTS or not inspect.isawaitable(result):
                 return True
             link = client.link
@@ -183,11 +190,7 @@ class Events:
             except Exception as exc:
                 self.callback_failed(client_id, name, exc)
                 continue
-            if (
-                result is not None
-                and type(result) not in _PLAIN_RESULTS
-                and inspect.isawaitable(result)
-            ):
+            if _awaitable(result):
                 task = asyncio.ensure_future(
                     self._finish(client_id, name, result, handlers[i + 1 :], args)
                 )
@@ -213,7 +216,7 @@ class Events:
         for cb in rest:
             try:
                 result = cb(*args)
-                if result is not None and inspect.isawaitable(result):
+                if _awaitable(result):
                     await result
             except Exception as exc:
                 self.callback_failed(client_id, name, exc)

@@ -390,7 +390,8 @@ class _PendingUpgrade:
 
 
 class Http1Protocol(asyncio.Protocol):
-    """Serves one HTTP/1.1 connection; becomes a WebSocket after an upgrade."""
+    """Serves one HTTP/1.1 connection until it is upgraded: then its
+    :class:`Http1Link` takes the transport over."""
 
     __slots__ = (
         "_busy",
