@@ -62,6 +62,9 @@ def encode_payload(data: str | bytes | bytearray | memoryview, encoding: str) ->
 # closing handshake (Registry.closing: not listed, its "close" event due);
 # its "close" event ran (the ID is free); its connection is gone.
 OPEN, CLOSING, REPORTED, GONE = 0, 1, 2, 3
+# Read on every close: an enum member looked up on its class (Python 3.11)
+# costs about 100 ns more than a module global.
+_BY_SERVER = CloseInitiator.SERVER
 # The event of a client whose "close" ran: no handler is ever registered
 # under it, so what its connection still delivers goes nowhere.
 NO_EVENT = ""
@@ -319,7 +322,7 @@ class Registry:
         self._backplane.client_removed(client.id, client.ip_key, client.event)
         if not self.clients:
             self.pings.stop()
-        if initiator == CloseInitiator.SERVER:
+        if initiator == _BY_SERVER:
             self._finishing += 1
             self._report(client, CloseEvent(code, reason, False))
         else:

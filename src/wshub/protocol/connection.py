@@ -312,6 +312,13 @@ _ABNORMAL = int(CloseCode.ABNORMAL)
 # member looked up on its class costs several times a global's lookup.
 _OPEN = ConnectionState.OPEN
 _CLOSE_RECEIVED = ConnectionState.CLOSE_RECEIVED
+# Likewise the states and ends every connection passes through once
+# (construction, the closing handshake, connection_lost), and 1005.
+_CLOSE_SENT = ConnectionState.CLOSE_SENT
+_CLOSED = ConnectionState.CLOSED
+_KEEP = EndMode.NONE
+_CLOSE_END = EndMode.CLOSE
+_NO_STATUS = int(CloseCode.NO_STATUS)
 
 
 _HEADER = 0
@@ -436,13 +443,13 @@ class Connection:
             raise TypeError("give max_payload in limits, not beside them")
         self.codec = codec
         self.limits = limits
-        self.state = ConnectionState.OPEN
+        self.state = _OPEN
         self.failed = False
         # What the close will be reported with (see connection_lost).
         self.close_code = _ABNORMAL
         self.close_reason = ""
         # Outputs for the driver (see the module docstring).
-        self.end = EndMode.NONE
+        self.end = _KEEP
         self.deadline: float | None = None
         self.pending = False
         self._out: list[bytes] | None = None  # made on first use: most connections never need it
@@ -800,15 +807,15 @@ class Connection:
         self.close_code = code
         self.close_reason = reason
         self._forget_pings()
-        if self.state == ConnectionState.CLOSE_SENT:
+        if self.state == _CLOSE_SENT:
             # It answers our Close: the handshake is complete.
-            self.state = ConnectionState.CLOSED
-            self._set_end(EndMode.CLOSE, now)
-        elif self.state == ConnectionState.OPEN:
+            self.state = _CLOSED
+            self._set_end(_CLOSE_END, now)
+        elif self.state == _OPEN:
             # Our reply is made when the driver next asks for data to send,
             # so that what the application sends in answer to the messages
             # before this Close still goes out before it.
-            self.state = ConnectionState.CLOSE_RECEIVED
+            self.state = _CLOSE_RECEIVED
             self._close_deadline = now + self.limits.close_timeout
             self._update_deadline()
 
@@ -896,17 +903,17 @@ class Connection:
         failure = self._failure
         if failure is not None:
             self._failure = None
-            if self.state == ConnectionState.OPEN or self.state == ConnectionState.CLOSE_RECEIVED:
+            if self.state == _OPEN or self.state == _CLOSE_RECEIVED:
                 self._emit(_close_frame(failure[0], failure[1]))
-            self.state = ConnectionState.CLOSED
-            if self.end == EndMode.NONE:
+            self.state = _CLOSED
+            if self.end == _KEEP:
                 self._set_end(EndMode.HALF_CLOSE, self._now)
-        elif self.state == ConnectionState.CLOSE_RECEIVED:
+        elif self.state == _CLOSE_RECEIVED:
             # Answer the peer's Close (RFC 6455 §5.5.1): the handshake is
             # complete, and the server closes the TCP connection first.
             self._emit(_close_frame(_reply_code(self.close_code), ""))
-            self.state = ConnectionState.CLOSED
-            self.end = EndMode.CLOSE
+            self.state = _CLOSED
+            self.end = _CLOSE_END
         self.pending = False
         out = self._out
         if out is None:
@@ -967,9 +974,9 @@ class Connection:
         self._stop_reading()
         self._timers = None
         self.deadline = None
-        if self.state != ConnectionState.CLOSED or self.close_code == CloseCode.ABNORMAL:
-            self.state = ConnectionState.CLOSED
-            return CloseResult(int(CloseCode.ABNORMAL), self.close_reason, False)
+        if self.state != _CLOSED or self.close_code == _ABNORMAL:
+            self.state = _CLOSED
+            return CloseResult(_ABNORMAL, self.close_reason, False)
         return CloseResult(self.close_code, self.close_reason, True)
 
     def _set_end(self, mode: EndMode, now: float) -> None:
@@ -1065,7 +1072,7 @@ class Connection:
 def _reply_code(code: int) -> int | None:
     # RFC 6455 §5.5.1: the answer typically echoes the status code; 1005 is
     # never sent, so a close without a code is answered without one.
-    return None if code == CloseCode.NO_STATUS else code
+    return None if code == _NO_STATUS else code
 
 
 _CLOSE_FRAMES: dict[int, bytes] = {}  # a cache: the few usual codes, framed once

@@ -365,6 +365,11 @@ _OPEN = ConnectionState.OPEN
 _CLOSE_RECEIVED = ConnectionState.CLOSE_RECEIVED
 _NO_END = EndMode.NONE
 _ABORT = EndMode.ABORT
+# And those read once per connection, as its closing handshake ends.
+_CLOSE_SENT = ConnectionState.CLOSE_SENT
+_CLOSE_END = EndMode.CLOSE
+_BY_PEER = CloseInitiator.PEER
+_BY_SERVER = CloseInitiator.SERVER
 _LARGE = 64 * 1024  # payloads from this size on are written without being copied
 SHARED_BATCH_FROM = 32  # receivers of a broadcast from which they share one batch
 
@@ -889,11 +894,8 @@ class FramedLink(ClosingReporter):
         """The core left OPEN on its own (the peer's Close, the peer gone, a
         failure, a pong timeout): tell the listener who started it."""
         conn = self.conn
-        if conn.failed or conn.state == ConnectionState.CLOSE_SENT:
-            # We failed the connection, or closed it for a missing pong.
-            initiator = CloseInitiator.SERVER
-        else:
-            initiator = CloseInitiator.PEER
+        # SERVER: we failed the connection, or closed it for a missing pong.
+        initiator = _BY_SERVER if conn.failed or conn.state == _CLOSE_SENT else _BY_PEER
         self.report_closing(conn.close_code, conn.close_reason, initiator)
 
     # ------------------------------------------------- what the core decided
@@ -919,7 +921,7 @@ class FramedLink(ClosingReporter):
             end = conn.end
             if end != self._ended and end != _NO_END:
                 self._ended = end
-                if end == EndMode.CLOSE:
+                if end == _CLOSE_END:
                     self._end_when_flushed(self._end)
                 else:
                     # A failed connection: unread input may still arrive;
