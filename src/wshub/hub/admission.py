@@ -154,8 +154,9 @@ class AdmissionControl:
         self.per_ip = per_ip
         #: IDs admitted but not yet open (or cancelled).
         self.reserved: set[str] = set()
-        # The URL and path of the last admission (see _shared_url).
-        self._last_url = ("", "")
+        # The target, Host and scheme of the last admission, and its URL,
+        # path and query (see _url).
+        self._last_url = ("", "", "", "", "", "")
         # The last Host found valid: the same one comes on nearly every
         # upgrade, and is then not parsed again.
         self._valid_host = ""
@@ -175,10 +176,14 @@ class AdmissionControl:
         if host != self._valid_host and not valid_host(host):
             raise HandshakeError(400, "malformed Host header")
         self._valid_host = host
-        try:
-            path, query = split_target(request.target)
-        except ValueError:
-            raise HandshakeError(400, "malformed request target") from None
+        # Nearly every upgrade asks for the URL of the last one: then the
+        # target is not split nor the URL built again (see _url).
+        last = self._last_url
+        target = request.target
+        if target == last[0] and host == last[1] and request.scheme == last[2]:
+            url_text, path, query = last[3], last[4], last[5]
+        else:
+            url_text, path, query = self._url(request.scheme, host, target)
         if not options.origin_policy.allows(
             request.info.origin, headers.get("host"), request.scheme == "wss"
         ):
@@ -203,10 +208,6 @@ class AdmissionControl:
                 self.per_ip.release(key)
                 raise HandshakeError(429, "too many connections from this address")
         try:
-            url_text = f"{request.scheme}://{host}{path}"
-            if query:
-                url_text += "?" + query
-            url_text, path = self._shared_url(url_text, path)
             offered = request.info.subprotocols
             chosen = select_subprotocol(offered, options.subprotocols) if offered else None
             hook = options.on_handshake
@@ -224,15 +225,23 @@ class AdmissionControl:
             self.per_ip.release(key)
             raise
 
-    def _shared_url(self, url_text: str, path: str) -> tuple[str, str]:
-        """The URL and path, or the equal strings of the previous admission:
-        the clients of one URL then keep one copy of them, not one each.
+    def _url(self, scheme: str, host: str, target: str) -> tuple[str, str, str]:
+        """The URL, path and query of a request for ``target`` on ``host``,
+        remembered for the next admission.  An equal URL gives the previous
+        strings: the clients of one URL keep one copy of them, not one each.
         (An equal URL has an equal path: a valid Host has no "/".)"""
+        try:
+            path, query = split_target(target)
+        except ValueError:
+            raise HandshakeError(400, "malformed request target") from None
+        url_text = f"{scheme}://{host}{path}"
+        if query:
+            url_text += "?" + query
         last = self._last_url
-        if url_text == last[0]:
-            return last
-        self._last_url = (url_text, path)
-        return url_text, path
+        if url_text == last[3]:
+            url_text, path = last[3], last[4]
+        self._last_url = (target, host, scheme, url_text, path, query)
+        return url_text, path, query
 
     def _complete(
         self,

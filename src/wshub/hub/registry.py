@@ -349,7 +349,8 @@ class Registry:
         else:  # REPORTED: its connection finished in the background
             self._finishing -= 1
         client.phase = GONE
-        self._check_all_closed()
+        if self._all_closed is not None:  # (close_all waits)
+            self._check_all_closed()
 
     def _report(self, client: Client, event: CloseEvent) -> None:
         """Run ``"close"`` for ``client``: from now on its ID is unknown here,
@@ -368,13 +369,20 @@ class Registry:
             )
         reporting = self.reporting
         client_id = client.id
+        events = self._events
+        if not events.handlers.get("close"):
+            # No handler: the ID is not reporting, nothing runs.  (As the
+            # path below ends: no entry under the ID.)
+            if reporting:
+                reporting.pop(client_id, None)
+            return
         reporting[client_id] = client
 
         def reported() -> None:
             if reporting.get(client_id) is client:
                 del reporting[client_id]
 
-        if self._events.emit("close", (client_id, event), None, reported):
+        if events.emit("close", (client_id, event), None, reported):
             reported()
 
     def _check_all_closed(self) -> None:

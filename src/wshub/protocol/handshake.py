@@ -217,7 +217,9 @@ def check_http1_upgrade(
         raise HandshakeError(400, "a WebSocket upgrade needs HTTP/1.1")
     if "host" not in headers:
         raise HandshakeError(400, "missing Host header")
-    if not _has_token(headers.get("connection", ""), "upgrade"):
+    connection = headers.get("connection", "")
+    # (The usual "Upgrade" is the token itself: no call.)
+    if connection != "Upgrade" and not _has_token(connection, "upgrade"):
         raise HandshakeError(400, "Connection header must contain Upgrade")
     if not is_upgrade and not is_websocket_upgrade(headers):
         raise HandshakeError(400, "Upgrade header must contain websocket")
@@ -230,13 +232,18 @@ def check_http1_upgrade(
         # and "==" (what b64decode(validate=True) takes and decodes to 16
         # bytes).  Also catches a repeated header, joined to "a, b" above.
         raise HandshakeError(400, "invalid Sec-WebSocket-Key")
-    version = _version(headers)
+    # The usual "13" is read without a call; anything else by _version.
+    version = 13 if headers.get("sec-websocket-version") == "13" else _version(headers)
+    origin = headers.get("origin")
+    if origin is None:
+        origin = headers.get("sec-websocket-origin")  # (see _origin)
+    offered = headers.get("sec-websocket-protocol")
     return UpgradeInfo(
         version,
         key,
-        _origin(headers),
+        origin,
         headers.get("sec-websocket-extensions", ""),
-        parse_subprotocols(headers.get("sec-websocket-protocol")),
+        parse_subprotocols(offered) if offered else (),
     )
 
 

@@ -167,7 +167,10 @@ def judge_upgrade(
     """
     request = None
     try:
-        info = _check(head, carrier, ended, is_upgrade)
+        if carrier == "http/1.1":  # (the usual carrier: no call more)
+            info = check_http1_upgrade(head.method, head.http_version, head.headers, is_upgrade)
+        else:
+            info = _check(head, carrier, ended, is_upgrade)
         if handler is None:
             raise HandshakeError(404, "no WebSocket endpoint on this server")
         request = UpgradeRequest(
