@@ -13,6 +13,10 @@ inflate and deflate alone.
     .venv/bin/python bench/deflate_micro.py
     WSHUB_NO_EXTENSIONS=1 .venv/bin/python bench/deflate_micro.py   # pure path
     .venv/bin/python bench/deflate_micro.py --compare /tmp/base/src src --rounds 5
+    .venv/bin/python bench/deflate_micro.py --levers
+
+``--levers``: the ways around the compression library, timed against each
+other in the same process (see :func:`levers`).
 
 ``--compare A B``: alternate child runs with ``PYTHONPATH=A`` and
 ``PYTHONPATH=B`` (two source trees: the ``src`` of a ``git archive`` of
@@ -27,6 +31,8 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 NAMES = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
 NAMES += ["golf", "hotel", "india", "juliet", "kilo", "lima"]
@@ -121,6 +127,96 @@ def run(args: argparse.Namespace) -> tuple[float, dict[str, float]]:
     return best, parts
 
 
+def levers(args: argparse.Namespace) -> None:
+    """The alternatives around the compression library for S4's messages,
+    timed against each other in alternating rounds (best of ``--rounds``).
+
+    Each line is one way of inflating or deflating a whole 4 KiB message on
+    its own (no context takeover), with the bytes it produces; the codec's
+    own ``decode_alone``/``encode`` are there to show what wshub adds around
+    the library calls.  The one-shot forms are measured for the record, not
+    usable as they are: the one-shot inflate has no output bound (a
+    compression bomb would allocate all of it), and the one-shot deflate
+    ends in a BFINAL block, which ws on Node.js 12 and later cannot inflate
+    (websockets/ws#1669).  Needs the isal package.
+    """
+    from isal import igzip_lib, isal_zlib
+
+    from wshub.protocol.deflate import negotiate_extensions
+
+    negotiated = negotiate_extensions(OFFER, True)
+    assert negotiated is not None
+    codec: Any = negotiated[1]
+    texts = [json_text(m, args.size, 7) for m in range(64)]
+    tail = b"\x00\x00\xff\xff"
+    payloads = [compressed(t) + tail for t in texts]
+    # The client's payloads end in a sync flush: a one-shot inflate needs a
+    # final block after it (an empty fixed-Huffman block, 03 00).
+    finished = [p + b"\x03\x00" for p in payloads]
+    bits = codec.server_window_bits
+    shared = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -bits)
+    zlib_inflater = zlib.decompressobj(-15)
+    zlib_deflater = zlib.compressobj(1, zlib.DEFLATED, -bits, 5)
+
+    def isal_shared(t: bytes) -> bytes:
+        out: bytes = shared.compress(t) + shared.flush(zlib.Z_FULL_FLUSH)
+        return out[:-4]
+
+    def isal_per_message(t: bytes) -> bytes:
+        deflater = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -bits)
+        out: bytes = deflater.compress(t) + deflater.flush(zlib.Z_SYNC_FLUSH)
+        return out[:-4]
+
+    def zlib_copy(t: bytes) -> bytes:
+        deflater = zlib_deflater.copy()
+        return (deflater.compress(t) + deflater.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+    cases: list[tuple[str, Callable[[], list[bytes]]]] = [
+        (
+            "inflate: codec.decode_alone (isal_zlib.decompressobj)",
+            lambda: [codec.decode_alone(p, -1) for p in payloads],
+        ),
+        (
+            "inflate: bare isal_zlib.decompressobj(-15).decompress",
+            lambda: [isal_zlib.decompressobj(-15).decompress(p) for p in payloads],
+        ),
+        (
+            "inflate: isal_zlib.decompress one-shot (unbounded)",
+            lambda: [isal_zlib.decompress(p, -15) for p in finished],
+        ),
+        (
+            "inflate: zlib template copy (pure path)",
+            lambda: [zlib_inflater.copy().decompress(p) for p in payloads],
+        ),
+        (
+            "deflate: codec.encode (shared isal, full flush)",
+            lambda: [codec.encode(t) for t in texts],
+        ),
+        (
+            "deflate: bare shared isal compressobj, full flush",
+            lambda: list(map(isal_shared, texts)),
+        ),
+        ("deflate: isal compressobj per message", lambda: list(map(isal_per_message, texts))),
+        (
+            "deflate: igzip_lib.compress one-shot (BFINAL block)",
+            lambda: [
+                igzip_lib.compress(t, 1, igzip_lib.COMP_DEFLATE, 1, bits) + b"\x00" for t in texts
+            ],
+        ),
+        ("deflate: zlib level 1 template copy (pure path)", lambda: list(map(zlib_copy, texts))),
+    ]
+    best = dict.fromkeys(range(len(cases)), float("inf"))
+    for _ in range(args.rounds * 4):
+        for k, (_, work) in enumerate(cases):
+            start = time.perf_counter()
+            for _ in range(args.loops):
+                work()
+            best[k] = min(best[k], (time.perf_counter() - start) / (args.loops * len(texts)))
+    for k, (name, work) in enumerate(cases):
+        size = sum(map(len, work())) / len(texts)
+        print(f"{best[k] * 1e6:7.2f} us  {size:7.1f} B  {name}")
+
+
 def compare(args: argparse.Namespace) -> None:
     trees = args.compare
     best = dict.fromkeys(trees, float("inf"))
@@ -145,11 +241,17 @@ def main() -> None:
     parser.add_argument("--loops", type=int, default=5)
     parser.add_argument("--parts", action="store_true", help="also the codec's inflate/deflate")
     parser.add_argument("--compare", nargs=2, metavar="SRC", help="alternate two source trees")
+    parser.add_argument(
+        "--levers", action="store_true", help="time the alternatives around ISA-L (needs isal)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.compare:
         compare(args)
+        return
+    if args.levers:
+        levers(args)
         return
     best, parts = run(args)
     if args.raw:
