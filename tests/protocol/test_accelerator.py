@@ -12,6 +12,7 @@ import base64
 import hmac
 import os
 import zlib
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -433,8 +434,34 @@ def test_upgrade_head_reader_never_fails_on_garbage(data: bytes) -> None:
 # ------------------------------------------------ the handshake's digests
 
 
-def test_accept_key_twins_agree() -> None:
+def _cpu_has_sha_ni() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " sha_ni" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=["cpu", "portable"])
+def sha_blocks(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The digests' block functions under test: the CPU's SHA instructions
+    where it has them ("cpu"), or the portable C loops ("portable")."""
     _require_accelerator()
+    from wshub import _speedups  # type: ignore[attr-defined]
+
+    on = _speedups.set_sha_ni(request.param == "cpu")
+    if request.param == "cpu":
+        # Where the CPU has them, they are what runs (and what is tested).
+        assert on == _cpu_has_sha_ni()
+    else:
+        assert on is False
+    try:
+        yield request.param
+    finally:
+        _speedups.set_sha_ni(True)
+
+
+def test_accept_key_twins_agree(sha_blocks: str) -> None:
     from wshub import _speedups  # type: ignore[attr-defined]
     from wshub.protocol import handshake
 
@@ -454,10 +481,11 @@ def test_accept_key_twins_agree() -> None:
             handshake._accept_key_py(bad)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(key=st.binary(max_size=64), message=st.binary(max_size=300))
-def test_hmac_twins_agree_with_hmac_sha256(key: bytes, message: bytes) -> None:
-    _require_accelerator()
+def test_hmac_twins_agree_with_hmac_sha256(sha_blocks: str, key: bytes, message: bytes) -> None:
     from wshub import (
         _speedups,  # type: ignore[attr-defined]
         policy,
