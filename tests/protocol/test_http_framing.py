@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wshub.protocol.http import frame_http1, frame_http2, refusal
+from wshub.protocol.http import frame_http1, frame_http2, refusal, switching_protocols
 
 
 def split_http1(data: bytes) -> tuple[str, dict[str, str], bytes]:
@@ -60,3 +60,23 @@ def test_refusal_is_plain_text_with_the_extra_fields() -> None:
     assert body == b"unsupported WebSocket version\n"
     assert ("Sec-WebSocket-Version", "13") in headers
     assert headers[0] == ("Content-Type", "text/plain; charset=utf-8")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [],
+        [("Set-Cookie", "wshub=x.1.y; Path=/")],
+        [("Sec-WebSocket-Protocol", "chat"), ("Sec-WebSocket-Extensions", "permessage-deflate")],
+    ],
+)
+def test_the_101_carries_the_accept_key_and_each_field_once(fields: list[tuple[str, str]]) -> None:
+    # RFC 6455 §4.2.2: the status line, Upgrade, Connection, the accept key,
+    # then the hub's fields in their order, and the empty line.
+    want = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        + b"".join(f"\r\n{name}: {value}".encode("latin-1") for name, value in fields)
+        + b"\r\n\r\n"
+    )
+    assert switching_protocols(b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", fields) == want

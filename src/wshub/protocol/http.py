@@ -108,7 +108,11 @@ _SWITCHING = (
 
 def switching_protocols(accept: bytes, headers: Headers) -> bytes:
     """The 101 that completes an HTTP/1.1 WebSocket handshake (RFC 6455 §4.2.2)."""
-    response = _SWITCHING + accept
-    if headers:
-        response += "".join([f"\r\n{k}: {v}" for k, v in headers]).encode("latin-1")
-    return response + b"\r\n\r\n"
+    if not headers:
+        return _SWITCHING + accept + b"\r\n\r\n"
+    if len(headers) == 1:  # the usual Set-Cookie alone: no list, no join
+        name, value = headers[0]
+        fields = f"\r\n{name}: {value}\r\n\r\n"
+    else:
+        fields = "".join([f"\r\n{k}: {v}" for k, v in headers]) + "\r\n\r\n"
+    return _SWITCHING + accept + fields.encode("latin-1")
