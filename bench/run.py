@@ -324,6 +324,12 @@ def servers() -> dict[str, Server]:
             only=("S1", "S7"),
         ),
         Server(
+            "wshub-loopio",
+            [wshub, "serve", "--io", "loop"],
+            ["py:wshub", "py:uvloop", "py:isal"],
+            label="wshub on uvloop's transports instead of its own epoll layer",
+        ),
+        Server(
             "wshub-pure",
             [wshub, "serve"],
             ["py:wshub"],

@@ -66,6 +66,13 @@ def _common(p: argparse.ArgumentParser, default_port: int) -> None:
         choices=["auto", "asyncio", "uvloop"],
         help="event loop (default auto: uvloop when installed)",
     )
+    p.add_argument(
+        "--io",
+        default="auto",
+        choices=["auto", "epoll", "loop"],
+        help="what carries plain TCP: wshub's own epoll layer (auto: on Linux) "
+        "or the event loop's transports",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -343,6 +350,7 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
         "drain_timeout": args.drain_timeout,
         "drain_code": args.drain_code,
         "drain_reason": "service restart" if args.drain_code == 1012 else "going away",
+        "io": args.io,
     }
 
 
@@ -450,7 +458,7 @@ def build_demo(server: HttpServer | None = None) -> tuple[HttpServer, WebSocket]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    server, _ws = build_demo()
+    server, _ws = build_demo(HttpServer(io=args.io))
     scheme = "https" if args.tls else "http"
     print(
         f"wshub demo: open {scheme}://{args.host}:{args.port}/ in a browser",

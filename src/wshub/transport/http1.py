@@ -31,6 +31,7 @@ from ..protocol.handshake import (
     is_websocket_upgrade,
 )
 from ..protocol.http import frame_http1, switching_protocols
+from .epoll import EpollTransport
 from .link import Admission, FramedLink, LinkConfig
 from .upgrade import (
     PendingVerdict,
@@ -121,13 +122,13 @@ class Http1Link(FramedLink):
         # Reads large frames in place: made by the first large frame; False
         # where not wanted (over TLS, whose layer reads into its own buffers).
         self._direct: _DirectReader | bool | None = None if direct_reads else False
-        # uvloop's writelines() hands all pieces to one writev() and keeps
-        # what the kernel did not take without copying it; asyncio's (3.11)
-        # joins them into one new bytes first.
+        # uvloop's writelines() and ours hand all pieces to one writev() and
+        # keep what the kernel did not take without copying it; asyncio's
+        # (3.11) joins them into one new bytes first.
         kind = type(transport)
         gather = _GATHER.get(kind)
         if gather is None:
-            gather = _GATHER[kind] = kind.__module__.startswith("uvloop")
+            gather = _GATHER[kind] = kind is EpollTransport or kind.__module__.startswith("uvloop")
         self._gather = gather
         # The socket's descriptor for writes straight to the kernel, -1
         # where there is none; before it is looked up, the writes still to
@@ -136,7 +137,10 @@ class Http1Link(FramedLink):
 
     def _socket_fd(self) -> int:
         # (Only asked where _send_nowait exists: _fd starts at -1 without it.)
-        kind = type(self.transport)
+        transport = self.transport
+        if isinstance(transport, EpollTransport):
+            return transport.fileno()
+        kind = type(transport)
         if (kind.__module__, kind.__name__) not in _DIRECT_TRANSPORTS:
             return -1
         sock = self.transport.get_extra_info("socket")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..errors import HandshakeError
 from ..http import Handler, Request, Response
 from ..protocol.frames import is_valid_close_code
+from . import epoll
 from .http1 import Http1Link, Http1Protocol
 from .upgrade import SNI_ATTRIBUTE
 
@@ -117,6 +118,16 @@ class HttpServer:
     soon) spread evenly over ``drain_window`` seconds, so that they do not
     all reconnect in the same instant, and wait at most ``drain_timeout``
     seconds in all (window included) before the rest are cut.
+
+    ``io``: what carries the plain-TCP connections.  ``"auto"`` (the
+    default) is wshub's own I/O layer where it runs (Linux): one ``epoll``
+    for all connections, whose descriptor is the only one the event loop
+    watches, and a transport of about a hundred bytes per connection
+    instead of the loop's kilobyte or two (see docs/performance.md, "What
+    an idle connection holds").  ``"loop"`` uses the event loop's own
+    transports, as every asyncio server does; ``"epoll"`` insists on the
+    own layer (ValueError where it cannot run).  TLS connections always
+    use the loop's transports.
     """
 
     def __init__(
@@ -134,8 +145,13 @@ class HttpServer:
         drain_timeout: float = 30.0,
         drain_code: int = 1012,
         drain_reason: str = "service restart",
+        io: str = "auto",
     ) -> None:
         check_drain(drain_window, drain_timeout, drain_code, drain_reason)
+        if io not in ("auto", "epoll", "loop"):
+            raise ValueError("io must be 'auto', 'epoll' or 'loop'")
+        if io == "epoll" and not epoll.available():
+            raise ValueError("io='epoll' needs Linux (select.epoll)")
         if handshake_timeout < 0:
             raise ValueError("handshake_timeout must be >= 0")
         if not write_timeout > 0:
@@ -162,6 +178,8 @@ class HttpServer:
         self.drain_timeout = float(drain_timeout)
         self.drain_code = int(drain_code)
         self.drain_reason = drain_reason
+        # Plain TCP on wshub's own epoll layer, or on the loop's transports.
+        self.own_io = io != "loop" and epoll.available()
         self.websocket: UpgradeHandler | None = None
         # Plain-HTTP paths the server answers itself, before ``handler``.
         self._endpoints: dict[str, Handler] = {}
@@ -171,7 +189,7 @@ class HttpServer:
         # What the transports share: live connections, per-IP slots,
         # request-head deadlines, HTTP/2 sessions.
         self.connections = ServerConnections(self)
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[asyncio.AbstractServer | epoll.EpollServer] = []
         self._closing = False
         self._closed: asyncio.Event | None = None
         self._shutdown_hooks: list[Callable[[int, str], Awaitable[None]]] = []
@@ -290,15 +308,26 @@ class HttpServer:
             # The TLS handshake comes before any request head: put it under
             # the same deadline (asyncio's and uvloop's default is 60 s).
             extra["ssl_handshake_timeout"] = self.handshake_timeout
-        server = await loop.create_server(
-            lambda: Http1Protocol(self),
-            host=host,
-            port=port,
-            ssl=ssl,
-            reuse_port=reuse_port or None,
-            backlog=backlog,
-            **extra,
-        )
+        server: asyncio.AbstractServer | epoll.EpollServer
+        if ssl is None and self.own_io:
+            server = await epoll.listen(
+                self.connections.epoll_io(),
+                lambda: Http1Protocol(self),
+                host,
+                port,
+                reuse_port=reuse_port,
+                backlog=backlog,
+            )
+        else:
+            server = await loop.create_server(
+                lambda: Http1Protocol(self),
+                host=host,
+                port=port,
+                ssl=ssl,
+                reuse_port=reuse_port or None,
+                backlog=backlog,
+                **extra,
+            )
         self._servers.append(server)
         if hub is not None:
             hub.server_started()
@@ -381,6 +410,7 @@ class HttpServer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
         self._servers.clear()
+        self.connections.close_io()
         if self._closed is not None:
             self._closed.set()
 
@@ -523,6 +553,8 @@ class ServerConnections:
         # The HTTP/2 transport's take-over (None when h2 cannot be imported).
         self._h2_factory = _default_h2_factory()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The own I/O layer's epoll set, made by the first plain-TCP serve().
+        self._io: epoll.EpollIO | None = None
         # Connections that must send a complete request head by a deadline
         # (handshake_timeout), in the order they were armed.
         self._deadlines: dict[Http1Protocol, float] = {}
@@ -536,6 +568,20 @@ class ServerConnections:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         return loop
+
+    def epoll_io(self) -> epoll.EpollIO:
+        """The epoll set of this server's plain-TCP connections (made on first use)."""
+        io = self._io
+        if io is None:
+            io = self._io = epoll.EpollIO(self.loop)
+        return io
+
+    def close_io(self) -> None:
+        """The server stopped listening: the epoll set goes with its last connection."""
+        io = self._io
+        if io is not None:
+            self._io = None
+            io.close()
 
     def shared_host(self, host: str) -> str:
         """``host``, or the equal string the previous connection keeps: the
