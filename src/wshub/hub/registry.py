@@ -144,7 +144,7 @@ class Client:
         self.registry.client_closing(self, code, reason, initiator)
 
     def on_close(self, code: int, reason: str, was_clean: bool) -> None:
-        self.registry.client_closed(self, CloseEvent(code, reason, was_clean))
+        self.registry.client_closed(self, code, reason, was_clean)
 
 
 class CountingClient(Client):
@@ -324,19 +324,19 @@ class Registry:
             self.pings.stop()
         if initiator == _BY_SERVER:
             self._finishing += 1
-            self._report(client, CloseEvent(code, reason, False))
+            self._report(client, code, reason, False)
         else:
             client.phase = CLOSING
             self.closing[client.id] = client
 
-    def client_closed(self, client: Client, event: CloseEvent) -> None:
+    def client_closed(self, client: Client, code: int, reason: str, was_clean: bool) -> None:
         """``client``'s connection is gone: give back its per-IP slot, and run
         ``"close"`` unless it ran already."""
         phase = client.phase
         if phase == GONE:
             return
         if phase == OPEN:  # (a link tells on_closing first; be safe anyway)
-            self.client_closing(client, event.code, event.reason, CloseInitiator.PEER)
+            self.client_closing(client, code, reason, CloseInitiator.PEER)
             phase = client.phase
         # The socket counted under limit_by_ip until now, closing or not.
         self._per_ip.release(client.ip_key)
@@ -345,27 +345,28 @@ class Registry:
         if phase == CLOSING:
             if self.closing.get(client.id) is client:
                 del self.closing[client.id]
-            self._report(client, event)
+            self._report(client, code, reason, was_clean)
         else:  # REPORTED: its connection finished in the background
             self._finishing -= 1
         client.phase = GONE
         if self._all_closed is not None:  # (close_all waits)
             self._check_all_closed()
 
-    def _report(self, client: Client, event: CloseEvent) -> None:
+    def _report(self, client: Client, code: int, reason: str, was_clean: bool) -> None:
         """Run ``"close"`` for ``client``: from now on its ID is unknown here,
-        and its connection, if still there, delivers nothing."""
+        and its connection, if still there, delivers nothing.  (Its
+        :class:`CloseEvent` is made only for the handlers.)"""
         client.phase = REPORTED
         client.event = NO_EVENT
         if self.stats.enabled:
-            self.stats.closed_with(event.code)
+            self.stats.closed_with(code)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "client %s closed: %d %s",
                 client.id,
-                event.code,
-                event.reason,
-                extra={"client_id": client.id, "address": client.ip_key, "close_code": event.code},
+                code,
+                reason,
+                extra={"client_id": client.id, "address": client.ip_key, "close_code": code},
             )
         reporting = self.reporting
         client_id = client.id
@@ -382,7 +383,7 @@ class Registry:
             if reporting.get(client_id) is client:
                 del reporting[client_id]
 
-        if events.emit("close", (client_id, event), None, reported):
+        if events.emit("close", (client_id, CloseEvent(code, reason, was_clean)), None, reported):
             reported()
 
     def _check_all_closed(self) -> None:

@@ -626,7 +626,7 @@ class FramedLink(ClosingReporter):
         # The one timer, at the connection's deadline.
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._ended = EndMode.NONE  # what was done with the pipe so far
+        self._ended = _NO_END  # what was done with the pipe so far
         self._closed = False
         self.closing_reported = False  # listener.on_closing was called
 
