@@ -116,8 +116,11 @@ def parse_close_payload(payload: bytes) -> tuple[int, str]:
     if n == 1:
         raise InvalidClosePayload(CloseCode.PROTOCOL_ERROR, "close frame payload of 1 byte")
     code = (payload[0] << 8) | payload[1]
-    if not is_valid_close_code(code):
+    # (The usual codes pass the set without a call.)
+    if code not in _SENDABLE_CODES and not is_valid_close_code(code):
         raise InvalidClosePayload(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
+    if n == 2:  # a code without a reason, as most clients close
+        return code, ""
     try:
         reason = payload[2:].decode("utf-8")
     except UnicodeDecodeError:
