@@ -65,6 +65,10 @@ pytest: venv node-deps
 	@echo "== the protocol tests again on the pure-Python path (WSHUB_NO_EXTENSIONS=1)"
 	@WSHUB_NO_EXTENSIONS=1 $(VENV)/bin/pytest -q -m "not conformance" tests/protocol \
 	  --ignore=tests/protocol/test_accelerator.py $(PYTEST_ARGS); $(PYTEST_RUN)
+	@echo "== the transport tests again on the event loop's transports (--io loop)"
+	@$(VENV)/bin/pytest -q -m "not conformance" --io loop tests/transport \
+	  tests/integration/test_security_backpressure.py tests/integration/test_api_lifecycle.py \
+	  $(PYTEST_ARGS); $(PYTEST_RUN)
 
 # Autobahn|Testsuite's wstest (Python 2.7) in .cache/autobahn, pinned in
 # tools/autobahn/requirements-py2.txt; a second run only checks it.

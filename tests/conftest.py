@@ -43,6 +43,26 @@ class Running:
 StartServer = Callable[..., Awaitable[Running]]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--io",
+        default="auto",
+        choices=["auto", "loop"],
+        help="HttpServer's default io for this run: make test runs the transport "
+        "tests a second time with --io loop (the event loop's transports)",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _default_io(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``--io loop`` every HttpServer made without ``io=`` uses the loop's transports."""
+    io = request.config.getoption("--io")
+    if io != "auto":
+        defaults = dict(HttpServer.__init__.__kwdefaults__ or {})
+        defaults["io"] = io
+        monkeypatch.setattr(HttpServer.__init__, "__kwdefaults__", defaults)
+
+
 @pytest.fixture(autouse=True)
 def _refusal_log_bucket_full() -> None:
     """Every test starts with the refusal log's token bucket full (it is one

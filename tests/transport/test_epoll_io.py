@@ -374,3 +374,15 @@ def test_out_of_descriptors_pauses_accepting_with_a_log_line() -> None:
     # The 80th connection waited in the backlog and was served after the pause.
     assert "echo hi" in done.stdout, done.stdout
     assert "Traceback" not in done.stderr
+
+
+async def test_the_runs_io_option_reaches_the_servers(
+    start_server: StartServer, request: pytest.FixtureRequest
+) -> None:
+    # make test runs tests/transport twice: on the default (the own layer)
+    # and with --io loop (the event loop's transports, as io="loop" gives).
+    srv = await start_server(allow_origin="*")
+    async with websockets.connect(srv.url):
+        (link,) = srv.server.connections.links
+        on_own_layer = isinstance(link.transport, epoll.EpollTransport)
+        assert on_own_layer is (request.config.getoption("--io") == "auto")
