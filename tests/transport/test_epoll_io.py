@@ -386,3 +386,24 @@ async def test_the_runs_io_option_reaches_the_servers(
         (link,) = srv.server.connections.links
         on_own_layer = isinstance(link.transport, epoll.EpollTransport)
         assert on_own_layer is (request.config.getoption("--io") == "auto")
+
+
+async def test_writelines_keeps_what_the_kernel_did_not_take_as_it_was_given(
+    layer: Callable[..., Any],
+) -> None:
+    # One writev() takes only part of 8 MiB: the rest is kept, and a mutable
+    # piece is copied, so changing it after the call changes nothing sent.
+    lay = await layer()
+    reader, writer, proto = await lay.connect()
+    transport = proto.transport
+    first = os.urandom(4 << 20)
+    second = bytearray(os.urandom(4 << 20))
+    expected = first + bytes(second)
+    transport.writelines([first, b"", second, memoryview(b"tail")])
+    assert transport.get_write_buffer_size() > 0
+    second[:] = bytes(len(second))  # the caller reuses its buffer
+    transport.close()
+    assert await reader.readexactly(len(expected) + 4) == expected + b"tail"
+    assert await reader.read() == b""
+    assert await proto.lost is None
+    writer.close()

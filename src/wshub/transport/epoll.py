@@ -6,8 +6,8 @@ Why: an event loop's transport costs every connection about 1.2 KiB
 (``bench/idle_floor.py``), and its accept path makes system calls per
 connection that a WebSocket server does not need (getsockname, getpeername).
 Here each connection is one :class:`EpollTransport` (about a hundred bytes)
-in one dict, and the event loop watches a single descriptor: the epoll
-object's.  When it is readable, :meth:`EpollIO.ready` takes every
+in a table by descriptor, and the event loop watches a single descriptor:
+the epoll object's.  When it is readable, :meth:`EpollIO.ready` takes every
 connection's events from the kernel in one call and runs them.
 
 What it keeps of ``asyncio.Transport``'s contract, so that the protocols
@@ -24,8 +24,8 @@ buffered is sent), ``abort``, ``write_eof`` (after it too);
 reads it once; after a hand-over it is asked of the kernel, so it is not
 known any more once the connection is over).  An exception raised by a
 protocol's callback goes to the loop's exception handler (logged with its
-traceback) and aborts that connection only; an ``OSError`` of the socket ends it with that error,
-without a log line, as asyncio does.
+traceback) and aborts that connection only; an ``OSError`` of the socket
+ends it with that error, without a log line, as asyncio does.
 
 Not here: TLS (a server with an SSL context uses the loop's transports),
 Unix sockets, other systems than Linux.  :func:`available` says whether it
@@ -226,7 +226,7 @@ class EpollTransport(asyncio.Transport):
         self._check_pause()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
-        chunks = [chunk for chunk in list_of_data if len(chunk)]
+        chunks = [_keep(chunk, 0) for chunk in list_of_data if len(chunk)]
         if len(chunks) <= 1 or self._pending is not None or self._state & (_CLOSING | _EOF_WANTED):
             for chunk in chunks:
                 self.write(chunk)
@@ -238,19 +238,10 @@ class EpollTransport(asyncio.Transport):
         except OSError as exc:
             self._fail(exc)
             return
-        pending: list[Any] = []
-        left = 0
-        for chunk in chunks:
-            size = len(chunk)
-            if sent >= size:
-                sent -= size
-                continue
-            pending.append(_keep(chunk, sent))
-            left += size - sent
-            sent = 0
+        pending = _unsent(chunks, sent)
         if pending:
             self._pending = pending
-            self._size = left
+            self._size = sum(map(len, chunks)) - sent
             self._watch()
             self._check_pause()
 
@@ -324,19 +315,8 @@ class EpollTransport(asyncio.Transport):
             self._fail(exc)
             return
         self._size -= sent
-        done = 0
-        for chunk in pending:
-            size = len(chunk)
-            if sent < size:
-                if sent:
-                    pending[done] = memoryview(chunk)[sent:]
-                break
-            sent -= size
-            done += 1
-        del pending[:done]
-        if self._state & _PAUSED and self._size <= self._limits[1]:
-            self._state &= ~_PAUSED
-            self._tell("resume_writing")  # (which may write more)
+        self._pending = _unsent(pending, sent)
+        self._check_pause()  # resume_writing at the low mark (which may write more)
         if not self._pending:
             self._pending = None
             state = self._state
@@ -390,14 +370,7 @@ class EpollTransport(asyncio.Transport):
         try:
             getattr(self._protocol, what)()
         except Exception as exc:
-            self._io.loop.call_exception_handler(
-                {
-                    "message": f"protocol.{what}() failed",
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
+            _report(self, f"protocol.{what}() failed", exc)
 
     def _shut_writing(self) -> None:
         sock = self._socket()
@@ -409,14 +382,7 @@ class EpollTransport(asyncio.Transport):
             self._fail(exc)
 
     def _protocol_failed(self, exc: BaseException, what: str) -> None:
-        self._io.loop.call_exception_handler(
-            {
-                "message": f"Fatal error: protocol.{what}() call failed.",
-                "exception": exc,
-                "transport": self,
-                "protocol": self._protocol,
-            }
-        )
+        _report(self, f"Fatal error: protocol.{what}() call failed.", exc)
         self.abort()
 
     def _fail(self, exc: OSError) -> None:
@@ -457,6 +423,30 @@ class EpollTransport(asyncio.Transport):
 
 # What a transport's protocol is after connection_lost.
 _GONE = asyncio.Protocol()
+
+
+def _report(transport: EpollTransport, message: str, exc: BaseException) -> None:
+    """A protocol's callback raised: to the loop's exception handler (which
+    logs it with its traceback), as asyncio's transports do."""
+    transport._io.loop.call_exception_handler(
+        {
+            "message": message,
+            "exception": exc,
+            "transport": transport,
+            "protocol": transport.get_protocol(),
+        }
+    )
+
+
+def _unsent(chunks: list[Any], sent: int) -> list[Any]:
+    """What of ``chunks`` (each safe to keep: see :func:`_keep`) is left once
+    their first ``sent`` bytes went out."""
+    for i, chunk in enumerate(chunks):
+        size = len(chunk)
+        if sent < size:
+            return [memoryview(chunk)[sent:], *chunks[i + 1 :]] if sent else chunks[i:]
+        sent -= size
+    return []
 
 
 def _keep(data: bytes | bytearray | memoryview, sent: int) -> Any:
@@ -520,14 +510,7 @@ class EpollIO:
         try:
             protocol.connection_made(transport)
         except Exception as exc:
-            self.loop.call_exception_handler(
-                {
-                    "message": "protocol.connection_made() failed",
-                    "exception": exc,
-                    "transport": transport,
-                    "protocol": protocol,
-                }
-            )
+            _report(transport, "protocol.connection_made() failed", exc)
             transport.abort()
 
     def watch(self, fd: int, had: int, want: int) -> None:
@@ -574,18 +557,14 @@ class EpollIO:
             transport = transports[fd]
             if transport is None:  # (ended by an earlier one of this pass)
                 continue
-            if mask & _OUT:
+            if mask & _OUT or not transport._state & _WATCHED_IN:
+                # Writable; or, watched for writes only (what is left of a
+                # closed connection), an error or hang-up: the write says which.
                 transport.can_write()
                 if transport.fd != fd:
                     continue
-                if not mask & ~_OUT:
-                    continue
-            if transport._state & _WATCHED_IN:
+            if mask & ~_OUT and transport._state & _WATCHED_IN:
                 transport.can_read()
-            elif mask & (select.EPOLLERR | select.EPOLLHUP) and not mask & _OUT:
-                # Writing out what is left of a closed connection, and the
-                # peer is gone: the next write says why.
-                transport.can_write()
 
 
 class EpollServer:
