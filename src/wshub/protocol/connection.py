@@ -817,16 +817,8 @@ class Connection:
             # so that what the application sends in answer to the messages
             # before this Close still goes out before it.
             self.state = _CLOSE_RECEIVED
-            # The close deadline, straight into the timers (no descriptor,
-            # no _update_deadline: _forget_pings left no other deadline).
-            deadline = now + self.limits.close_timeout
-            timers = self._timers
-            if timers is None:
-                timers = self._timers = _Timers()
-            timers._close_deadline = deadline
-            if deadline != self.deadline:
-                self.deadline = deadline
-                self.pending = True
+            self._close_deadline = now + self.limits.close_timeout
+            self._update_deadline()
 
     def _on_ping(self, ping: Ping, now: float, events: list[Event]) -> None:
         if self.state != ConnectionState.OPEN:

@@ -234,14 +234,11 @@ def check_http1_upgrade(
         raise HandshakeError(400, "invalid Sec-WebSocket-Key")
     # The usual "13" is read without a call; anything else by _version.
     version = 13 if headers.get("sec-websocket-version") == "13" else _version(headers)
-    origin = headers.get("origin")
-    if origin is None:
-        origin = headers.get("sec-websocket-origin")  # (see _origin)
     offered = headers.get("sec-websocket-protocol")
     return UpgradeInfo(
         version,
         key,
-        origin,
+        _origin(headers),
         headers.get("sec-websocket-extensions", ""),
         parse_subprotocols(offered) if offered else (),
     )
