@@ -152,11 +152,16 @@ def run(
         raise RuntimeError("workers need a POSIX system (fork, SO_REUSEPORT)")
     event_loop_factory(loop)  # a bad loop name fails here, not in every worker
     listen = _Listen(host, port, ssl, backlog)
+    # Read here, in the supervisor: a worker that asked os.getppid() itself
+    # after the supervisor had died would take init for its supervisor.
+    supervisor = os.getpid()
 
     def spawn(slot: int) -> _Worker:
         return _spawn(
             slot,
-            lambda fd: _worker_main(app_factory, workers, fd, listen, loop, cluster_limit_by_ip),
+            lambda fd: _worker_main(
+                app_factory, workers, fd, listen, loop, cluster_limit_by_ip, supervisor
+            ),
         )
 
     return _Supervisor(workers, spawn).run()
@@ -472,6 +477,7 @@ def _worker_main(
     listen: _Listen,
     loop: str,
     cluster_limit_by_ip: bool | None,
+    supervisor: int,
 ) -> int:
     server = app_factory()
     if not isinstance(server, HttpServer):
@@ -493,7 +499,7 @@ def _worker_main(
         if cluster_limit_by_ip is not None:
             hub.cluster_limit_by_ip = cluster_limit_by_ip
     try:
-        run_on_loop(_serve_worker(server, report_fd, listen), loop)
+        run_on_loop(_serve_worker(server, report_fd, listen, supervisor), loop)
     except ClusterSecretMissing as exc:
         # Every worker would fail the same way: said once, by the first.
         print(f"wshub workers: {exc}", file=sys.stderr)
@@ -501,7 +507,9 @@ def _worker_main(
     return 0
 
 
-async def _serve_worker(server: HttpServer, report_fd: int, listen: _Listen) -> None:
+async def _serve_worker(
+    server: HttpServer, report_fd: int, listen: _Listen, supervisor: int
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -511,18 +519,23 @@ async def _serve_worker(server: HttpServer, report_fd: int, listen: _Listen) -> 
         stop.set()
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    supervisor = os.getppid()
 
-    def orphaned() -> None:
+    def orphaned() -> bool:
         # The supervisor died without a word (kill -9): drain rather than
         # serve on unsupervised.
-        if os.getppid() != supervisor:
-            log.error("worker %d: the supervisor %d is gone: draining", os.getpid(), supervisor)
-            stop.set()
-        else:
-            loop.call_later(_ORPHAN_CHECK, orphaned)
+        if os.getppid() == supervisor:
+            return False
+        log.error("worker %d: the supervisor %d is gone: draining", os.getpid(), supervisor)
+        stop.set()
+        return True
 
-    loop.call_later(_ORPHAN_CHECK, orphaned)
+    def check_orphaned() -> None:
+        if not orphaned():
+            loop.call_later(_ORPHAN_CHECK, check_orphaned)
+
+    if orphaned():  # gone while the app was being built: never serve
+        return
+    loop.call_later(_ORPHAN_CHECK, check_orphaned)
     await server.serve(
         listen.host, listen.port, listen.ssl, reuse_port=True, backlog=listen.backlog
     )

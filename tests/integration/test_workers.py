@@ -486,3 +486,61 @@ async def test_workers_drain_when_the_supervisor_is_killed(
         for pid in pids:  # orphans of a failed test: stopped by PID
             if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_worker_still_starting_when_the_supervisor_is_killed_never_serves(
+    tmp_path: Path,
+) -> None:
+    # The supervisor dies while a worker is still building its app: the
+    # worker must see that its parent changed, not take init for its
+    # supervisor and serve on, unsupervised, for ever.
+    script = textwrap.dedent(
+        """
+        import os, sys, time
+        from pathlib import Path
+        from wshub import HttpServer, WebSocket
+        from wshub import workers
+
+        def app():
+            Path(sys.argv[2]).write_text(str(os.getpid()))
+            time.sleep(1.5)  # the supervisor is killed meanwhile
+            server = HttpServer()
+            WebSocket(server)
+            return server
+
+        sys.exit(workers.run(app, workers=1, port=int(sys.argv[1])))
+        """
+    )
+    port = free_port()
+    pid_file = tmp_path / "worker.pid"
+    log_path = tmp_path / "supervisor.log"
+    with log_path.open("wb") as log:
+        supervisor = subprocess.Popen(
+            [sys.executable, "-c", script, str(port), str(pid_file)],
+            cwd=str(ROOT),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    worker = 0
+    try:
+        await wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", timeout=30)
+        worker = int(pid_file.read_text())
+        os.kill(supervisor.pid, signal.SIGKILL)
+        supervisor.wait(10)
+        for _ in range(1000):
+            if gone(worker):
+                break
+            await asyncio.sleep(0.02)
+        log_text = log_path.read_text()
+        assert gone(worker), f"worker {worker} serves on without its supervisor:\n{log_text}"
+        assert f"the supervisor {supervisor.pid} is gone" in log_text, log_text
+        assert "Traceback" not in log_text, log_text
+        with pytest.raises(OSError):  # it never listened
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait(10)
+        if worker and not gone(worker):  # the orphan of a failed test: stopped by PID
+            os.kill(worker, signal.SIGKILL)

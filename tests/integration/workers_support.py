@@ -159,8 +159,14 @@ class Supervised:
             await asyncio.sleep(0.05)
 
     def kill_all(self) -> None:
-        """Teardown: SIGKILL the workers this supervisor started, then the supervisor."""
+        """Teardown: SIGKILL the workers this supervisor started, then the supervisor.
+
+        The supervisor is stopped (SIGSTOP) first: a running one would start
+        a replacement for each worker killed here, and that one would be
+        left behind when the supervisor goes.
+        """
         if self.proc.poll() is None:
+            with_suppressed_kill(self.proc.pid, signal.SIGSTOP)
             for pid in children_of(self.proc.pid):
                 with_suppressed_kill(pid)
             with_suppressed_kill(self.proc.pid)
@@ -182,9 +188,9 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-def with_suppressed_kill(pid: int) -> None:
+def with_suppressed_kill(pid: int, sig: int = signal.SIGKILL) -> None:
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, sig)
 
 
 def serve_workers(port: int, workdir: Path, *args: str) -> Supervised:
