@@ -315,6 +315,14 @@ def servers() -> dict[str, Server]:
             pubsub=True,
         ),
         Server(
+            "wshub-rawreply",
+            [wshub, "serve", "--deflate-min-size", str(4 << 20)],
+            ["py:wshub", "py:uvloop", "py:isal"],
+            label="wshub, echo replies sent uncompressed (--deflate-min-size 4 MiB), "
+            "as socketify sends them",
+            only=("S4",),
+        ),
+        Server(
             "wshub-w2",
             [wshub, "serve", "--workers", "2"],
             ["py:wshub", "py:uvloop", "py:isal"],

@@ -112,6 +112,14 @@ def _parser() -> argparse.ArgumentParser:
         help="what compresses permessage-deflate messages (default auto: ISA-L when installed)",
     )
     serve.add_argument(
+        "--deflate-min-size",
+        type=int,
+        default=DeflateOptions.min_size,
+        metavar="BYTES",
+        help="messages shorter than this are sent uncompressed "
+        f"(default {DeflateOptions.min_size}; what arrives compressed is still inflated)",
+    )
+    serve.add_argument(
         "--loopback-congestion",
         default="system",
         metavar="NAME",
@@ -258,10 +266,13 @@ def _metrics_option(path: str | None) -> str | None:
 def _deflate_option(args: argparse.Namespace) -> bool | DeflateOptions:
     if args.deflate == "off":
         return False
-    if args.compressor == "auto":
+    if args.deflate_min_size < 0:
+        print("wshub serve: --deflate-min-size must be 0 or more", file=sys.stderr)
+        raise SystemExit(2)
+    if args.compressor == "auto" and args.deflate_min_size == DeflateOptions.min_size:
         return True
     try:
-        return DeflateOptions(compressor=args.compressor)
+        return DeflateOptions(compressor=args.compressor, min_size=args.deflate_min_size)
     except ValueError as exc:
         print(f"wshub serve: --compressor: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_UNSUPPORTED) from None

@@ -10,8 +10,10 @@ import asyncio
 import json
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ import websockets
 
 from tests.conftest import run_node, system_congestion_control
 from tests.integration.cli_support import free_port, start_program, wshub_command
+from tests.rawws import RawClient, client_frame
 
 
 def serve_argv(how: str, port: int, *extra: str) -> list[str]:
@@ -122,6 +125,54 @@ async def test_serve_compressor_choice(compressor: str) -> None:
     finally:
         status, err = await program.stop()
     assert status == 0, err
+
+
+async def reply_is_compressed(port: int, message: bytes) -> bool:
+    """Send ``message`` compressed (permessage-deflate, raw socket); RSV1 of the echo."""
+    client = await RawClient.connect(
+        "127.0.0.1", port, extra=[("Sec-WebSocket-Extensions", "permessage-deflate")]
+    )
+    try:
+        assert "permessage-deflate" in (client.reply.header("sec-websocket-extensions") or "")
+        compressor = zlib.compressobj(wbits=-15)
+        body = compressor.compress(message) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        await client.send(client_frame(0x2, body[:-4], rsv=0b100))
+        b0, b1 = await client.reader.readexactly(2)
+        assert b0 & 0x0F == 0x2 and b0 & 0x80, hex(b0)
+        n = b1 & 0x7F
+        if n == 126:
+            (n,) = struct.unpack("!H", await client.reader.readexactly(2))
+        payload = await client.reader.readexactly(n)
+        compressed = bool(b0 & 0x40)
+        if compressed:
+            payload = zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff")
+        assert payload == message
+        return compressed
+    finally:
+        client.close()
+
+
+async def test_serve_deflate_min_size() -> None:
+    # Node's ws calls it `threshold`: replies shorter are sent uncompressed on
+    # a permessage-deflate connection; what arrives compressed is inflated.
+    message = json.dumps([{"id": i, "symbol": "AAPL"} for i in range(150)]).encode()
+    assert 4000 < len(message) < 65536
+    for min_size, expect_compressed in ((None, True), (len(message) + 1, False)):
+        port = free_port()
+        extra = [] if min_size is None else ["--deflate-min-size", str(min_size)]
+        program = await start_program(
+            [*wshub_command(), "serve", "--port", str(port), *extra], port
+        )
+        try:
+            assert await reply_is_compressed(port, message) is expect_compressed
+            # A real peer takes the uncompressed replies on its deflate connection.
+            async with websockets.connect(f"ws://127.0.0.1:{port}/") as ws:
+                assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]
+                await ws.send(message)
+                assert await ws.recv() == message
+        finally:
+            status, err = await program.stop()
+        assert status == 0, err
 
 
 async def test_serve_without_isal_exits_3_for_compressor_isal() -> None:
