@@ -112,6 +112,14 @@ def _parser() -> argparse.ArgumentParser:
         help="what compresses permessage-deflate messages (default auto: ISA-L when installed)",
     )
     serve.add_argument(
+        "--busy-poll",
+        type=int,
+        default=0,
+        metavar="MICROSECONDS",
+        help="after I/O, poll without sleeping this long: lower latency for a core of CPU "
+        "(default 0: off; own I/O layer only)",
+    )
+    serve.add_argument(
         "--deflate-min-size",
         type=int,
         default=DeflateOptions.min_size,
@@ -295,6 +303,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"wshub serve: --drain-window/--drain-timeout: {exc}", file=sys.stderr)
         return 2
+    if not 0 <= args.busy_poll <= 1_000_000 or (args.busy_poll and args.io == "loop"):
+        print(
+            "wshub serve: --busy-poll takes 0 to 1000000 microseconds, and not with --io loop",
+            file=sys.stderr,
+        )
+        return 2
     try:
         HttpServer(**_server_options(args))
     except ValueError as exc:
@@ -362,6 +376,7 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
         "drain_code": args.drain_code,
         "drain_reason": "service restart" if args.drain_code == 1012 else "going away",
         "io": args.io,
+        "busy_poll": args.busy_poll / 1e6,
     }
 
 

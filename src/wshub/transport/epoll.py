@@ -27,6 +27,10 @@ protocol's callback goes to the loop's exception handler (logged with its
 traceback) and aborts that connection only; an ``OSError`` of the socket
 ends it with that error, without a log line, as asyncio does.
 
+Busy polling (``busy_poll`` seconds, off by default): after a pass that
+found work, a callback that reschedules itself keeps the loop polling
+without sleeping until that long has passed with no more work.
+
 Not here: TLS (a server with an SSL context uses the loop's transports),
 Unix sockets, other systems than Linux.  :func:`available` says whether it
 can run.
@@ -40,6 +44,7 @@ import logging
 import os
 import select
 import socket
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -463,7 +468,7 @@ def _keep(data: bytes | bytearray | memoryview, sent: int) -> Any:
 class EpollIO:
     """One epoll set for the connections of one server; the loop watches its descriptor."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, busy_poll: float = 0.0) -> None:
         if _EPOLL is None:
             raise RuntimeError("the epoll I/O layer needs Linux")
         self.loop = loop
@@ -475,6 +480,11 @@ class EpollIO:
         self.default_limits = self.shared_limits(_DEFAULT_HIGH, _DEFAULT_HIGH // 4)
         self._live = 0  # transports whose connection_lost has not run yet
         self._closing = False
+        # Busy polling (HttpServer(busy_poll=...)): for this many seconds
+        # after a pass that found work, the loop is kept from sleeping.
+        self._busy_poll = busy_poll
+        self._awake_until = 0.0
+        self._awake = False
         loop.add_reader(self._epoll.fileno(), self.ready)
 
     def shared_limits(self, high: int, low: int) -> tuple[int, int]:
@@ -553,6 +563,11 @@ class EpollIO:
             events = self._epoll.poll(0, _MAX_EVENTS)
         except OSError:  # (closed under us)
             return
+        if events and self._busy_poll:
+            self._awake_until = time.monotonic() + self._busy_poll
+            if not self._awake:
+                self._awake = True
+                self.loop.call_soon(self._keep_awake)
         for fd, mask in events:
             transport = transports[fd]
             if transport is None:  # (ended by an earlier one of this pass)
@@ -565,6 +580,15 @@ class EpollIO:
                     continue
             if mask & ~_OUT and transport._state & _WATCHED_IN:
                 transport.can_read()
+
+    def _keep_awake(self) -> None:
+        # A callback always ready makes the loop poll without waiting (its
+        # own epoll, which holds ours): a reply to what was just sent is
+        # seen without the sleep and wake-up in between.
+        if time.monotonic() < self._awake_until and not self._epoll.closed:
+            self.loop.call_soon(self._keep_awake)
+        else:
+            self._awake = False
 
 
 class EpollServer:
