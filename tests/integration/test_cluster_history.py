@@ -957,3 +957,45 @@ async def test_a_burst_of_subscribes_waits_for_redis_connections(cluster: Cluste
     assert not refused, refused[:3]
     assert sorted(a["topic"] for a in answers) == sorted(f"burst{i}" for i in range(300))
     await asyncio.gather(*(conn.close() for conn in peers))
+
+
+async def test_a_burst_of_stream_positions_goes_to_redis_in_few_round_trips(
+    tmp_path: Path,
+) -> None:
+    """2,000 clients' direct-stream positions asked at once (a reconnect
+    storm) are sent together: Redis reads far fewer requests than there are
+    asks (``total_reads_processed``), every ask gets its own stream's
+    position, and an ask whose key Redis refuses (WRONGTYPE) fails alone
+    with HistoryUnavailable while the others of its pipeline are answered."""
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    server = HttpServer()
+    backplane = RedisBackplane(redis.url, heartbeat=0.5, ttl=3.0)
+    WebSocket(server, backplane=backplane, secret="burst-test-secret", history_size=100)
+    await server.serve("127.0.0.1", 0)
+    inspect = aioredis.Redis.from_url(redis.url)
+    try:
+        await wait_for(lambda: backplane.connected, 10.0, "the backplane to join Redis")
+        ids = [f"storm-{i}" for i in range(2000)]
+        broken = ids[1234]
+        await inspect.set(f"{backplane.prefix}:direct-meta:{broken}", "not a hash")
+        reads_before = int((await inspect.info("stats"))["total_reads_processed"])
+        answers = await asyncio.gather(
+            *(backplane.direct_position(i, 60.0) for i in ids), return_exceptions=True
+        )
+        reads = int((await inspect.info("stats"))["total_reads_processed"]) - reads_before
+        failed = [(i, a) for i, a in zip(ids, answers, strict=True) if isinstance(a, Exception)]
+        assert [i for i, _ in failed] == [broken]
+        assert isinstance(failed[0][1], wshub.HistoryUnavailable)
+        assert "WRONGTYPE" in str(failed[0][1])
+        positions = [a for a in answers if not isinstance(a, BaseException)]
+        assert all(seq == 0 for _, seq in positions)
+        assert len({epoch for epoch, _ in positions}) == len(ids) - 1  # a stream each
+        assert reads < 100, f"Redis read {reads} requests for {len(ids)} asks"
+        # What was made is kept: asking again gives the same epoch.
+        again = await backplane.direct_position(ids[0], 60.0)
+        assert again == answers[0]
+    finally:
+        await inspect.aclose()
+        await server.close(timeout=2.0)
+        redis.stop()

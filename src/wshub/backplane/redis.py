@@ -222,6 +222,10 @@ class RedisBackplane(Backplane):
         self._script_sha = ""
         self._ensure_sha = ""
         self._run_id = ""
+        # Stream positions asked for (_ensure_stream) and not sent yet: one
+        # pipeline takes all those of a loop iteration (see _send_ensures).
+        self._ensures: list[tuple[tuple[str, str, int, bool], asyncio.Future[Any]]] = []
+        self._ensure_senders: set[asyncio.Task[None]] = set()
         # Cached registry of the other nodes.
         self._registry = ClusterRegistry()
         self._seen: dict[str, float] = {}
@@ -1056,12 +1060,43 @@ class RedisBackplane(Backplane):
         self, meta_key: str, stream_key: str, ttl_ms: int, refresh: bool = False
     ) -> tuple[str, int]:
         """A history stream's position, its epoch made (seq 0) if it has none;
-        ``refresh``: its keys expire ``ttl_ms`` from now."""
+        ``refresh``: its keys expire ``ttl_ms`` from now.
+
+        The asks of one loop iteration go to Redis in one pipeline: a burst
+        of subscribes (thousands of clients reconnecting at once) would
+        otherwise queue for the pool one round trip each, the last ones
+        past the reader's timeout.
+        """
         client = self._client
         if client is None or not self._up:
             raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
-        try:
-            epoch, seq = await client.evalsha(
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        if not self._ensures:
+            loop.call_soon(self._start_ensures, client)
+        self._ensures.append(((meta_key, stream_key, ttl_ms, refresh), answer))
+        result = await answer
+        if isinstance(result, BaseException):
+            raise HistoryUnavailable(f"Redis: {type(result).__name__}: {result}") from result
+        epoch, seq = result
+        return as_text(epoch), int(seq)
+
+    def _start_ensures(self, client: Any) -> None:
+        """Take the stream positions asked for in this loop iteration and
+        send them (the next asks start a new batch)."""
+        asks, self._ensures = self._ensures, []
+        sender = asyncio.ensure_future(self._send_ensures(client, asks))
+        self._ensure_senders.add(sender)
+        sender.add_done_callback(self._ensure_senders.discard)
+
+    async def _send_ensures(
+        self, client: Any, asks: list[tuple[tuple[str, str, int, bool], asyncio.Future[Any]]]
+    ) -> None:
+        """Send ``asks`` in one pipeline (not a transaction: each script is
+        atomic on its own) and answer each with its reply or its error."""
+        pipe = client.pipeline(transaction=False)
+        for (meta_key, stream_key, ttl_ms, refresh), _ in asks:
+            pipe.evalsha(
                 self._ensure_sha,
                 2,
                 meta_key,
@@ -1073,9 +1108,13 @@ class RedisBackplane(Backplane):
                 ttl_ms,
                 "1" if refresh else "0",
             )
+        try:
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
         except Exception as exc:
-            raise HistoryUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
-        return as_text(epoch), int(seq)
+            replies = [exc] * len(asks)
+        for (_, answer), reply in zip(asks, replies, strict=True):
+            if not answer.done():  # (an ask given up on is cancelled)
+                answer.set_result(reply)
 
     # ------------------------------------------------------ direct streams
     #
