@@ -59,6 +59,15 @@
  *       Windows): one socket, or the same bytes to many back to back (a
  *       shared broadcast batch).  No twin: without them the transport
  *       writes, as it always did (wshub.transport.http1, link).
+ *
+ *   accept_burst(fd, limit) -> (accepted, errno)
+ *       Up to limit connections from a listening TCP socket (Linux): each
+ *       accepted non-blocking and close-on-exec, with TCP_NODELAY, as
+ *       (fd, peer), the peer's address as socket.accept() gives it; errno
+ *       is 0 when nothing more was waiting (or limit was reached), else
+ *       the error that stopped it.  No Python socket object per connection
+ *       (CPython's checks each new descriptor with getsockname).  No twin:
+ *       without it wshub.transport.epoll calls socket.accept().
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -69,6 +78,13 @@
 #include <errno.h>
 #include <sys/socket.h>
 #define WSHUB_HAVE_SEND 1
+#endif
+#ifdef __linux__
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <unistd.h>
+#define WSHUB_HAVE_ACCEPT 1
 #endif
 
 /* x86-64: 16 bytes at a time with SSE2 (always there), 32 with AVX2 where
@@ -1461,6 +1477,82 @@ done:
 }
 #endif
 
+#ifdef WSHUB_HAVE_ACCEPT
+/* The peer's address as CPython's socket module gives it: (host, port) for
+ * IPv4, (host, port, flowinfo, scope_id) for IPv6. */
+static PyObject *
+peer_address(const struct sockaddr_storage *addr)
+{
+    char host[INET6_ADDRSTRLEN];
+    if (addr->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
+        if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host)) == NULL) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return Py_BuildValue("(si)", host, (int)ntohs(a->sin_port));
+    }
+    if (addr->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
+        if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host)) == NULL) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return Py_BuildValue("(siII)", host, (int)ntohs(a->sin6_port),
+                             (unsigned int)ntohl(a->sin6_flowinfo),
+                             (unsigned int)a->sin6_scope_id);
+    }
+    Py_RETURN_NONE;
+}
+
+/* accept_burst(fd, limit) -> ([(fd, peer)], errno): see the top. */
+static PyObject *
+accept_burst(PyObject *self, PyObject *args)
+{
+    int lfd, limit, i, err = 0, one = 1;
+    PyObject *out;
+    if (!PyArg_ParseTuple(args, "ii:accept_burst", &lfd, &limit)) {
+        return NULL;
+    }
+    out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (i = 0; i < limit; i++) {
+        struct sockaddr_storage addr;
+        socklen_t len = sizeof(addr);
+        PyObject *peer, *item;
+        int fd = accept4(lfd, (struct sockaddr *)&addr, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR) {
+                i--;
+                continue;
+            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                err = errno;
+            }
+            break;
+        }
+        if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0) {
+            close(fd); /* reset before we got to it */
+            continue;
+        }
+        peer = peer_address(&addr);
+        item = peer == NULL ? NULL : Py_BuildValue("(iN)", fd, peer);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_ssize_t k, n = PyList_GET_SIZE(out);
+            Py_XDECREF(item);
+            close(fd);
+            for (k = 0; k < n; k++) {
+                close((int)PyLong_AsLong(PyTuple_GET_ITEM(PyList_GET_ITEM(out, k), 0)));
+            }
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return Py_BuildValue("(Ni)", out, err);
+}
+#endif
+
 static PyMethodDef methods[] = {
     {"accept_key", accept_key, METH_O,
      "accept_key(key) -> bytes: Sec-WebSocket-Accept for an ASCII Sec-WebSocket-Key."},
@@ -1479,6 +1571,10 @@ static PyMethodDef methods[] = {
      "send_nowait(fd, data) -> int: bytes sent without blocking, 0 if none, -1 on error."},
     {"send_each", send_each, METH_VARARGS,
      "send_each(fds, data) -> [(i, sent)]: send_nowait to each; those not sent whole."},
+#endif
+#ifdef WSHUB_HAVE_ACCEPT
+    {"accept_burst", accept_burst, METH_VARARGS,
+     "accept_burst(fd, limit) -> ([(fd, peer)], errno): accept non-blocking with TCP_NODELAY."},
 #endif
     {"scan_frames", scan_frames, METH_VARARGS,
      "scan_frames(data, pos, max_payload, decoder=None) -> (events, pos): decode simple "

@@ -5,6 +5,8 @@ Why: an event loop's transport costs every connection about 1.2 KiB
 (uvloop) or 2 KiB (asyncio's loop) before the protocol holds anything
 (``bench/idle_floor.py``), and its accept path makes system calls per
 connection that a WebSocket server does not need (getsockname, getpeername).
+With the C accelerator a burst of connections is accepted in one call
+(``_speedups.accept_burst``), without a Python socket object each.
 Here each connection is one :class:`EpollTransport` (about a hundred bytes)
 in a table by descriptor, and the event loop watches a single descriptor:
 the epoll object's.  When it is readable, :meth:`EpollIO.ready` takes every
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib
 import logging
 import os
 import select
@@ -47,6 +50,8 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from ..protocol.frames import ACCELERATED
 
 __all__ = ["EpollIO", "EpollServer", "EpollTransport", "available"]
 
@@ -80,6 +85,13 @@ _WATCHED_IN = 128  # the epoll set has the descriptor for reads
 _WATCHED_OUT = 256  # ... and for writes
 
 _DEFAULT_HIGH = 64 * 1024
+
+# The C accelerator's accept loop (None without it): accepted connections as
+# (descriptor, peer), already non-blocking with TCP_NODELAY, and the errno
+# that stopped it (0: none waiting).
+_accept_burst: Callable[[int, int], tuple[list[tuple[int, Any]], int]] | None = None
+if ACCELERATED:
+    _accept_burst = getattr(importlib.import_module("wshub._speedups"), "accept_burst", None)
 
 
 def available() -> bool:
@@ -506,9 +518,9 @@ class EpollIO:
         """Connections whose ``connection_lost`` has not run yet."""
         return self._live
 
-    def add(self, sock: socket.socket, peer: Any, protocol: asyncio.BaseProtocol) -> None:
-        """Take over an accepted, non-blocking socket and give it to ``protocol``."""
-        fd = sock.detach()
+    def add(self, fd: int, peer: Any, protocol: asyncio.BaseProtocol) -> None:
+        """Take over an accepted, non-blocking socket's descriptor and give
+        the connection to ``protocol``."""
         transport = EpollTransport(self, fd, peer, protocol)
         transports = self._transports
         if fd >= len(transports):
@@ -641,6 +653,13 @@ class EpollServer:
     def _accept(self, listener: socket.socket) -> None:
         io = self._io
         factory = self._factory
+        if _accept_burst is not None:
+            accepted, err = _accept_burst(listener.fileno(), _ACCEPT_BURST)
+            for fd, peer in accepted:
+                io.add(fd, peer, factory())
+            if err and err != errno.ECONNABORTED:
+                self._accept_failed(listener, OSError(err, os.strerror(err)))
+            return
         nodelay = socket.TCP_NODELAY
         for _ in range(_ACCEPT_BURST):
             try:
@@ -648,17 +667,7 @@ class EpollServer:
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
-                if exc.errno in _OUT_OF_RESOURCES:
-                    log.error(
-                        "accept() on %s: %s; not accepting for %.0f s",
-                        listener.getsockname(),
-                        exc,
-                        _ACCEPT_RETRY,
-                    )
-                    self._stop_accepting()
-                    self._retry = io.loop.call_later(_ACCEPT_RETRY, self.start_serving)
-                    return
-                log.debug("accept() on %s: %s", listener.getsockname(), exc)
+                self._accept_failed(listener, exc)
                 return
             try:
                 conn.setblocking(False)
@@ -667,7 +676,20 @@ class EpollServer:
                 log.debug("accepted connection from %s failed: %s", peer, exc)
                 conn.close()
                 continue
-            io.add(conn, peer, factory())
+            io.add(conn.detach(), peer, factory())
+
+    def _accept_failed(self, listener: socket.socket, exc: OSError) -> None:
+        if exc.errno in _OUT_OF_RESOURCES:
+            log.error(
+                "accept() on %s: %s; not accepting for %.0f s",
+                listener.getsockname(),
+                exc,
+                _ACCEPT_RETRY,
+            )
+            self._stop_accepting()
+            self._retry = self._io.loop.call_later(_ACCEPT_RETRY, self.start_serving)
+            return
+        log.debug("accept() on %s: %s", listener.getsockname(), exc)
 
 
 async def listen(
