@@ -53,16 +53,18 @@
  *       that becomes the message: no chunk list, no join, unmasked in place.
  *       Its pure-Python twin is wshub.protocol.frames._PayloadBufferPy.
  *
- *   send_nowait(fd, data) -> int
+ *   send_nowait(fd, data, more=False) -> int
  *   send_each(fds, data) -> [(i, sent)]
  *       send() on a plain socket whose transport holds nothing (not on
  *       Windows): one socket, or the same bytes to many back to back (a
- *       shared broadcast batch).  No twin: without them the transport
+ *       shared broadcast batch).  more: MSG_MORE, for the last bytes
+ *       before a close, which the kernel then sends with the FIN.  No twin: without them the transport
  *       writes, as it always did (wshub.transport.http1, link).
  *
  *   accept_burst(fd, limit) -> (accepted, errno)
  *       Up to limit connections from a listening TCP socket (Linux): each
- *       accepted non-blocking and close-on-exec, with TCP_NODELAY, as
+ *       accepted non-blocking and close-on-exec (TCP_NODELAY comes from the
+ *       listener, whose options Linux gives every connection it accepts), as
  *       (fd, peer), the peer's address as socket.accept() gives it; errno
  *       is 0 when nothing more was waiting (or limit was reached), else
  *       the error that stopped it.  No Python socket object per connection
@@ -1397,10 +1399,15 @@ hmac_sha256_b64url(PyObject *self, PyObject *args)
 /* One send() that never blocks and never raises SIGPIPE: the bytes the
  * kernel took (0 when it would block), or -1 on any other error. */
 static Py_ssize_t
-send_some(int fd, const void *buf, Py_ssize_t len)
+send_some(int fd, const void *buf, Py_ssize_t len, int more)
 {
     ssize_t n;
     int flags = MSG_DONTWAIT;
+#ifdef MSG_MORE
+    if (more) {
+        flags |= MSG_MORE;
+    }
+#endif
 #ifdef MSG_NOSIGNAL
     flags |= MSG_NOSIGNAL;
 #endif
@@ -1413,19 +1420,19 @@ send_some(int fd, const void *buf, Py_ssize_t len)
     return (Py_ssize_t)n;
 }
 
-/* send_nowait(fd, data) -> int: send_some() of data.  On -1 the caller
- * hands everything to its transport, which meets the same error and
- * reports it its own way. */
+/* send_nowait(fd, data, more=False) -> int: send_some() of data.  On -1
+ * the caller hands everything to its transport, which meets the same error
+ * and reports it its own way. */
 static PyObject *
 send_nowait(PyObject *self, PyObject *args)
 {
-    int fd;
+    int fd, more = 0;
     Py_buffer data;
     Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "iy*:send_nowait", &fd, &data)) {
+    if (!PyArg_ParseTuple(args, "iy*|p:send_nowait", &fd, &data, &more)) {
         return NULL;
     }
-    n = send_some(fd, data.buf, data.len);
+    n = send_some(fd, data.buf, data.len, more);
     PyBuffer_Release(&data);
     return PyLong_FromSsize_t(n);
 }
@@ -1459,7 +1466,7 @@ send_each(PyObject *self, PyObject *args)
             Py_CLEAR(out);
             goto done;
         }
-        sent = send_some((int)fd, data.buf, data.len);
+        sent = send_some((int)fd, data.buf, data.len, 0);
         if (sent != data.len) {
             PyObject *item = Py_BuildValue("(nn)", i, sent);
             if (item == NULL || PyList_Append(out, item) < 0) {
@@ -1507,7 +1514,7 @@ peer_address(const struct sockaddr_storage *addr)
 static PyObject *
 accept_burst(PyObject *self, PyObject *args)
 {
-    int lfd, limit, i, err = 0, one = 1;
+    int lfd, limit, i, err = 0;
     PyObject *out;
     if (!PyArg_ParseTuple(args, "ii:accept_burst", &lfd, &limit)) {
         return NULL;
@@ -1530,10 +1537,6 @@ accept_burst(PyObject *self, PyObject *args)
                 err = errno;
             }
             break;
-        }
-        if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0) {
-            close(fd); /* reset before we got to it */
-            continue;
         }
         peer = peer_address(&addr);
         item = peer == NULL ? NULL : Py_BuildValue("(iN)", fd, peer);
@@ -1568,13 +1571,13 @@ static PyMethodDef methods[] = {
      "parse_upgrade_head(data, max_size, max_fields) -> (target, headers, end) or None."},
 #ifdef WSHUB_HAVE_SEND
     {"send_nowait", send_nowait, METH_VARARGS,
-     "send_nowait(fd, data) -> int: bytes sent without blocking, 0 if none, -1 on error."},
+     "send_nowait(fd, data, more=False) -> int: bytes sent without blocking, 0 if none, -1 on error."},
     {"send_each", send_each, METH_VARARGS,
      "send_each(fds, data) -> [(i, sent)]: send_nowait to each; those not sent whole."},
 #endif
 #ifdef WSHUB_HAVE_ACCEPT
     {"accept_burst", accept_burst, METH_VARARGS,
-     "accept_burst(fd, limit) -> ([(fd, peer)], errno): accept non-blocking with TCP_NODELAY."},
+     "accept_burst(fd, limit) -> ([(fd, peer)], errno): accept non-blocking, close-on-exec."},
 #endif
     {"scan_frames", scan_frames, METH_VARARGS,
      "scan_frames(data, pos, max_payload, decoder=None) -> (events, pos): decode simple "

@@ -2,9 +2,10 @@
 
 With the C accelerator, ``EpollServer`` accepts a burst of connections in
 one call (``wshub._speedups.accept_burst``: accept4 non-blocking and
-close-on-exec, TCP_NODELAY set there, no Python socket object per
-connection); without it, ``socket.accept()`` as before.  Both paths must
-hand the protocol the same thing: a non-blocking TCP_NODELAY socket whose
+close-on-exec, no Python socket object per connection); without it,
+``socket.accept()`` as before.  TCP_NODELAY is set on the listening
+socket only, and Linux gives it to each accepted connection.  Both paths
+must hand the protocol the same thing: a non-blocking TCP_NODELAY socket whose
 ``peername`` is what ``socket.accept()`` answers, IPv4 and IPv6 alike.
 The clients here are plain sockets; the peer's own ``getsockname()`` is
 the reference.

@@ -24,11 +24,11 @@ import pytest
 import websockets
 
 from tests.event_loops import LOOPS, loop_factory
-from tests.rawws import upgrade_request
+from tests.rawws import RawClient, client_frame, close_body, upgrade_request
 from wshub import HttpServer, WebSocket
 from wshub.protocol import frames
 from wshub.tls import write_self_signed
-from wshub.transport import http1
+from wshub.transport import epoll, http1
 from wshub.transport import link as link_module
 
 
@@ -51,10 +51,14 @@ class SendSpy:
         self.real = http1._send_nowait
         self.answer = answer
         self.calls: list[tuple[int, int]] = []
+        # The lengths of the writes made with MSG_MORE (the last before the end).
+        self.last: list[int] = []
 
-    def __call__(self, fd: int, data: bytes) -> int:
-        sent = self.answer if self.answer is not None else int(self.real(fd, data))
+    def __call__(self, fd: int, data: bytes, more: bool = False) -> int:
+        sent = self.answer if self.answer is not None else int(self.real(fd, data, more))
         self.calls.append((len(data), sent))
+        if more:
+            self.last.append(len(data))
         return sent
 
 
@@ -98,15 +102,19 @@ async def _echoes(
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_small_messages_take_the_direct_path(loop: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_small_messages_take_the_direct_path(
+    loop: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    own_io = request.config.getoption("--io") != "loop" and epoll.available()
     spy = SendSpy()
     monkeypatch.setattr(http1, "_send_nowait", spy)
     assert _run(loop, _echoes()) == [f"message {i}" for i in range(50)]
-    # The echoes after the first two writes (the 101 and the first echo go
-    # through the transport, see http1._FD_FIRST): one frame each, sent
-    # whole by our own send().
-    echoes = [(n, sent) for n, sent in spy.calls if n >= len("message 0") + 2]
-    assert len(echoes) == 49, spy.calls
+    # One frame each, sent whole by our own send(): every echo on wshub's
+    # own I/O layer (its transport knows its descriptor); on the loop's
+    # transports those after the first two writes (the 101 and the first
+    # echo go through the transport, see http1._FD_FIRST).
+    echoes = [(n, sent) for n, sent in spy.calls if len("message 0") + 2 <= n < 20]
+    assert len(echoes) == (50 if own_io else 49), spy.calls
     assert all(sent == n for n, sent in spy.calls), spy.calls
 
 
@@ -517,3 +525,64 @@ def test_a_broadcast_receiver_that_never_reads_is_closed_with_1008(loop: str) ->
     closed, missing = _run(loop, _never_reader_among_broadcast_receivers())
     assert closed == [(1008, False)]  # write_limit reached: the server's close
     assert missing == [0] * RECEIVERS  # every reader got every message
+
+
+# struct tcp_info (linux/tcp.h): tcpi_segs_in (Linux 4.2), tcpi_data_segs_in (4.6).
+_SEGS_IN = 140
+_DATA_SEGS_IN = 152
+
+
+def _segments_in(sock: Any) -> tuple[int, int]:
+    """(segments, segments with data) that ``sock`` has received so far."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    if len(info) < _DATA_SEGS_IN + 4:
+        pytest.fail("this kernel's TCP_INFO has no tcpi_data_segs_in (Linux 4.6+)")
+    (segments,) = struct.unpack_from("I", info, _SEGS_IN)
+    (with_data,) = struct.unpack_from("I", info, _DATA_SEGS_IN)
+    return segments, with_data
+
+
+async def _bare_segments_at_the_close() -> list[int]:
+    # Five clients, one after the other: three echoes each (so that on the
+    # loop's transports the descriptor has been looked up), then the
+    # client's Close; it reads our Close and the end of the connection.
+    # For each: how many segments without data came meanwhile (a FIN apart
+    # from our Close frame, or a bare ACK).
+    server, _ws = await _echo_server()
+    counts = []
+    try:
+        for _ in range(5):
+            client = await RawClient.connect("127.0.0.1", server.port)
+            try:
+                for i in range(3):
+                    await client.send(client_frame(0x1, b"echo %d" % i))
+                    assert await client.recv() == (True, 0x1, b"echo %d" % i)
+                sock = client.writer.get_extra_info("socket")
+                before = _segments_in(sock)
+                await client.send(client_frame(0x8, close_body(1000)))
+                assert await client.recv_close() == (1000, "")
+                assert await client.at_eof()
+                after = _segments_in(sock)
+                counts.append((after[0] - before[0]) - (after[1] - before[1]))
+            finally:
+                client.close()
+    finally:
+        await server.close(timeout=2.0)
+    return counts
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_our_close_reply_and_the_fin_share_one_segment(
+    loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Close reply is the last write before the server closes the TCP
+    # connection: it goes with MSG_MORE, so the kernel holds it for the FIN
+    # and both travel in one segment.  Sent apart (as before), every close
+    # brings one segment without data (the FIN); a bare ACK may come now
+    # and then either way, so one close of five without any is the proof.
+    spy = SendSpy()
+    monkeypatch.setattr(http1, "_send_nowait", spy)
+    counts = _run(loop, _bare_segments_at_the_close())
+    assert spy.last == [4] * 5  # the Close reply (code 1000), each time
+    assert 0 in counts, counts
+    assert max(counts) <= 2, counts

@@ -87,8 +87,9 @@ _WATCHED_OUT = 256  # ... and for writes
 _DEFAULT_HIGH = 64 * 1024
 
 # The C accelerator's accept loop (None without it): accepted connections as
-# (descriptor, peer), already non-blocking with TCP_NODELAY, and the errno
-# that stopped it (0: none waiting).
+# (descriptor, peer), already non-blocking, and the errno that stopped it
+# (0: none waiting).  TCP_NODELAY is set on the listening sockets (see
+# listen()): Linux copies it to every connection they accept.
 _accept_burst: Callable[[int, int], tuple[list[tuple[int, Any]], int]] | None = None
 if ACCELERATED:
     _accept_burst = getattr(importlib.import_module("wshub._speedups"), "accept_burst", None)
@@ -660,7 +661,6 @@ class EpollServer:
             if err and err != errno.ECONNABORTED:
                 self._accept_failed(listener, OSError(err, os.strerror(err)))
             return
-        nodelay = socket.TCP_NODELAY
         for _ in range(_ACCEPT_BURST):
             try:
                 conn, peer = listener.accept()
@@ -671,8 +671,7 @@ class EpollServer:
                 return
             try:
                 conn.setblocking(False)
-                conn.setsockopt(socket.IPPROTO_TCP, nodelay, 1)
-            except OSError as exc:  # reset before we got to it
+            except OSError as exc:  # (does not happen; as asyncio's accept loop)
                 log.debug("accepted connection from %s failed: %s", peer, exc)
                 conn.close()
                 continue
@@ -728,6 +727,9 @@ async def listen(
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # Set once here, not per connection: Linux gives a listening
+            # socket's TCP_NODELAY to each connection it accepts.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 sock.bind(address)
             except OSError as exc:

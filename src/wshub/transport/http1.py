@@ -133,7 +133,12 @@ class Http1Link(FramedLink):
         # The socket's descriptor for writes straight to the kernel, -1
         # where there is none; before it is looked up, the writes still to
         # make through the transport (see _FD_FIRST).
-        self._fd = _FD_FIRST if _send_nowait is not None else -1
+        if _send_nowait is None:
+            self._fd = -1
+        elif kind is EpollTransport:
+            self._fd = cast(EpollTransport, transport).fileno()  # (no lookup to save)
+        else:
+            self._fd = _FD_FIRST
 
     def _socket_fd(self) -> int:
         # (Only asked where _send_nowait exists: _fd starts at -1 without it.)
@@ -174,6 +179,19 @@ class Http1Link(FramedLink):
         fd = self.direct_fd()
         if fd >= 0:
             sent = _send_nowait(fd, data)
+            if sent != len(data):
+                self.write_rest(data, sent)
+            return
+        self.transport.write(data)
+
+    def _write_last(self, data: bytes) -> None:
+        # MSG_MORE: the kernel holds the bytes until the close (or shutdown)
+        # that follows in this call, and sends them with the FIN in one
+        # segment: one transmission and one wakeup of the peer fewer for
+        # every closing handshake.
+        fd = self.direct_fd()
+        if fd >= 0:
+            sent = _send_nowait(fd, data, True)
             if sent != len(data):
                 self.write_rest(data, sent)
             return

@@ -639,6 +639,12 @@ class FramedLink(ClosingReporter):
         for c in chunks:
             self._write(c)
 
+    def _write_last(self, data: bytes) -> None:
+        """The last bytes before the pipe ends (our Close frame, as a
+        rule): a pipe over TCP may let them wait for the FIN, so that both
+        go out in one segment."""
+        self._write(data)
+
     def _end(self) -> None:
         """Flush, then close the pipe (our side of the connection ends)."""
         raise NotImplementedError
@@ -798,10 +804,10 @@ class FramedLink(ClosingReporter):
             return
         self._batch = None
         self._batched = 0
+        end = self._end_after_flush
         try:
-            self._write_batch(batch)
+            self._write_batch(batch, end is not None)
         finally:
-            end = self._end_after_flush
             if end is not None:
                 self._end_after_flush = None
                 end()
@@ -814,7 +820,8 @@ class FramedLink(ClosingReporter):
                 ):
                     self._timer = self._loop.call_at(at, self._deadline_passed)
 
-    def _write_batch(self, batch: list[bytes]) -> None:
+    def _write_batch(self, batch: list[bytes], last: bool = False) -> None:
+        # last: the pipe ends right after these bytes.
         if self._closed or self._shut or not batch:
             return
         if self.conn.state == _OPEN and (self._write_paused or not self._PAUSE_SHOWS_BUFFER):
@@ -825,7 +832,10 @@ class FramedLink(ClosingReporter):
                 self._overflow(buffered)
                 return
         if len(batch) == 1:
-            self._write(batch[0])
+            if last:
+                self._write_last(batch[0])
+            else:
+                self._write(batch[0])
         else:
             self._write_many(batch)
 
