@@ -29,6 +29,7 @@ from tests.integration.cluster_support import Client, Cluster, Node, RedisServer
 from tests.integration.v1_support import V1Peer
 from wshub import HttpServer, WebSocket
 from wshub.backplane import RedisBackplane
+from wshub.backplane.batches import Ask, AskBatch
 from wshub.backplane.streams import kept_trailer
 
 pytestmark = pytest.mark.timeout(180)
@@ -959,14 +960,10 @@ async def test_a_burst_of_subscribes_waits_for_redis_connections(cluster: Cluste
     await asyncio.gather(*(conn.close() for conn in peers))
 
 
-async def test_a_burst_of_stream_positions_goes_to_redis_in_few_round_trips(
-    tmp_path: Path,
-) -> None:
-    """2,000 clients' direct-stream positions asked at once (a reconnect
-    storm) are sent together: Redis reads far fewer requests than there are
-    asks (``total_reads_processed``), every ask gets its own stream's
-    position, and an ask whose key Redis refuses (WRONGTYPE) fails alone
-    with HistoryUnavailable while the others of its pipeline are answered."""
+@contextlib.asynccontextmanager
+async def _one_node(tmp_path: Path) -> AsyncIterator[tuple[RedisBackplane, aioredis.Redis]]:
+    """A node with history on its own redis-server: its backplane, and a
+    Redis client to look at (and tamper with) what it keeps."""
     redis = RedisServer(tmp_path)
     await redis.start()
     server = HttpServer()
@@ -976,6 +973,22 @@ async def test_a_burst_of_stream_positions_goes_to_redis_in_few_round_trips(
     inspect = aioredis.Redis.from_url(redis.url)
     try:
         await wait_for(lambda: backplane.connected, 10.0, "the backplane to join Redis")
+        yield backplane, inspect
+    finally:
+        await inspect.aclose()
+        await server.close(timeout=2.0)
+        redis.stop()
+
+
+async def test_a_burst_of_stream_positions_goes_to_redis_in_few_round_trips(
+    tmp_path: Path,
+) -> None:
+    """2,000 clients' direct-stream positions asked at once (a reconnect
+    storm) are sent together: Redis reads far fewer requests than there are
+    asks (``total_reads_processed``), every ask gets its own stream's
+    position, and an ask whose key Redis refuses (WRONGTYPE) fails alone
+    with HistoryUnavailable while the others of its pipeline are answered."""
+    async with _one_node(tmp_path) as (backplane, inspect):
         ids = [f"storm-{i}" for i in range(2000)]
         broken = ids[1234]
         await inspect.set(f"{backplane.prefix}:direct-meta:{broken}", "not a hash")
@@ -995,7 +1008,98 @@ async def test_a_burst_of_stream_positions_goes_to_redis_in_few_round_trips(
         # What was made is kept: asking again gives the same epoch.
         again = await backplane.direct_position(ids[0], 60.0)
         assert again == answers[0]
-    finally:
-        await inspect.aclose()
-        await server.close(timeout=2.0)
-        redis.stop()
+
+
+async def test_a_burst_of_history_reads_goes_to_redis_in_few_round_trips(
+    tmp_path: Path,
+) -> None:
+    """2,000 history reads asked at once (clients resuming after a reconnect
+    storm) go to Redis up to 64 in one transaction: Redis reads far fewer
+    requests than there are reads (``total_reads_processed``), each read
+    gets its own topic's entries after its own position, and a read whose
+    key Redis refuses (WRONGTYPE) fails alone with HistoryUnavailable."""
+    async with _one_node(tmp_path) as (backplane, inspect):
+        # Topic t<k> keeps k publications, "t<k>-1" ... "t<k>-<k>".
+        kept: list[asyncio.Future[Any]] = []
+        loop = asyncio.get_running_loop()
+        for k in range(10):
+            for j in range(1, k + 1):
+                done: asyncio.Future[Any] = loop.create_future()
+                kept.append(done)
+                backplane.publish_kept(
+                    f"t{k}", f"t{k}-{j}".encode(), True, frozenset(), done.set_result
+                )
+        positions = await asyncio.wait_for(asyncio.gather(*kept), 10.0)
+        assert not [p for p in positions if isinstance(p, BaseException)]
+        await inspect.set(f"{backplane.prefix}:history-meta:broken", "not a hash")
+        assert await inspect.exists(f"{backplane.prefix}:history-meta:t3")  # (the key name)
+        # Read i: topic t<i % 10>, after sequence i % 4; and one of topic "broken".
+        asks = [(f"t{i % 10}", i % 4) for i in range(2000)]
+        asks[1234] = ("broken", 0)
+        reads_before = int((await inspect.info("stats"))["total_reads_processed"])
+        answers = await asyncio.gather(
+            *(backplane.read_history(topic, after) for topic, after in asks),
+            return_exceptions=True,
+        )
+        reads = int((await inspect.info("stats"))["total_reads_processed"]) - reads_before
+        failed = [i for i, a in enumerate(answers) if isinstance(a, BaseException)]
+        assert failed == [1234]
+        assert isinstance(answers[1234], wshub.HistoryUnavailable)
+        assert "WRONGTYPE" in str(answers[1234])
+        for (topic, after), answer in zip(asks, answers, strict=True):
+            if topic == "broken":
+                continue
+            assert not isinstance(answer, BaseException)
+            k = int(topic[1:])
+            assert answer.seq == k
+            assert (answer.epoch is None) == (k == 0)
+            want = [f"{topic}-{j}".encode() for j in range(after + 1, k + 1)]
+            assert [e.payload for e in answer.entries] == want, (topic, after)
+            assert [e.seq for e in answer.entries] == list(range(after + 1, k + 1))
+        assert reads < 200, f"Redis read {reads} requests for {len(asks)} history reads"
+
+
+async def test_an_ask_batch_groups_an_iterations_asks_and_bounds_those_in_flight() -> None:
+    """wshub.backplane.batches.AskBatch, with a stand-in for Redis: the asks
+    of one loop iteration go out in groups of at most ``group``, no more
+    than ``in_flight`` groups at a time, each ask gets its own answer (an
+    exception instance is returned, not raised), and a group whose asks
+    were all given up on is not sent."""
+    sent: list[list[int]] = []
+    busy = 0
+    most_busy = 0
+    release = asyncio.Event()
+
+    async def send(client: Any, asks: list[Ask[int]]) -> None:
+        nonlocal busy, most_busy
+        assert client == "the client"
+        sent.append([question for question, _ in asks])
+        busy += 1
+        most_busy = max(most_busy, busy)
+        await release.wait()
+        busy -= 1
+        for question, answer in asks:
+            if not answer.done():
+                answer.set_result(ValueError("odd") if question % 2 else question * 10)
+
+    batch: AskBatch[int] = AskBatch(send, group=10, in_flight=3)
+    asks = [asyncio.ensure_future(batch.ask("the client", q)) for q in range(95)]
+    await wait_for(lambda: len(sent) >= 3, 5.0, "three groups sent")
+    await asyncio.sleep(0.05)
+    assert len(sent) == 3 and busy == 3  # the other seven wait their turn
+    for ask in asks[80:90]:  # a whole group given up on before its turn
+        ask.cancel()
+    release.set()
+    answers = await asyncio.gather(*asks[:80], *asks[90:])
+    assert sorted(q for group in sent for q in group) == [*range(80), *range(90, 95)]
+    assert all(len(group) <= 10 for group in sent) and len(sent) == 9
+    assert most_busy == 3
+    questions = [*range(80), *range(90, 95)]
+    for question, answer in zip(questions, answers, strict=True):
+        if question % 2:
+            assert isinstance(answer, ValueError)
+        else:
+            assert answer == question * 10
+    # Asks of a later iteration start a new batch.
+    assert await batch.ask("the client", 4) == 40
+    assert sent[-1] == [4]

@@ -32,6 +32,7 @@ from .base import (
     KeptDone,
     KeptEntry,
 )
+from .batches import Ask, AskBatch
 from .envelope import (
     CLUSTER_KEY_LABEL,
     PRESENCE_TAG,
@@ -72,6 +73,9 @@ _FLUSH_TIMEOUT = 5.0
 #: registry writes), besides its pub/sub connection; more commands at once
 #: wait for a free one.
 REDIS_POOL_SIZE = 64
+# History reads in one MULTI/EXEC (see _send_reads): a reconnect storm's
+# reads take a few round trips, and no one reply grows without bound.
+_READS_PER_TRANSACTION = 64
 
 
 def _kept_answer(args: tuple[Any, ...], result: tuple[str, int] | BaseException) -> bool:
@@ -222,10 +226,12 @@ class RedisBackplane(Backplane):
         self._script_sha = ""
         self._ensure_sha = ""
         self._run_id = ""
-        # Stream positions asked for (_ensure_stream) and not sent yet: one
-        # pipeline takes all those of a loop iteration (see _send_ensures).
-        self._ensures: list[tuple[tuple[str, str, int, bool], asyncio.Future[Any]]] = []
-        self._ensure_senders: set[asyncio.Task[None]] = set()
+        # Stream positions (_ensure_stream) and history reads (_read_stream)
+        # asked in one loop iteration go to Redis together (wshub.backplane.batches).
+        self._ensures: AskBatch[tuple[str, str, int, bool]] = AskBatch(self._send_ensures)
+        self._reads: AskBatch[tuple[str, str, int]] = AskBatch(
+            self._send_reads, _READS_PER_TRANSACTION
+        )
         # Cached registry of the other nodes.
         self._registry = ClusterRegistry()
         self._seen: dict[str, float] = {}
@@ -1026,15 +1032,10 @@ class RedisBackplane(Backplane):
         client = self._client
         if client is None or not self._up:
             raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
-        pipe = client.pipeline(transaction=True)
-        pipe.hmget(meta_key, "epoch", "seq")
-        pipe.xrange(stream_key, f"(0-{after}", "+")
-        pipe.xrange(stream_key, "-", "+", count=1)
-        pipe.time()
-        try:
-            (raw_epoch, raw_seq), found, first, (secs, micros) = await pipe.execute()
-        except Exception as exc:
-            raise HistoryUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
+        result = await self._reads.ask(client, (meta_key, stream_key, after))
+        if isinstance(result, BaseException):
+            raise HistoryUnavailable(f"Redis: {type(result).__name__}: {result}") from result
+        (raw_epoch, raw_seq), found, first, (secs, micros) = result
         if raw_epoch is None:
             return HistoryRead(None, 0, [], 1)
         seq = int(raw_seq or 0)
@@ -1049,6 +1050,29 @@ class RedisBackplane(Backplane):
         else:
             oldest = entries[0].seq if entries else seq + 1
         return HistoryRead(raw_epoch.decode("ascii", "replace"), seq, entries, oldest)
+
+    async def _send_reads(self, client: Any, asks: list[Ask[tuple[str, str, int]]]) -> None:
+        """Read the streams of ``asks`` in one transaction (each read sees
+        its stream's position and entries as of one moment) and answer each
+        with (position, entries after, first entry, Redis's clock), or the
+        error of one of its commands."""
+        pipe = client.pipeline(transaction=True)
+        for (meta_key, stream_key, after), _ in asks:
+            pipe.hmget(meta_key, "epoch", "seq")
+            pipe.xrange(stream_key, f"(0-{after}", "+")
+            pipe.xrange(stream_key, "-", "+", count=1)
+        pipe.time()
+        try:
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            replies = [exc] * (3 * len(asks) + 1)
+        clock = replies[-1]
+        for i, (_, answer) in enumerate(asks):
+            if answer.done():  # (an ask given up on is cancelled)
+                continue
+            reply = [*replies[3 * i : 3 * i + 3], clock]
+            failed = [part for part in reply if isinstance(part, BaseException)]
+            answer.set_result(failed[0] if failed else reply)
 
     async def history_position(self, name: str) -> tuple[str, int]:
         history = self._history
@@ -1070,28 +1094,13 @@ class RedisBackplane(Backplane):
         client = self._client
         if client is None or not self._up:
             raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Any] = loop.create_future()
-        if not self._ensures:
-            loop.call_soon(self._start_ensures, client)
-        self._ensures.append(((meta_key, stream_key, ttl_ms, refresh), answer))
-        result = await answer
+        result = await self._ensures.ask(client, (meta_key, stream_key, ttl_ms, refresh))
         if isinstance(result, BaseException):
             raise HistoryUnavailable(f"Redis: {type(result).__name__}: {result}") from result
         epoch, seq = result
         return as_text(epoch), int(seq)
 
-    def _start_ensures(self, client: Any) -> None:
-        """Take the stream positions asked for in this loop iteration and
-        send them (the next asks start a new batch)."""
-        asks, self._ensures = self._ensures, []
-        sender = asyncio.ensure_future(self._send_ensures(client, asks))
-        self._ensure_senders.add(sender)
-        sender.add_done_callback(self._ensure_senders.discard)
-
-    async def _send_ensures(
-        self, client: Any, asks: list[tuple[tuple[str, str, int, bool], asyncio.Future[Any]]]
-    ) -> None:
+    async def _send_ensures(self, client: Any, asks: list[Ask[tuple[str, str, int, bool]]]) -> None:
         """Send ``asks`` in one pipeline (not a transaction: each script is
         atomic on its own) and answer each with its reply or its error."""
         pipe = client.pipeline(transaction=False)
