@@ -1063,8 +1063,9 @@ async def test_an_ask_batch_groups_an_iterations_asks_and_bounds_those_in_flight
     """wshub.backplane.batches.AskBatch, with a stand-in for Redis: the asks
     of one loop iteration go out in groups of at most ``group``, no more
     than ``in_flight`` groups at a time, each ask gets its own answer (an
-    exception instance is returned, not raised), and a group whose asks
-    were all given up on is not sent."""
+    exception instance is returned, not raised), a group whose asks were
+    all given up on is not sent, and a sender that breaks answers its asks
+    with its exception instead of leaving them waiting."""
     sent: list[list[int]] = []
     busy = 0
     most_busy = 0
@@ -1103,3 +1104,13 @@ async def test_an_ask_batch_groups_an_iterations_asks_and_bounds_those_in_flight
     # Asks of a later iteration start a new batch.
     assert await batch.ask("the client", 4) == 40
     assert sent[-1] == [4]
+
+    # A sender that breaks answers its asks with what broke it.
+    async def broken(client: Any, asks: list[Ask[int]]) -> None:
+        raise RuntimeError("the sender broke")
+
+    failing: AskBatch[int] = AskBatch(broken, group=2)
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(failing.ask("the client", q) for q in range(5))), 5.0
+    )
+    assert [str(a) for a in answers] == ["the sender broke"] * 5

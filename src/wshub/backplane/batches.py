@@ -12,6 +12,8 @@ every question with its own reply or exception.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
@@ -33,7 +35,7 @@ class AskBatch(Generic[Question]):
     the pool, which the node's own traffic needs as well).
     """
 
-    __slots__ = ("_asks", "_group", "_send", "_senders", "_turns")
+    __slots__ = ("_asks", "_group", "_in_flight", "_send", "_senders", "_waiting")
 
     def __init__(
         self,
@@ -43,8 +45,10 @@ class AskBatch(Generic[Question]):
     ) -> None:
         self._send = send
         self._group = group
-        self._turns = asyncio.Semaphore(in_flight)
+        self._in_flight = in_flight
         self._asks: list[Ask[Question]] = []
+        # Groups not sent yet, with the client to send them with.
+        self._waiting: deque[tuple[Any, list[Ask[Question]]]] = deque()
         self._senders: set[asyncio.Task[None]] = set()
 
     async def ask(self, client: Any, question: Question) -> Any:
@@ -60,12 +64,28 @@ class AskBatch(Generic[Question]):
     def _start(self, client: Any) -> None:
         asks, self._asks = self._asks, []
         group = self._group or len(asks)
-        for start in range(0, len(asks), group):
-            sender = asyncio.ensure_future(self._send_group(client, asks[start : start + group]))
-            self._senders.add(sender)
-            sender.add_done_callback(self._senders.discard)
+        self._waiting.extend(
+            (client, asks[start : start + group]) for start in range(0, len(asks), group)
+        )
+        self._send_waiting()
 
-    async def _send_group(self, client: Any, asks: list[Ask[Question]]) -> None:
-        async with self._turns:
-            if not all(answer.done() for _, answer in asks):
-                await self._send(client, asks)
+    def _send_waiting(self) -> None:
+        """Send the waiting groups while fewer than ``in_flight`` are out."""
+        senders = self._senders
+        while self._waiting and len(senders) < self._in_flight:
+            client, asks = self._waiting.popleft()
+            if all(answer.done() for _, answer in asks):
+                continue  # every one given up on
+            sender = asyncio.ensure_future(self._send(client, asks))
+            senders.add(sender)
+            sender.add_done_callback(functools.partial(self._sent, asks))
+
+    def _sent(self, asks: list[Ask[Question]], sender: asyncio.Task[None]) -> None:
+        self._senders.discard(sender)
+        failure = None if sender.cancelled() else sender.exception()
+        if failure is not None:
+            # A sender that broke answers its asks with what broke it.
+            for _, answer in asks:
+                if not answer.done():
+                    answer.set_result(failure)
+        self._send_waiting()
