@@ -32,7 +32,7 @@ from .base import (
     KeptDone,
     KeptEntry,
 )
-from .batches import Ask, AskBatch
+from .batches import Ask, AskBatch, Question
 from .envelope import (
     CLUSTER_KEY_LABEL,
     PRESENCE_TAG,
@@ -1029,13 +1029,8 @@ class RedisBackplane(Backplane):
     ) -> HistoryRead:
         """A history stream's position and its entries after ``after`` that
         ``entry`` opens (those it cannot are dropped and counted)."""
-        client = self._client
-        if client is None or not self._up:
-            raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
-        result = await self._reads.ask(client, (meta_key, stream_key, after))
-        if isinstance(result, BaseException):
-            raise HistoryUnavailable(f"Redis: {type(result).__name__}: {result}") from result
-        (raw_epoch, raw_seq), found, first, (secs, micros) = result
+        reply = await self._ask(self._reads, (meta_key, stream_key, after))
+        (raw_epoch, raw_seq), found, first, (secs, micros) = reply
         if raw_epoch is None:
             return HistoryRead(None, 0, [], 1)
         seq = int(raw_seq or 0)
@@ -1091,14 +1086,19 @@ class RedisBackplane(Backplane):
         otherwise queue for the pool one round trip each, the last ones
         past the reader's timeout.
         """
+        epoch, seq = await self._ask(self._ensures, (meta_key, stream_key, ttl_ms, refresh))
+        return as_text(epoch), int(seq)
+
+    async def _ask(self, batch: AskBatch[Question], question: Question) -> Any:
+        """Redis's reply to ``question``, sent with the rest of ``batch``;
+        :class:`HistoryUnavailable` when Redis is out of reach or refused it."""
         client = self._client
         if client is None or not self._up:
             raise HistoryUnavailable(f"Redis ({self._safe_url()}) is unreachable")
-        result = await self._ensures.ask(client, (meta_key, stream_key, ttl_ms, refresh))
-        if isinstance(result, BaseException):
-            raise HistoryUnavailable(f"Redis: {type(result).__name__}: {result}") from result
-        epoch, seq = result
-        return as_text(epoch), int(seq)
+        reply = await batch.ask(client, question)
+        if isinstance(reply, BaseException):
+            raise HistoryUnavailable(f"Redis: {type(reply).__name__}: {reply}") from reply
+        return reply
 
     async def _send_ensures(self, client: Any, asks: list[Ask[tuple[str, str, int, bool]]]) -> None:
         """Send ``asks`` in one pipeline (not a transaction: each script is

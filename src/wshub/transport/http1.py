@@ -136,7 +136,7 @@ class Http1Link(FramedLink):
         if _send_nowait is None:
             self._fd = -1
         elif kind is EpollTransport:
-            self._fd = cast(EpollTransport, transport).fileno()  # (no lookup to save)
+            self._fd = self._socket_fd()  # (no lookup to save)
         else:
             self._fd = _FD_FIRST
 
@@ -171,14 +171,14 @@ class Http1Link(FramedLink):
     def write_rest(self, data: bytes, sent: int) -> None:
         self.transport.write(memoryview(data)[sent:] if sent > 0 else data)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, more: bool = False) -> None:
         # One send() of our own where the transport would make the same
         # system call after its bookkeeping (for uvloop, send() instead of
         # write(): no VFS layer); what the kernel does not take goes to the
         # transport, which keeps it in order and reports errors.
         fd = self.direct_fd()
         if fd >= 0:
-            sent = _send_nowait(fd, data)
+            sent = _send_nowait(fd, data, more)
             if sent != len(data):
                 self.write_rest(data, sent)
             return
@@ -189,13 +189,7 @@ class Http1Link(FramedLink):
         # that follows in this call, and sends them with the FIN in one
         # segment: one transmission and one wakeup of the peer fewer for
         # every closing handshake.
-        fd = self.direct_fd()
-        if fd >= 0:
-            sent = _send_nowait(fd, data, True)
-            if sent != len(data):
-                self.write_rest(data, sent)
-            return
-        self.transport.write(data)
+        self._write(data, more=True)
 
     def _write_many(self, chunks: list[bytes]) -> None:
         pieces: list[bytes] = []
